@@ -1,0 +1,232 @@
+//! The composition root: one function wires the gateway top to bottom.
+//!
+//! `start` loads and validates the config (refusing to start on any error), builds the
+//! admission store, the usage sink and the gateway, binds the listeners, and spawns the
+//! background tasks: API server, admin server, config reloader, quota sweeper.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admission::{Admission, LocalStore, QuotaStore};
+use crate::catalog::Catalog;
+use crate::clock::{Clock, SystemClock};
+use crate::config::gateway::{MeteringSink, Settings};
+use crate::config::{self, ConfigError, reload};
+use crate::metering::file::FileSink;
+use crate::metering::{NoSink, UsageSink};
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, server};
+
+/// What tests (or an embedding program) may replace.
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    /// Replaces the sink named in `tollgate.toml`.
+    pub sink: Option<Arc<dyn UsageSink>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: SystemClock::shared(),
+            sink: None,
+        }
+    }
+}
+
+/// The outcome of the latest reload attempt (served at the admin listener's `/reload`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub generation: u64,
+    pub attempts: u64,
+    /// The error of the latest attempt, if it was refused (the previous config stays).
+    pub last_error: Option<String>,
+}
+
+/// A running gateway.
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub reload_status: Arc<Mutex<ReloadStatus>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Drains and stops everything.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until the servers stop (after `trigger` completes, they drain and stop).
+    pub async fn run_until(self, trigger: impl Future<Output = ()>) {
+        trigger.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Every service of the catalog must have an upstream.
+fn check_upstreams(settings: &Settings, catalog: &Catalog) -> Result<(), ConfigError> {
+    for s in &catalog.services {
+        if settings.upstream(&s.name).is_none() {
+            return Err(ConfigError::new(
+                &settings.source,
+                format!("upstream.{}", s.name),
+                "the catalog serves this service but it has no upstream (and there is no upstream.default)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn build_sink(settings: &Settings) -> anyhow::Result<Arc<dyn UsageSink>> {
+    Ok(match &settings.metering {
+        MeteringSink::File(path) => Arc::new(
+            FileSink::open(path)
+                .with_context(|| format!("cannot open the usage file {}", path.display()))?,
+        ),
+        MeteringSink::Off => {
+            tracing::warn!(
+                "metering.sink = \"off\": no usage is recorded; billable calls will not be billed"
+            );
+            Arc::new(NoSink)
+        }
+    })
+}
+
+/// Starts the gateway.
+pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Running> {
+    // Config: validated whole before anything listens.
+    let loaded = config::load(&settings.sources)?;
+    check_upstreams(&settings, &loaded.catalog)?;
+    let settings = Arc::new(settings);
+
+    // Admission state lives outside the config: reloads never reset it.
+    let store = Arc::new(LocalStore::new());
+    let admission = Admission::new(store.clone() as Arc<dyn QuotaStore>, settings.burst_millis);
+    let metrics = Arc::new(Metrics::new());
+    // Metering: where billable usage goes.
+    let sink = match options.sink {
+        Some(s) => s,
+        None => build_sink(&settings)?,
+    };
+    let gateway = Gateway::new(
+        Arc::clone(&settings),
+        loaded,
+        admission,
+        Arc::clone(&options.clock),
+        sink,
+        Arc::clone(&metrics),
+    );
+
+    let api = server::bind(settings.api_listen).await?;
+    let admin = server::bind(settings.admin_listen).await?;
+    let api_addr = api.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let reload_status = Arc::new(Mutex::new(ReloadStatus {
+        generation: 1,
+        ..Default::default()
+    }));
+    let mut tasks = Vec::new();
+
+    // The API: classify → authenticate → admit → forward → meter (proxy::Gateway::handle).
+    tasks.push(tokio::spawn(server::serve(
+        api,
+        Arc::clone(&gateway),
+        stopped(),
+        settings.drain_timeout,
+    )));
+    // Metrics and probes, on their own port.
+    tasks.push(tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::clone(&gateway),
+        Arc::clone(&reload_status),
+        stopped(),
+    )));
+    // Live config: a valid change is applied whole, an invalid one refused with its reason.
+    {
+        let gateway = Arc::clone(&gateway);
+        let status = Arc::clone(&reload_status);
+        let (sources, interval) = (settings.sources.clone(), settings.reload_poll_interval);
+        let settings = Arc::clone(&settings);
+        let apply = move |result: Result<Arc<config::Loaded>, ConfigError>| {
+            let result = result.and_then(|loaded| {
+                check_upstreams(&settings, &loaded.catalog)?;
+                Ok(loaded)
+            });
+            let m = gateway.metrics();
+            let mut status = status.lock().expect("not poisoned");
+            status.attempts += 1;
+            match result {
+                Ok(loaded) => {
+                    let generation = gateway.apply(loaded);
+                    m.config_reloads.with_label_values(&["ok"]).inc();
+                    m.config_last_reload_ok.set(1);
+                    status.generation = generation;
+                    status.last_error = None;
+                    tracing::info!(generation, "config reloaded");
+                }
+                Err(e) => {
+                    m.config_reloads.with_label_values(&["error"]).inc();
+                    m.config_last_reload_ok.set(0);
+                    status.last_error = Some(e.to_string());
+                    tracing::error!(
+                        file = %e.file, key = %e.key, reason = %e.reason,
+                        "config reload refused; the previous config stays in force"
+                    );
+                }
+            }
+        };
+        tasks.push(tokio::spawn(reload::watch(
+            sources,
+            interval,
+            apply,
+            stopped(),
+        )));
+    }
+    // Forget rested buckets so memory follows active keys, not every key ever seen.
+    {
+        let clock = Arc::clone(&options.clock);
+        let metrics = Arc::clone(&metrics);
+        let interval = settings.sweep_interval;
+        let stop = stopped();
+        tasks.push(tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let n = store.sweep(clock.monotonic_nanos());
+                        metrics.quota_entries.set(n as i64);
+                    }
+                    () = &mut stop => return,
+                }
+            }
+        }));
+    }
+    tracing::info!(%api_addr, %admin_addr, "tollgate gateway listening");
+    Ok(Running {
+        api_addr,
+        admin_addr,
+        gateway,
+        reload_status,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}

@@ -1,0 +1,308 @@
+//! The interface catalog as the request path sees it: validated, indexed, immutable.
+//!
+//! `config::catalog` builds it from `config/catalog.toml`; nothing else constructs one. Every
+//! `(service, action)` classifies to an interface group (whose quota key it uses), a billing
+//! rule and, for OCR, an overlay class. Actions the catalog does not list classify as
+//! [`Route::Unlisted`]: a group of their own at the default QPS, metered against the service's
+//! `<service>.unlisted` billing item.
+
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::entitlement::overlay::OverlayClass;
+
+/// Index of a service in [`Catalog::services`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u16);
+
+/// Index of a group in [`Catalog::groups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u32);
+
+/// Index of a billing item in [`Catalog::billing_items`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct BillingItemId(pub u32);
+
+/// Index of an interface in [`Catalog::interfaces`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InterfaceId(pub u32);
+
+/// The quota-state key of a group, stable across catalog reloads: it is derived from the
+/// group's id string, not from its position, so a reload that adds or reorders groups keeps
+/// every bucket attached to the group it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey(pub u64);
+
+impl GroupKey {
+    /// The key of a catalog group.
+    pub fn of_group(id: &str) -> GroupKey {
+        GroupKey(fnv1a(id.as_bytes()) & !UNLISTED_BIT)
+    }
+
+    /// The key of an unlisted action's own group. The top bit keeps it apart from every
+    /// catalog group; two unlisted actions whose hashes collide would share a quota, which
+    /// errs on the side of refusing.
+    pub fn of_unlisted(service: &str, action: &str) -> GroupKey {
+        let h = fnv1a_continue(fnv1a(service.as_bytes()), b".");
+        GroupKey(fnv1a_continue(h, action.as_bytes()) | UNLISTED_BIT)
+    }
+}
+
+const UNLISTED_BIT: u64 = 1 << 63;
+
+/// 64-bit FNV-1a: tiny, deterministic across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_continue(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn fnv1a_continue(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A group's limit in call-count mode (the mode every account starts in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupLimit {
+    /// At most `qps` calls per second.
+    Rate { qps: u32 },
+    /// At most `max_in_flight` calls in flight at once.
+    Concurrency { max_in_flight: u32 },
+}
+
+/// Billing modes an account may put a group in besides call-count mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Modes {
+    /// QPS 计费: the limit is exactly the purchased QPS; calls are not billed per count.
+    pub qps: bool,
+    /// 并发任务数计费: the limit is exactly the purchased concurrency; not billed per count.
+    pub concurrency: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: GroupId,
+    /// The catalog id, e.g. `bda.segment` or `ocr.GeneralBasicOCR`; also the metrics label.
+    pub name: Box<str>,
+    pub title: Box<str>,
+    pub key: GroupKey,
+    pub service: ServiceId,
+    pub limit: GroupLimit,
+    pub modes: Modes,
+    pub max_purchased_qps: Option<u32>,
+    /// The interfaces in this group.
+    pub interfaces: Vec<InterfaceId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// 专用资源包: only its own interface draws on it.
+    Dedicated,
+    /// 共享资源包: several interfaces draw on it.
+    Shared,
+}
+
+#[derive(Debug, Clone)]
+pub struct BillingItem {
+    pub id: BillingItemId,
+    /// e.g. `ocr.general_basic`; stable across reloads and used in usage records.
+    pub key: Arc<str>,
+    pub name: Box<str>,
+    pub kind: ItemKind,
+    pub service: ServiceId,
+    /// True for the implicit `<service>.unlisted` item.
+    pub unlisted: bool,
+}
+
+/// How the billable units of a call are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitRule {
+    /// One unit per billable call, against this item.
+    PerCall(BillingItemId),
+    /// One unit per recognised invoice, against the big- or small-ticket item by its type.
+    MixedInvoice,
+    /// Never billed: free beta, management calls, job queries.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Interface {
+    pub id: InterfaceId,
+    pub service: ServiceId,
+    pub action: Arc<str>,
+    pub name: Box<str>,
+    pub group: GroupId,
+    pub units: UnitRule,
+    pub overlay_class: Option<OverlayClass>,
+}
+
+/// Vendor codes the gateway answers with when an account's state refuses a call.
+#[derive(Debug, Clone)]
+pub struct RefusalCodes {
+    pub not_activated: Arc<str>,
+    pub in_arrears: Arc<str>,
+    pub packs_exhausted: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub id: ServiceId,
+    pub name: Arc<str>,
+    pub product: Box<str>,
+    pub versions: Vec<Box<str>>,
+    pub billable_error_codes: FxHashSet<Box<str>>,
+    pub refusal_codes: RefusalCodes,
+    pub actions: FxHashMap<Box<str>, InterfaceId>,
+    pub unlisted_item: BillingItemId,
+    /// Metrics label for the groups of unlisted actions: `<service>.unlisted`.
+    pub unlisted_label: Box<str>,
+}
+
+/// The 混贴票据 rule: recognised invoices of `big_types` count against `big`, others `small`.
+#[derive(Debug, Clone)]
+pub struct MixedInvoiceRule {
+    pub big: BillingItemId,
+    pub small: BillingItemId,
+    pub big_types: Vec<i64>,
+}
+
+impl MixedInvoiceRule {
+    pub fn item_for_type(&self, invoice_type: i64) -> BillingItemId {
+        if self.big_types.contains(&invoice_type) {
+            self.big
+        } else {
+            self.small
+        }
+    }
+}
+
+/// The validated catalog.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub default_qps: u32,
+    pub services: Vec<Service>,
+    pub groups: Vec<Group>,
+    pub billing_items: Vec<BillingItem>,
+    pub interfaces: Vec<Interface>,
+    pub mixed_invoice: MixedInvoiceRule,
+    pub(crate) service_by_name: FxHashMap<Box<str>, ServiceId>,
+    pub(crate) item_by_key: FxHashMap<Box<str>, BillingItemId>,
+    pub(crate) group_by_name: FxHashMap<Box<str>, GroupId>,
+}
+
+/// What a call is, as far as quotas and billing are concerned.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'c> {
+    Listed {
+        interface: &'c Interface,
+        group: &'c Group,
+    },
+    Unlisted {
+        service: &'c Service,
+        key: GroupKey,
+    },
+}
+
+impl<'c> Route<'c> {
+    pub fn group_key(&self) -> GroupKey {
+        match self {
+            Route::Listed { group, .. } => group.key,
+            Route::Unlisted { key, .. } => *key,
+        }
+    }
+}
+
+impl Catalog {
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.service_by_name
+            .get(name)
+            .map(|id| &self.services[usize::from(id.0)])
+    }
+
+    pub fn service(&self, id: ServiceId) -> &Service {
+        &self.services[usize::from(id.0)]
+    }
+
+    pub fn group(&self, id: GroupId) -> &Group {
+        &self.groups[id.0 as usize]
+    }
+
+    pub fn group_by_name(&self, name: &str) -> Option<&Group> {
+        self.group_by_name.get(name).map(|id| self.group(*id))
+    }
+
+    pub fn item(&self, id: BillingItemId) -> &BillingItem {
+        &self.billing_items[id.0 as usize]
+    }
+
+    pub fn item_by_key(&self, key: &str) -> Option<&BillingItem> {
+        self.item_by_key.get(key).map(|id| self.item(*id))
+    }
+
+    pub fn interface(&self, id: InterfaceId) -> &Interface {
+        &self.interfaces[id.0 as usize]
+    }
+
+    /// The interface `service.action`, e.g. `ocr.GeneralBasicOCR`.
+    pub fn interface_by_name(&self, qualified: &str) -> Option<&Interface> {
+        let (service, action) = qualified.split_once('.')?;
+        let service = self.service_by_name(service)?;
+        service.actions.get(action).map(|id| self.interface(*id))
+    }
+
+    /// Classifies a call of `action` on `service`.
+    pub fn route<'c>(&'c self, service: &'c Service, action: &str) -> Route<'c> {
+        match service.actions.get(action) {
+            Some(id) => {
+                let interface = self.interface(*id);
+                Route::Listed {
+                    interface,
+                    group: self.group(interface.group),
+                }
+            }
+            None => Route::Unlisted {
+                service,
+                key: GroupKey::of_unlisted(&service.name, action),
+            },
+        }
+    }
+
+    /// The billing items a call of this route may be counted against.
+    pub fn items_of(&self, route: &Route<'_>) -> impl Iterator<Item = BillingItemId> {
+        let (a, b) = match route {
+            Route::Listed { interface, .. } => match interface.units {
+                UnitRule::PerCall(item) => (Some(item), None),
+                UnitRule::MixedInvoice => {
+                    (Some(self.mixed_invoice.big), Some(self.mixed_invoice.small))
+                }
+                UnitRule::None => (None, None),
+            },
+            Route::Unlisted { service, .. } => (Some(service.unlisted_item), None),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_keys_are_stable_and_unlisted_keys_are_apart() {
+        assert_eq!(
+            GroupKey::of_group("bda.segment"),
+            GroupKey::of_group("bda.segment")
+        );
+        assert_ne!(
+            GroupKey::of_group("bda.segment"),
+            GroupKey::of_group("bda.segmenu")
+        );
+        let unlisted = GroupKey::of_unlisted("ocr", "NewOCR");
+        assert!(unlisted.0 & UNLISTED_BIT != 0);
+        assert!(GroupKey::of_group("ocr.NewOCR").0 & UNLISTED_BIT == 0);
+        assert_ne!(unlisted, GroupKey::of_unlisted("ocr", "OtherOCR"));
+    }
+}

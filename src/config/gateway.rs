@@ -1,0 +1,405 @@
+//! `tollgate.toml`: listeners, upstreams, timeouts, metering, reload and shutdown settings.
+//! Read once at start; changing it needs a restart (the reloadable files are named in
+//! `[files]`). Paths under `[files]` are relative to this file; data paths (`metering.path`)
+//! are relative to the working directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Source, Sources, parse_toml};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    listen: RawListen,
+    #[serde(default)]
+    files: RawFiles,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    admission: RawAdmission,
+    #[serde(default)]
+    proxy: RawProxy,
+    upstream: BTreeMap<String, RawUpstream>,
+    metering: RawMetering,
+    #[serde(default)]
+    reload: RawReload,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    api: String,
+    admin: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    catalog: String,
+    entitlements: String,
+    credentials: String,
+}
+
+impl Default for RawFiles {
+    fn default() -> Self {
+        RawFiles {
+            catalog: "catalog.toml".into(),
+            entitlements: "entitlements.toml".into(),
+            credentials: "credentials.toml".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    max_clock_skew_seconds: i64,
+    allow_unsigned_payload: bool,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            max_clock_skew_seconds: 300,
+            allow_unsigned_payload: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmission {
+    burst_millis: u32,
+    sweep_interval_seconds: u64,
+}
+
+impl Default for RawAdmission {
+    fn default() -> Self {
+        RawAdmission {
+            burst_millis: 1000,
+            sweep_interval_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    max_request_bytes: usize,
+    connect_timeout_ms: u64,
+    response_timeout_ms: u64,
+    pool_idle_timeout_seconds: u64,
+    pool_max_idle_per_host: usize,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            max_request_bytes: 10 * 1024 * 1024,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 60_000,
+            pool_idle_timeout_seconds: 90,
+            pool_max_idle_per_host: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    secret_id: Option<String>,
+    secret_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetering {
+    sink: RawSink,
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawSink {
+    File,
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReload {
+    poll_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShutdown {
+    drain_timeout_seconds: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            drain_timeout_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where admitted calls of a service go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http://host:port` (no path).
+    pub uri: http::Uri,
+    /// `host:port`, the Host header sent upstream.
+    pub authority: String,
+    /// Re-sign forwarded calls with this credential (needed when the upstream is the vendor's
+    /// real endpoint, whose signature check covers the Host header).
+    pub resign: Option<(String, String)>,
+}
+
+/// Where usage records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeteringSink {
+    /// A local append-only JSON-lines file.
+    File(PathBuf),
+    /// No metering at all: only for measuring the gateway without it. Logged loudly.
+    Off,
+}
+
+/// Validated `tollgate.toml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: Source,
+    pub api_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub sources: Sources,
+    pub max_clock_skew_seconds: i64,
+    pub allow_unsigned_payload: bool,
+    pub burst_millis: u32,
+    pub sweep_interval: Duration,
+    pub max_request_bytes: usize,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// By service name; `"default"` serves services without their own entry.
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub metering: MeteringSink,
+    pub reload_poll_interval: Duration,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// The upstream of `service`.
+    pub fn upstream(&self, service: &str) -> Option<&Upstream> {
+        self.upstreams
+            .get(service)
+            .or_else(|| self.upstreams.get("default"))
+    }
+
+    /// The embedded defaults: every file compiled in, loopback listeners.
+    pub fn embedded() -> Settings {
+        load(&Source::Embedded {
+            name: "tollgate.toml",
+            text: super::EMBEDDED_GATEWAY,
+        })
+        .expect("the embedded tollgate.toml is valid")
+    }
+}
+
+/// Reads and validates `tollgate.toml`. Relative paths in it are relative to its directory.
+pub fn load(source: &Source) -> Result<Settings, ConfigError> {
+    let text = source.read()?;
+    let raw: RawSettings = parse_toml(source, &text)?;
+    let err = |key: &str, reason: String| ConfigError::new(source, key, reason);
+    let base: PathBuf = source
+        .path()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let resolve = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+        v.parse()
+            .map_err(|e| err(key, format!("{v:?} is not host:port ({e})")))
+    };
+    let sources = match source {
+        Source::Embedded { .. } => Sources::embedded(),
+        Source::File(_) => Sources {
+            catalog: Source::File(resolve(&raw.files.catalog)),
+            entitlements: Source::File(resolve(&raw.files.entitlements)),
+            credentials: Source::File(resolve(&raw.files.credentials)),
+        },
+    };
+    if raw.auth.max_clock_skew_seconds <= 0 {
+        return Err(err(
+            "auth.max_clock_skew_seconds",
+            "must be positive".into(),
+        ));
+    }
+    if raw.admission.burst_millis == 0 {
+        return Err(err("admission.burst_millis", "must be at least 1".into()));
+    }
+    if raw.proxy.max_request_bytes == 0 {
+        return Err(err("proxy.max_request_bytes", "must be positive".into()));
+    }
+    for (k, v) in [
+        ("proxy.connect_timeout_ms", raw.proxy.connect_timeout_ms),
+        ("proxy.response_timeout_ms", raw.proxy.response_timeout_ms),
+        ("reload.poll_interval_ms", raw.reload.poll_interval_ms),
+    ] {
+        if v == 0 {
+            return Err(err(k, "must be positive".into()));
+        }
+    }
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &raw.upstream {
+        let key = format!("upstream.{name}.url");
+        let uri: http::Uri = u
+            .url
+            .parse()
+            .map_err(|e| err(&key, format!("{:?} is not a URL ({e})", u.url)))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(err(
+                &key,
+                "must be an http:// URL (TLS to upstreams is terminated by a sidecar)".into(),
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| err(&key, "has no host".into()))?
+            .to_string();
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(err(&key, "must not have a path".into()));
+        }
+        let resign = match (&u.secret_id, &u.secret_key) {
+            (Some(id), Some(k)) => Some((id.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(err(
+                    &format!("upstream.{name}.secret_key"),
+                    "secret_id and secret_key go together".into(),
+                ));
+            }
+        };
+        upstreams.insert(
+            name.clone(),
+            Upstream {
+                uri,
+                authority,
+                resign,
+            },
+        );
+    }
+    let metering = match (raw.metering.sink, &raw.metering.path) {
+        // Data paths are relative to the working directory: config may be read-only.
+        (RawSink::File, Some(p)) => MeteringSink::File(PathBuf::from(p)),
+        (RawSink::File, None) => {
+            return Err(err("metering.path", "required for the file sink".into()));
+        }
+        (RawSink::Off, _) => MeteringSink::Off,
+    };
+    Ok(Settings {
+        source: source.clone(),
+        api_listen: addr("listen.api", &raw.listen.api)?,
+        admin_listen: addr("listen.admin", &raw.listen.admin)?,
+        sources,
+        max_clock_skew_seconds: raw.auth.max_clock_skew_seconds,
+        allow_unsigned_payload: raw.auth.allow_unsigned_payload,
+        burst_millis: raw.admission.burst_millis,
+        sweep_interval: Duration::from_secs(raw.admission.sweep_interval_seconds.max(1)),
+        max_request_bytes: raw.proxy.max_request_bytes,
+        connect_timeout: Duration::from_millis(raw.proxy.connect_timeout_ms),
+        response_timeout: Duration::from_millis(raw.proxy.response_timeout_ms),
+        pool_idle_timeout: Duration::from_secs(raw.proxy.pool_idle_timeout_seconds),
+        pool_max_idle_per_host: raw.proxy.pool_max_idle_per_host,
+        upstreams,
+        metering,
+        reload_poll_interval: Duration::from_millis(raw.reload.poll_interval_ms),
+        drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
+        log_format: raw.log.format,
+        log_level: raw.log.level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_settings_load() {
+        let s = Settings::embedded();
+        assert_eq!(s.max_clock_skew_seconds, 300);
+        assert!(s.upstream("ocr").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(
+            &path,
+            "[listen]\napi = \"127.0.0.1:1\"\nadmin = \"nope\"\n[upstream.default]\nurl = \"http://127.0.0.1:2\"\n[metering]\nsink = \"off\"\n",
+        )
+        .unwrap();
+        let e = load(&Source::File(path.clone())).unwrap_err();
+        assert_eq!(e.key, "listen.admin");
+        assert!(e.reason.contains("not host:port"), "{e}");
+        std::fs::write(
+            &path,
+            "[listen]\napi = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:3\"\n[upstream.default]\nurl = \"https://x\"\n[metering]\nsink = \"off\"\n",
+        )
+        .unwrap();
+        let e = load(&Source::File(path)).unwrap_err();
+        assert_eq!(e.key, "upstream.default.url");
+    }
+}

@@ -1,0 +1,20 @@
+//! Tollgate: a QPS admission gateway for cloud AI recognition APIs.
+//!
+//! See ARCHITECTURE.md for the request path (classify → authenticate → admit → forward →
+//! meter), the module map and the invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod admission;
+pub mod app;
+pub mod auth;
+pub mod billing;
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod entitlement;
+pub mod metering;
+pub mod metrics;
+pub mod proxy;
+pub mod stub;

@@ -1,0 +1,86 @@
+//! Metering: usage records of billable calls, handed to a sink.
+//!
+//! The proxy creates records only for admitted calls whose outcome is billable, and hands them
+//! over *before* it lets the last byte of the response reach the client (see
+//! `proxy::body::MeteredBody`). A sink answers with a [`Ticket`] that the body polls: a sink
+//! that writes synchronously returns [`Ticket::Done`]; one that batches writes in another
+//! thread returns [`Ticket::Pending`] and completes it once the record is written.
+
+pub mod file;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// One billable call's count against one billing item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The gateway's request id (also in the `X-Tollgate-Request-Id` header upstream).
+    pub request_id: String,
+    /// The main account billed.
+    pub owner_uin: u64,
+    /// The account (main or sub) that made the call.
+    pub uin: u64,
+    pub service: Arc<str>,
+    pub action: Arc<str>,
+    pub billing_item: Arc<str>,
+    pub units: u32,
+    /// When the call was admitted, Unix milliseconds (UTC; months and days are Beijing time
+    /// downstream).
+    pub time_unix_ms: i64,
+}
+
+/// Why a sink could not take a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("usage sink failed: {0}")]
+pub struct SinkError(pub String);
+
+/// The answer of a sink to a submission.
+#[derive(Debug)]
+pub enum Ticket {
+    Done(Result<(), SinkError>),
+    Pending(tokio::sync::oneshot::Receiver<Result<(), SinkError>>),
+}
+
+/// Where usage records go. `submit` must not block on I/O shared with other requests.
+pub trait UsageSink: Send + Sync + 'static {
+    /// Hands over the records of one call (one or two, all or nothing).
+    fn submit(&self, records: &[UsageRecord]) -> Ticket;
+
+    /// False when the sink cannot currently take records (readiness reports it).
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+/// A sink that drops everything: `metering.sink = "off"`, for measuring the gateway alone.
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+impl UsageSink for NoSink {
+    fn submit(&self, _records: &[UsageRecord]) -> Ticket {
+        Ticket::Done(Ok(()))
+    }
+}
+
+/// A sink that keeps records in memory: for tests.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    records: std::sync::Mutex<Vec<UsageRecord>>,
+}
+
+impl MemorySink {
+    pub fn records(&self) -> Vec<UsageRecord> {
+        self.records.lock().expect("not poisoned").clone()
+    }
+}
+
+impl UsageSink for MemorySink {
+    fn submit(&self, records: &[UsageRecord]) -> Ticket {
+        self.records
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(records);
+        Ticket::Done(Ok(()))
+    }
+}

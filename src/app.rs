@@ -105,7 +105,8 @@ fn build_sink(settings: &Settings) -> anyhow::Result<Arc<dyn UsageSink>> {
 
 /// Starts the gateway.
 pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Running> {
-    // Config: validated whole before anything listens.
+    // Config: watched from before the first read, validated whole before anything listens.
+    let watcher = reload::Watcher::new(&settings.sources);
     let loaded = config::load(&settings.sources)?;
     check_upstreams(&settings, &loaded.catalog)?;
     let settings = Arc::new(settings);
@@ -163,7 +164,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
     {
         let gateway = Arc::clone(&gateway);
         let status = Arc::clone(&reload_status);
-        let (sources, interval) = (settings.sources.clone(), settings.reload_poll_interval);
+        let interval = settings.reload_poll_interval;
         let settings = Arc::clone(&settings);
         let apply = move |result: Result<Arc<config::Loaded>, ConfigError>| {
             let result = result.and_then(|loaded| {
@@ -193,12 +194,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
                 }
             }
         };
-        tasks.push(tokio::spawn(reload::watch(
-            sources,
-            interval,
-            apply,
-            stopped(),
-        )));
+        tasks.push(tokio::spawn(watcher.run(interval, apply, stopped())));
     }
     // Forget rested buckets so memory follows active keys, not every key ever seen.
     {

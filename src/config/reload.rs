@@ -29,51 +29,65 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     )
 }
 
-/// Watches `sources` until `shutdown`, calling `apply` with every reload attempt's result.
-pub async fn watch<F>(
-    sources: Sources,
-    interval: Duration,
-    apply: F,
-    shutdown: impl Future<Output = ()>,
-) where
-    F: Fn(Result<Arc<Loaded>, ConfigError>) + Send + Sync + 'static,
-{
-    let paths: Vec<PathBuf> = sources.files().map(PathBuf::from).collect();
-    let mut last = fingerprint(&paths);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let sources = Arc::new(sources);
-    tokio::pin!(shutdown);
-    loop {
-        let forced = tokio::select! {
-            _ = ticker.tick() => false,
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => true,
-            () = &mut shutdown => return,
-        };
-        let now = fingerprint(&paths);
-        if !forced && now == last {
-            continue;
+/// A watch on the reloadable files, started *before* the initial load: any change after this
+/// point is seen, even one that lands between the initial load and the first poll.
+pub struct Watcher {
+    sources: Arc<Sources>,
+    paths: Vec<PathBuf>,
+    last: Fingerprint,
+}
+
+impl Watcher {
+    pub fn new(sources: &Sources) -> Watcher {
+        let paths: Vec<PathBuf> = sources.files().map(PathBuf::from).collect();
+        let last = fingerprint(&paths);
+        Watcher {
+            sources: Arc::new(sources.clone()),
+            paths,
+            last,
         }
-        last = now;
-        if forced {
-            tracing::info!("SIGHUP: reloading config");
+    }
+
+    /// Watches until `shutdown`, calling `apply` with every reload attempt's result.
+    pub async fn run<F>(mut self, interval: Duration, apply: F, shutdown: impl Future<Output = ()>)
+    where
+        F: Fn(Result<Arc<Loaded>, ConfigError>) + Send + Sync + 'static,
+    {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(shutdown);
+        loop {
+            let forced = tokio::select! {
+                _ = ticker.tick() => false,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+                () = &mut shutdown => return,
+            };
+            let now = fingerprint(&self.paths);
+            if !forced && now == self.last {
+                continue;
+            }
+            self.last = now;
+            if forced {
+                tracing::info!("SIGHUP: reloading config");
+            }
+            let sources = Arc::clone(&self.sources);
+            let result = tokio::task::spawn_blocking(move || load(&sources))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ConfigError {
+                        file: "(reload)".into(),
+                        key: "(task)".into(),
+                        reason: e.to_string(),
+                    })
+                });
+            apply(result);
         }
-        let sources = Arc::clone(&sources);
-        let result = tokio::task::spawn_blocking(move || load(&sources))
-            .await
-            .unwrap_or_else(|e| {
-                Err(ConfigError {
-                    file: "(reload)".into(),
-                    key: "(task)".into(),
-                    reason: e.to_string(),
-                })
-            });
-        apply(result);
     }
 }

@@ -234,7 +234,7 @@ fn answer(
                 serde_json::json!({
                     "Code": code, "Type": t, "Angle": 0.0, "Page": 1,
                     "Rect": {"X": 10 * i, "Y": 10, "Width": 100, "Height": 50},
-                    "SingleInvoiceInfos": {"VatInvoice": null, "TrainTicket": null},
+                    "SingleInvoiceInfos": [{"Name": "发票代码", "Value": "144031700221", "Row": 0}],
                 })
             })
             .collect();

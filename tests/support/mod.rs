@@ -1,0 +1,482 @@
+//! A small in-process harness: a stub backend and a gateway on ephemeral loopback ports, with
+//! their config files in a temp dir, and a signing client. Each test file `mod support;`s it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tempfile::TempDir;
+use tollgate::app::{self, Options, Running};
+use tollgate::auth::tc3::Signer;
+use tollgate::clock::{Clock, FakeClock, SystemClock};
+use tollgate::config::Source;
+use tollgate::config::gateway;
+use tollgate::config::stub::StubSettings;
+use tollgate::metering::UsageRecord;
+use tollgate::metering::file::FileSink;
+use tollgate::stub::Stub;
+
+/// Test accounts. Every credential's key is `<secret_id>-secret-key`.
+pub const ENTITLEMENTS: &str = r#"
+[[account]]
+uin = 1
+name = "main"
+services = ["ocr", "facefusion", "tiia", "ft", "bda"]
+postpaid = true
+
+[[account]]
+uin = 2
+owner = 1
+name = "sub-a"
+
+[[account]]
+uin = 3
+owner = 1
+name = "sub-b"
+
+[[account]]
+uin = 10
+name = "overlay"
+services = ["ocr"]
+postpaid = true
+
+[[account.overlay]]
+interface = "ocr.GeneralBasicOCR"
+qps = 80
+start = 2026-03-01
+end = 2026-03-04
+purchased_at = 2026-02-20T10:00:00+08:00
+
+[[account]]
+uin = 11
+name = "qps-mode"
+services = ["bda", "facefusion"]
+postpaid = true
+
+[[account.mode]]
+group = "bda.segment"
+mode = "qps"
+quantity = 30
+
+[[account]]
+uin = 20
+name = "arrears"
+services = ["ocr"]
+arrears = true
+
+[[account]]
+uin = 30
+name = "not-activated"
+services = ["tiia"]
+postpaid = true
+
+[[account]]
+uin = 40
+name = "exhausted"
+services = ["ocr"]
+postpaid = false
+exhausted = ["ocr.general_basic"]
+"#;
+
+pub const CREDENTIAL_IDS: &[(&str, u64)] = &[
+    ("AKIDmain", 1),
+    ("AKIDsubA", 2),
+    ("AKIDsubB", 3),
+    ("AKIDoverlay", 10),
+    ("AKIDqpsmode", 11),
+    ("AKIDarrears", 20),
+    ("AKIDnotactivated", 30),
+    ("AKIDexhausted", 40),
+];
+
+pub fn key_of(secret_id: &str) -> String {
+    format!("{secret_id}-secret-key")
+}
+
+pub fn credentials_toml() -> String {
+    CREDENTIAL_IDS
+        .iter()
+        .map(|(id, uin)| {
+            format!(
+                "[[credential]]\nsecret_id = \"{id}\"\nsecret_key = \"{}\"\nuin = {uin}\n",
+                key_of(id)
+            )
+        })
+        .collect()
+}
+
+pub struct Builder {
+    pub entitlements: String,
+    pub stub: StubSettings,
+    pub clock: Option<Arc<FakeClock>>,
+    pub response_timeout_ms: u64,
+    pub max_request_bytes: usize,
+    /// Point the gateway at a port where nothing listens.
+    pub dead_upstream: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            entitlements: ENTITLEMENTS.into(),
+            stub: StubSettings::default(),
+            clock: None,
+            response_timeout_ms: 10_000,
+            max_request_bytes: 1 << 20,
+            dead_upstream: false,
+        }
+    }
+}
+
+pub struct Harness {
+    pub dir: TempDir,
+    pub stub_addr: SocketAddr,
+    pub running: Running,
+    pub clock: Arc<dyn Clock>,
+    pub fake_clock: Option<Arc<FakeClock>>,
+    pub usage_path: PathBuf,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stub_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// One signed call.
+#[derive(Clone)]
+pub struct Call {
+    pub service: String,
+    pub action: String,
+    pub secret_id: String,
+    pub secret_key: String,
+    pub method: &'static str,
+    pub body: Vec<u8>,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    /// Seconds added to the clock's time for X-TC-Timestamp.
+    pub timestamp_skew: i64,
+}
+
+impl Call {
+    pub fn new(service: &str, action: &str, secret_id: &str) -> Call {
+        Call {
+            service: service.into(),
+            action: action.into(),
+            secret_id: secret_id.into(),
+            secret_key: key_of(secret_id),
+            method: "POST",
+            body: br#"{"ImageUrl":"https://example.com/a.jpg"}"#.to_vec(),
+            query: String::new(),
+            headers: vec![],
+            timestamp_skew: 0,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A parsed answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn error_code(&self) -> Option<&str> {
+        self.json["Response"]["Error"]["Code"].as_str()
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.status == 200 && self.json["Response"].is_object() && self.error_code().is_none()
+    }
+}
+
+impl Harness {
+    pub async fn start(b: Builder) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stub_addr = stub_listener.local_addr().unwrap();
+        let (stub_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(tollgate::stub::serve(
+            stub_listener,
+            Stub::new(b.stub),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let upstream = if b.dead_upstream {
+            // A port that was just free: nothing listens there.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            drop(l);
+            a
+        } else {
+            stub_addr
+        };
+        std::fs::write(
+            dir.path().join("catalog.toml"),
+            tollgate::config::EMBEDDED_CATALOG,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("entitlements.toml"), &b.entitlements).unwrap();
+        std::fs::write(dir.path().join("credentials.toml"), credentials_toml()).unwrap();
+        let usage_path = dir.path().join("usage.jsonl");
+        let settings_text = format!(
+            r#"
+[listen]
+api = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[proxy]
+response_timeout_ms = {}
+max_request_bytes = {}
+connect_timeout_ms = 500
+[upstream.default]
+url = "http://{upstream}"
+[metering]
+sink = "file"
+path = "{}"
+[reload]
+poll_interval_ms = 100
+[shutdown]
+drain_timeout_seconds = 10
+"#,
+            b.response_timeout_ms,
+            b.max_request_bytes,
+            usage_path.display()
+        );
+        let settings_path = dir.path().join("tollgate.toml");
+        std::fs::write(&settings_path, settings_text).unwrap();
+        let settings = gateway::load(&Source::File(settings_path)).unwrap();
+        let clock: Arc<dyn Clock> = match &b.clock {
+            Some(c) => c.clone(),
+            None => SystemClock::shared(),
+        };
+        let running = app::start(
+            settings,
+            Options {
+                clock: Arc::clone(&clock),
+                sink: None,
+            },
+        )
+        .await
+        .unwrap();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        Harness {
+            dir,
+            stub_addr,
+            running,
+            clock,
+            fake_clock: b.clock,
+            usage_path,
+            client,
+            stub_stop,
+        }
+    }
+
+    pub fn api(&self) -> SocketAddr {
+        self.running.api_addr
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Builds the signed HTTP request for `c`.
+    pub fn request(&self, c: &Call) -> Request<Full<Bytes>> {
+        let host = self.api().to_string();
+        let content_type = if c.method == "GET" {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        let timestamp = self.clock.unix_nanos() / 1_000_000_000 + c.timestamp_skew;
+        let payload: &[u8] = if c.method == "GET" { b"" } else { &c.body };
+        let authorization = Signer {
+            secret_id: &c.secret_id,
+            secret_key: &c.secret_key,
+            service: &c.service,
+            host: &host,
+            content_type,
+            method: c.method,
+            query: c.query.as_bytes(),
+            payload,
+            timestamp,
+        }
+        .authorization();
+        let uri = if c.query.is_empty() {
+            format!("http://{host}/")
+        } else {
+            format!("http://{host}/?{}", c.query)
+        };
+        let mut req = Request::builder()
+            .method(c.method)
+            .uri(uri)
+            .header("host", &host)
+            .header("content-type", content_type)
+            .header("x-tc-action", &c.action)
+            .header("x-tc-version", "2018-11-19")
+            .header("x-tc-timestamp", timestamp.to_string())
+            .header("authorization", authorization);
+        for (k, v) in &c.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req.body(Full::new(Bytes::from(payload.to_vec()))).unwrap()
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = self.client.request(req).await.expect("gateway reachable");
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.expect("whole body").to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            json,
+        }
+    }
+
+    pub async fn call(&self, c: &Call) -> Reply {
+        self.send(self.request(c)).await
+    }
+
+    /// Fires `n` copies of `c` concurrently; returns the replies.
+    pub async fn burst(self: &Arc<Self>, c: &Call, n: usize) -> Vec<Reply> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let h = Arc::clone(self);
+            let c = c.clone();
+            set.spawn(async move { h.call(&c).await });
+        }
+        let mut out = Vec::with_capacity(n);
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    }
+
+    pub async fn get_text(&self, addr: SocketAddr, path: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn stub_stats(&self) -> Value {
+        let (_, text) = self.get_text(self.stub_addr, "/stub/stats").await;
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get_text(self.running.admin_addr, "/metrics").await.1
+    }
+
+    /// The value of one series in the metrics text, 0 if absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+
+    pub fn usage(&self) -> Vec<UsageRecord> {
+        if !self.usage_path.exists() {
+            return vec![];
+        }
+        FileSink::read_all(&self.usage_path).unwrap()
+    }
+
+    /// Replaces a config file the way editors and Kubernetes do: write aside, then rename.
+    pub fn replace_file(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+    }
+
+    pub async fn reload_status(&self) -> Value {
+        let (_, text) = self.get_text(self.running.admin_addr, "/reload").await;
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Stops the gateway (draining it) and the stub; hands back the temp dir so a test can
+    /// still read what was written.
+    pub async fn stop(self) -> TempDir {
+        self.running.shutdown().await;
+        let _ = self.stub_stop.send(());
+        self.dir
+    }
+}
+
+/// Sends one request on a client of its own (for tasks that outlive a borrow of the harness).
+pub async fn send_alone(req: Request<Full<Bytes>>) -> Reply {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let resp = client.request(req).await.expect("gateway reachable");
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.expect("whole body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// Finds `name{labels…}` in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+pub fn count_codes(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in replies {
+        let k = r.error_code().unwrap_or("success").to_string();
+        *m.entry(k).or_default() += 1;
+    }
+    m
+}
+
+pub async fn eventually<F, Fut>(deadline: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -17,4 +17,5 @@ pub mod entitlement;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;
+pub mod settlement;
 pub mod stub;

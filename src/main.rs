@@ -5,8 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tollgate::catalog::Catalog;
 use tollgate::config::gateway::{self, LogFormat, Settings, Upstream};
 use tollgate::config::{Source, stub as stub_config};
+use tollgate::settlement::prices::PriceBook;
+use tollgate::settlement::quote::{self, Term};
 use tollgate::{app, stub};
 
 #[derive(Parser)]
@@ -53,6 +56,218 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Prints an owner's month as an itemised statement.
+    Statement {
+        /// The main account (owner) UIN.
+        #[arg(long)]
+        owner: u64,
+        /// The Beijing-time month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+        /// Usage records written by the gateway's file sink (JSON lines).
+        #[arg(long, default_value = "data/usage.jsonl")]
+        usage: PathBuf,
+        /// Directory with catalog.toml, pricing.toml and billing.toml (embedded copies if absent).
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: StatementFormat,
+    },
+    /// Prices a purchase: a QPS overlay pack, QPS mode, concurrency tasks or prepaid packs.
+    Quote {
+        #[command(subcommand)]
+        what: QuoteWhat,
+        /// Directory with catalog.toml, pricing.toml and entitlements.toml (embedded copies if absent).
+        #[arg(long, global = true)]
+        config_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatementFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args)]
+struct TermArgs {
+    /// First day (Beijing time), YYYY-MM-DD.
+    #[arg(long)]
+    start: chrono::NaiveDate,
+    /// Last day, inclusive (by the day).
+    #[arg(long, conflicts_with = "months")]
+    end: Option<chrono::NaiveDate>,
+    /// Number of months (by the month).
+    #[arg(long)]
+    months: Option<u32>,
+}
+
+impl TermArgs {
+    fn term(&self) -> anyhow::Result<Term> {
+        match (self.end, self.months) {
+            (Some(end), None) => Ok(Term::Days {
+                start: self.start,
+                end,
+            }),
+            (None, Some(months)) => Ok(Term::Months {
+                start: self.start,
+                months,
+            }),
+            _ => anyhow::bail!("give --end (by the day) or --months (by the month)"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum QuoteWhat {
+    /// A QPS overlay pack for an OCR interface, checked against the class cap.
+    Overlay {
+        /// e.g. ocr.IDCardOCR
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        qps: u32,
+        /// The UIN buying it: its packs in entitlements.toml count against the cap.
+        #[arg(long)]
+        uin: Option<u64>,
+        #[command(flatten)]
+        term: TermArgs,
+    },
+    /// QPS billing mode for a group (facefusion.fuse, bda.segment).
+    Qps {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        qps: u32,
+        #[command(flatten)]
+        term: TermArgs,
+    },
+    /// Concurrency tasks for a group (facefusion.fuse_ultra), by the month.
+    Concurrency {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        tasks: u32,
+        #[command(flatten)]
+        term: TermArgs,
+    },
+    /// Prepaid packs of a billing item.
+    Pack {
+        #[arg(long)]
+        item: String,
+        #[arg(long)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+/// A config file from `dir`, or the embedded copy.
+fn config_source(dir: &Option<PathBuf>, name: &'static str, embedded: &'static str) -> Source {
+    match dir {
+        Some(d) => Source::File(d.join(name)),
+        None => Source::Embedded {
+            name,
+            text: embedded,
+        },
+    }
+}
+
+fn load_pricing(dir: &Option<PathBuf>) -> anyhow::Result<(Catalog, PriceBook)> {
+    use tollgate::config::{EMBEDDED_CATALOG, EMBEDDED_PRICING, catalog, pricing};
+    let src = config_source(dir, "catalog.toml", EMBEDDED_CATALOG);
+    let cat = catalog::load(&src, &src.read()?)?;
+    let src = config_source(dir, "pricing.toml", EMBEDDED_PRICING);
+    let book = pricing::load_prices(&src, &src.read()?, &cat)?;
+    Ok((cat, book))
+}
+
+fn run_statement(
+    owner: u64,
+    month: &str,
+    usage: &std::path::Path,
+    dir: &Option<PathBuf>,
+    format: StatementFormat,
+) -> anyhow::Result<()> {
+    use tollgate::settlement::{Month, OwnerBilling, ledger, rating, statement};
+    let month: Month = month
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--month: {e}"))?;
+    let (catalog, book) = load_pricing(dir)?;
+    let src = config_source(dir, "billing.toml", tollgate::config::EMBEDDED_BILLING);
+    let owners = tollgate::config::pricing::load_billing(&src, &src.read()?, &catalog, &book)?;
+    let billing = owners.get(&owner).cloned().unwrap_or(OwnerBilling {
+        uin: owner,
+        ..Default::default()
+    });
+    let records = if usage.exists() {
+        tollgate::metering::file::FileSink::read_all(usage)
+            .with_context(|| format!("reading {}", usage.display()))?
+    } else {
+        anyhow::bail!("no usage file at {} (see --usage)", usage.display());
+    };
+    let counts = ledger::hourly_counts(&catalog, owner, &records)?;
+    let s = rating::rate_month(&catalog, &book, &billing, &counts, month)?;
+    let text = match format {
+        StatementFormat::Table => statement::to_table(&s),
+        StatementFormat::Json => statement::to_json(&s),
+        StatementFormat::Csv => statement::to_csv(&s),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn run_quote(what: QuoteWhat, dir: &Option<PathBuf>) -> anyhow::Result<()> {
+    let (catalog, book) = load_pricing(dir)?;
+    let q = match what {
+        QuoteWhat::Overlay {
+            interface,
+            qps,
+            uin,
+            term,
+        } => {
+            let mut held = Vec::new();
+            if let Some(uin) = uin {
+                let src = config_source(
+                    dir,
+                    "entitlements.toml",
+                    tollgate::config::EMBEDDED_ENTITLEMENTS,
+                );
+                let ents = tollgate::config::entitlements::load_entitlements(
+                    &src,
+                    &src.read()?,
+                    &catalog,
+                )?;
+                let account = ents
+                    .account(uin)
+                    .with_context(|| format!("{uin} is not an account of {}", src.name()))?;
+                if let Some(f) = catalog.interface_by_name(&interface) {
+                    held = account
+                        .overlay_packs
+                        .get(&f.id)
+                        .cloned()
+                        .unwrap_or_default();
+                }
+            }
+            let now = chrono::Utc::now().with_timezone(&tollgate::clock::beijing());
+            quote::overlay(&book, &catalog, &interface, qps, term.term()?, now, &held)?
+        }
+        QuoteWhat::Qps { group, qps, term } => {
+            quote::qps_mode(&book, &catalog, &group, qps, term.term()?)?
+        }
+        QuoteWhat::Concurrency { group, tasks, term } => {
+            quote::concurrency(&book, &catalog, &group, tasks, term.term()?)?
+        }
+        QuoteWhat::Pack { item, size, count } => {
+            quote::prepaid(&book, &catalog, &item, size, count, None)?
+        }
+    };
+    println!(
+        "{}: {} × {} {}(s) × {} = {} CNY",
+        q.what, q.quantity, q.periods, q.period, q.unit_price, q.amount
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -163,9 +378,26 @@ Tollgate demo is up. Call it with the official Python SDK:
 Metrics: http://{ADMIN}/metrics   usage records: data/usage.jsonl   stop: Ctrl-C
 "#;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a person can act on (file, key, reason for config errors); no backtrace.
+            eprintln!("tollgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gateway { config, overrides } => {
             let settings = load_settings(config, &overrides)?;
@@ -216,6 +448,14 @@ async fn main() -> anyhow::Result<()> {
             running.run_until(terminated()).await;
             stub_task.abort();
         }
+        Command::Statement {
+            owner,
+            month,
+            usage,
+            config_dir,
+            format,
+        } => run_statement(owner, &month, &usage, &config_dir, format)?,
+        Command::Quote { what, config_dir } => run_quote(what, &config_dir)?,
         Command::CheckConfig { config } => {
             let settings = load_settings(
                 config,

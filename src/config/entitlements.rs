@@ -219,7 +219,8 @@ pub fn load_entitlements(
 
         // Overlays: validated in purchase order against the packs bought before them.
         let mut by_purchase: Vec<(usize, &RawOverlay)> = a.overlay.iter().enumerate().collect();
-        let mut parsed: FxHashMap<String, Vec<OverlayPack>> = FxHashMap::default();
+        let mut parsed: FxHashMap<crate::catalog::InterfaceId, Vec<OverlayPack>> =
+            FxHashMap::default();
         let mut packs = Vec::with_capacity(by_purchase.len());
         for (j, o) in &by_purchase {
             let okey = |k: &str| key(&format!("overlay[{j}].{k}"));
@@ -262,7 +263,7 @@ pub fn load_entitlements(
                 ));
             }
             let pack = &packs[j];
-            let held = parsed.entry(o.interface.clone()).or_default();
+            let held = parsed.entry(interface.id).or_default();
             check_daily_cap(class, held.iter(), pack)
                 .map_err(|e| err(okey("qps"), e.to_string()))?;
             held.push(pack.clone());
@@ -288,6 +289,7 @@ pub fn load_entitlements(
                 name: a.name.as_str().into(),
                 owner,
                 groups,
+                overlay_packs: parsed,
             },
         );
     }

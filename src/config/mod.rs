@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod entitlements;
 pub mod gateway;
+pub mod pricing;
 pub mod reload;
 pub mod stub;
 
@@ -31,6 +32,8 @@ pub const EMBEDDED_GATEWAY: &str = include_str!("../../config/tollgate.toml");
 pub const EMBEDDED_CATALOG: &str = include_str!("../../config/catalog.toml");
 pub const EMBEDDED_ENTITLEMENTS: &str = include_str!("../../config/entitlements.toml");
 pub const EMBEDDED_CREDENTIALS: &str = include_str!("../../config/credentials.toml");
+pub const EMBEDDED_PRICING: &str = include_str!("../../config/pricing.toml");
+pub const EMBEDDED_BILLING: &str = include_str!("../../config/billing.toml");
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -147,6 +147,8 @@ pub struct Account {
     pub name: Box<str>,
     pub owner: Arc<OwnerState>,
     pub groups: FxHashMap<GroupId, GroupEntitlement>,
+    /// The overlay packs held, by interface (for cap checks of new purchases).
+    pub overlay_packs: FxHashMap<crate::catalog::InterfaceId, Vec<overlay::OverlayPack>>,
 }
 
 impl Account {

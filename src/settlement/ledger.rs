@@ -1,0 +1,43 @@
+//! Usage as the rating engine reads it: hourly counts per billing item and interface, from the
+//! metering pipeline's outputs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::UsageCount;
+use crate::catalog::Catalog;
+use crate::metering::UsageRecord;
+
+/// A ledger row the catalog cannot place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("usage of unknown billing item {item:?} (not in catalog.toml)")]
+pub struct UnknownItem {
+    pub item: String,
+}
+
+/// Aggregates one owner's usage records into hourly counts.
+pub fn hourly_counts<'a>(
+    catalog: &Catalog,
+    owner_uin: u64,
+    records: impl IntoIterator<Item = &'a UsageRecord>,
+) -> Result<Vec<UsageCount>, UnknownItem> {
+    let mut counts: BTreeMap<(i64, String, Arc<str>), u64> = BTreeMap::new();
+    for r in records.into_iter().filter(|r| r.owner_uin == owner_uin) {
+        let hour = r.time_unix_ms.div_euclid(1000).div_euclid(3600) * 3600;
+        *counts
+            .entry((hour, r.billing_item.to_string(), Arc::clone(&r.action)))
+            .or_default() += u64::from(r.units);
+    }
+    counts
+        .into_iter()
+        .map(|((hour_start, item, interface), units)| {
+            let item = catalog.item_by_key(&item).ok_or(UnknownItem { item })?.id;
+            Ok(UsageCount {
+                item,
+                interface,
+                hour_start,
+                units,
+            })
+        })
+        .collect()
+}

@@ -17,7 +17,10 @@ use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::gateway::{MeteringSink, Settings};
 use crate::config::{self, ConfigError, reload};
+use crate::metering::batch::BatchStore;
 use crate::metering::file::FileSink;
+use crate::metering::ship::{self, ShipMetrics, Shipper};
+use crate::metering::spool::Spool;
 use crate::metering::{NoSink, UsageSink};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, server};
@@ -53,17 +56,34 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub reload_status: Arc<Mutex<ReloadStatus>>,
+    /// The spool, when metering uses it.
+    pub spool: Option<Arc<Spool>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    ship_stop: watch::Sender<bool>,
+    ship_task: Option<JoinHandle<()>>,
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
 }
 
 impl Running {
-    /// Drains and stops everything.
+    /// Drains and stops everything: the API first (so every in-flight call's usage is
+    /// written), then the shipper (which seals and ships the tail), then the spool writer.
     pub async fn shutdown(self) {
+        self.gateway.start_draining();
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = self.ship_stop.send(true);
+        if let Some(t) = self.ship_task {
+            let _ = t.await;
+        }
+        if let Some(spool) = self.spool {
+            spool.close();
+        }
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
     }
 
     /// Waits until the servers stop (after `trigger` completes, they drain and stop).
@@ -88,8 +108,65 @@ fn check_upstreams(settings: &Settings, catalog: &Catalog) -> Result<(), ConfigE
     Ok(())
 }
 
+/// The spool and its shipper: state restored, numbering above everything already sealed.
+fn open_spool(
+    s: &crate::config::gateway::SpoolSettings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<Spool>, Shipper)> {
+    std::fs::create_dir_all(&s.spool.dir).with_context(|| {
+        format!(
+            "cannot create the spool directory {}",
+            s.spool.dir.display()
+        )
+    })?;
+    let store = BatchStore::open(&s.spool.dir)?;
+    let floor = ship::sealed_floor(&store)?;
+    let fsync = metrics.spool_fsync_seconds.clone();
+    let spool = Arc::new(
+        Spool::open_observed(
+            s.spool.clone(),
+            floor,
+            Some(Box::new(move |d| fsync.observe(d.as_secs_f64()))),
+        )
+        .with_context(|| format!("cannot open the spool at {}", s.spool.dir.display()))?,
+    );
+    let r = spool.recovery();
+    metrics.spool_corrupt_frames.inc_by(r.corrupt_frames);
+    metrics.spool_torn_bytes.inc_by(r.torn_bytes);
+    if r.corrupt_frames > 0 || r.torn_bytes > 0 {
+        tracing::warn!(
+            corrupt_frames = r.corrupt_frames,
+            torn_bytes = r.torn_bytes,
+            "spool recovered from damage"
+        );
+    }
+    tracing::info!(
+        segments = r.segments,
+        records = r.records,
+        max_seq = r.max_seq,
+        "spool opened"
+    );
+    let totals_metrics = Arc::clone(metrics);
+    let ship_metrics = ShipMetrics {
+        sealed: metrics.batches_sealed.clone(),
+        published: metrics.batches_published.clone(),
+        duplicates: metrics.batches_duplicate.clone(),
+        publish_errors: metrics.batch_publish_errors.clone(),
+        publish_seconds: metrics.batch_publish_seconds.clone(),
+        pending_batches: metrics.batches_pending.clone(),
+        unshipped_records: metrics.spool_unshipped_records.clone(),
+        oldest_unshipped_seconds: metrics.spool_oldest_unshipped_seconds.clone(),
+        spool_bytes: metrics.spool_bytes.clone(),
+        spool_full: metrics.spool_full.clone(),
+        totals_source: Arc::new(move || totals_metrics.totals()),
+    };
+    let shipper = Shipper::open(Arc::clone(&spool), s.ship.clone(), ship_metrics)?;
+    Ok((spool, shipper))
+}
+
 fn build_sink(settings: &Settings) -> anyhow::Result<Arc<dyn UsageSink>> {
     Ok(match &settings.metering {
+        MeteringSink::Spool(_) => unreachable!("the spool is built by open_spool"),
         MeteringSink::File(path) => Arc::new(
             FileSink::open(path)
                 .with_context(|| format!("cannot open the usage file {}", path.display()))?,
@@ -115,10 +192,18 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
     let store = Arc::new(LocalStore::new());
     let admission = Admission::new(store.clone() as Arc<dyn QuotaStore>, settings.burst_millis);
     let metrics = Arc::new(Metrics::new());
-    // Metering: where billable usage goes.
-    let sink = match options.sink {
-        Some(s) => s,
-        None => build_sink(&settings)?,
+    // Metering: where billable usage goes (the spool: written before each answer completes).
+    let (sink, spool, shipper) = match (options.sink, &settings.metering) {
+        (Some(s), _) => (s, None, None),
+        (None, MeteringSink::Spool(s)) => {
+            let (spool, shipper) = open_spool(s, &metrics)?;
+            (
+                Arc::clone(&spool) as Arc<dyn UsageSink>,
+                Some(spool),
+                Some(shipper),
+            )
+        }
+        (None, _) => (build_sink(&settings)?, None, None),
     };
     let gateway = Gateway::new(
         Arc::clone(&settings),
@@ -153,13 +238,20 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         stopped(),
         settings.drain_timeout,
     )));
-    // Metrics and probes, on their own port.
-    tasks.push(tokio::spawn(crate::admin::serve(
-        admin,
-        Arc::clone(&gateway),
-        Arc::clone(&reload_status),
-        stopped(),
-    )));
+    // Metrics and probes, on their own port. They outlive the drain (readiness answers 503
+    // while in-flight calls finish) and stop with the shipper.
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let admin_task = {
+        let mut rx = admin_rx;
+        tokio::spawn(crate::admin::serve(
+            admin,
+            Arc::clone(&gateway),
+            Arc::clone(&reload_status),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        ))
+    };
     // Live config: a valid change is applied whole, an invalid one refused with its reason.
     {
         let gateway = Arc::clone(&gateway);
@@ -216,13 +308,30 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             }
         }));
     }
+    // Shipping: seal the spool into batches, publish, advance the cursor after the ack. It
+    // stops after the API has drained, so the last calls' usage is shipped too.
+    let (ship_stop, ship_rx) = watch::channel(false);
+    let ship_task = shipper.map(|shipper| {
+        let mut rx = ship_rx;
+        tokio::spawn(shipper.run(
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+            settings.drain_timeout,
+        ))
+    });
     tracing::info!(%api_addr, %admin_addr, "tollgate gateway listening");
     Ok(Running {
         api_addr,
         admin_addr,
         gateway,
         reload_status,
+        spool,
         shutdown: shutdown_tx,
         tasks,
+        ship_stop,
+        ship_task,
+        admin_stop,
+        admin_task,
     })
 }

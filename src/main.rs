@@ -64,14 +64,42 @@ enum Command {
         /// The Beijing-time month, YYYY-MM.
         #[arg(long)]
         month: String,
-        /// Usage records written by the gateway's file sink (JSON lines).
-        #[arg(long, default_value = "data/usage.jsonl")]
-        usage: PathBuf,
+        /// Read usage from this PostgreSQL ledger (the settlement consumer's).
+        #[arg(long, conflicts_with_all = ["ledger_dir", "usage"])]
+        postgres: Option<String>,
+        /// Read usage from sealed batches in this directory (the embedded default's ledger).
+        #[arg(long, conflicts_with = "usage")]
+        ledger_dir: Option<PathBuf>,
+        /// Read usage from JSON-lines records (metering.sink = "file").
+        #[arg(long)]
+        usage: Option<PathBuf>,
         /// Directory with catalog.toml, pricing.toml and billing.toml (embedded copies if absent).
         #[arg(long)]
         config_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: StatementFormat,
+    },
+    /// Applies sealed batches to the PostgreSQL usage ledger, exactly once, and reconciles.
+    Consumer {
+        /// PostgreSQL connection string, e.g. "host=127.0.0.1 user=postgres dbname=tollgate".
+        #[arg(long, env = "TOLLGATE_POSTGRES")]
+        postgres: String,
+        /// Read batches from JetStream at this URL.
+        #[arg(long, conflicts_with = "batch_dir")]
+        nats_url: Option<String>,
+        #[arg(long, default_value = "TOLLGATE_USAGE")]
+        nats_stream: String,
+        #[arg(long, default_value = "settlement")]
+        durable: String,
+        /// Read batches from the embedded default's local directory instead.
+        #[arg(long)]
+        batch_dir: Option<PathBuf>,
+        /// /metrics and /healthz.
+        #[arg(long, default_value = "127.0.0.1:19091")]
+        admin_listen: SocketAddr,
+        /// A totals report is checked once this old.
+        #[arg(long, default_value_t = 60)]
+        reconcile_grace_seconds: u64,
     },
     /// Prices a purchase: a QPS overlay pack, QPS mode, concurrency tasks or prepaid packs.
     Quote {
@@ -183,10 +211,17 @@ fn load_pricing(dir: &Option<PathBuf>) -> anyhow::Result<(Catalog, PriceBook)> {
     Ok((cat, book))
 }
 
-fn run_statement(
+/// Where a statement reads usage from.
+enum UsageSource {
+    Postgres(String),
+    LedgerDir(PathBuf),
+    Records(PathBuf),
+}
+
+async fn run_statement(
     owner: u64,
     month: &str,
-    usage: &std::path::Path,
+    source: UsageSource,
     dir: &Option<PathBuf>,
     format: StatementFormat,
 ) -> anyhow::Result<()> {
@@ -201,13 +236,26 @@ fn run_statement(
         uin: owner,
         ..Default::default()
     });
-    let records = if usage.exists() {
-        tollgate::metering::file::FileSink::read_all(usage)
-            .with_context(|| format!("reading {}", usage.display()))?
-    } else {
-        anyhow::bail!("no usage file at {} (see --usage)", usage.display());
+    let counts = match source {
+        UsageSource::Records(path) => {
+            let records = tollgate::metering::file::FileSink::read_all(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            ledger::hourly_counts(&catalog, owner, &records)?
+        }
+        UsageSource::LedgerDir(path) => {
+            let batches = tollgate::metering::batch::read_batch_dir(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            ledger::from_batches(&catalog, owner, &batches)?
+        }
+        UsageSource::Postgres(url) => {
+            let pg = tollgate::settlement::consumer::Ledger::connect(
+                &url,
+                std::time::Duration::from_secs(5),
+            )
+            .await?;
+            pg.usage(&catalog, owner).await?
+        }
     };
-    let counts = ledger::hourly_counts(&catalog, owner, &records)?;
     let s = rating::rate_month(&catalog, &book, &billing, &counts, month)?;
     let text = match format {
         StatementFormat::Table => statement::to_table(&s),
@@ -216,6 +264,36 @@ fn run_statement(
     };
     print!("{text}");
     Ok(())
+}
+
+/// `/metrics` and `/healthz` of the consumer.
+async fn serve_consumer_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<tollgate::settlement::consumer::ConsumerMetrics>,
+) {
+    use hyper::service::service_fn;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = std::sync::Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let body = match req.uri().path() {
+                    "/metrics" => metrics.render(),
+                    _ => "ok\n".to_owned(),
+                };
+                async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(body)),
+                    ))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 fn run_quote(what: QuoteWhat, dir: &Option<PathBuf>) -> anyhow::Result<()> {
@@ -281,6 +359,10 @@ struct Overrides {
     /// Overrides upstream.default.url.
     #[arg(long)]
     upstream: Option<String>,
+    /// Overrides metering.gateway_id (also $TOLLGATE_GATEWAY_ID): unique per instance, e.g.
+    /// the StatefulSet pod name.
+    #[arg(long, env = "TOLLGATE_GATEWAY_ID")]
+    gateway_id: Option<String>,
 }
 
 fn load_settings(config: Option<PathBuf>, o: &Overrides) -> anyhow::Result<Settings> {
@@ -293,6 +375,23 @@ fn load_settings(config: Option<PathBuf>, o: &Overrides) -> anyhow::Result<Setti
     }
     if let Some(a) = o.admin_listen {
         s.admin_listen = a;
+    }
+    if let Some(id) = &o.gateway_id {
+        match &mut s.metering {
+            gateway::MeteringSink::Spool(sp) => {
+                if id.is_empty()
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    anyhow::bail!("--gateway-id {id:?}: letters, digits, '-' or '_' only");
+                }
+                sp.ship.gateway_id = id.clone();
+            }
+            _ => {
+                anyhow::bail!("--gateway-id applies to the spool sink (metering.sink = \"spool\")")
+            }
+        }
     }
     if let Some(u) = &o.upstream {
         let uri: http::Uri = u.parse().with_context(|| format!("--upstream {u:?}"))?;
@@ -451,10 +550,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Statement {
             owner,
             month,
+            postgres,
+            ledger_dir,
             usage,
             config_dir,
             format,
-        } => run_statement(owner, &month, &usage, &config_dir, format)?,
+        } => {
+            let source = match (postgres, ledger_dir, usage) {
+                (Some(url), _, _) => UsageSource::Postgres(url),
+                (_, Some(d), _) => UsageSource::LedgerDir(d),
+                (_, _, Some(f)) => UsageSource::Records(f),
+                _ => UsageSource::LedgerDir(PathBuf::from("data/batches")),
+            };
+            run_statement(owner, &month, source, &config_dir, format).await?
+        }
+        Command::Consumer {
+            postgres,
+            nats_url,
+            nats_stream,
+            durable,
+            batch_dir,
+            admin_listen,
+            reconcile_grace_seconds,
+        } => {
+            init_logging(LogFormat::Text, "info");
+            use tollgate::settlement::consumer;
+            let source = match (nats_url, batch_dir) {
+                (Some(url), _) => consumer::Source::Nats {
+                    url,
+                    stream: nats_stream,
+                    durable,
+                },
+                (None, Some(d)) => consumer::Source::Dir(d),
+                (None, None) => consumer::Source::Dir(PathBuf::from("data/batches")),
+            };
+            let crash_after_commit = std::env::var("TOLLGATE_FAILPOINT_CRASH_AFTER_COMMIT")
+                .ok()
+                .and_then(|v| v.parse().ok());
+            let metrics = std::sync::Arc::new(consumer::ConsumerMetrics::new());
+            let listener = tokio::net::TcpListener::bind(admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {admin_listen}"))?;
+            tokio::spawn(serve_consumer_metrics(
+                listener,
+                std::sync::Arc::clone(&metrics),
+            ));
+            consumer::run(
+                consumer::ConsumerConfig {
+                    postgres,
+                    source,
+                    reconcile_grace: std::time::Duration::from_secs(reconcile_grace_seconds),
+                    reconcile_interval: std::time::Duration::from_secs(5),
+                    crash_after_commit,
+                },
+                metrics,
+                terminated(),
+            )
+            .await?
+        }
         Command::Quote { what, config_dir } => run_quote(what, &config_dir)?,
         Command::CheckConfig { config } => {
             let settings = load_settings(
@@ -463,6 +616,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     listen: None,
                     admin_listen: None,
                     upstream: None,
+                    gateway_id: None,
                 },
             )?;
             let loaded = tollgate::config::load(&settings.sources)?;

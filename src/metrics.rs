@@ -51,6 +51,20 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Quota state entries held in memory (rate buckets + concurrency counters).
     pub quota_entries: IntGauge,
+    /// The metering pipeline (spool sink only).
+    pub spool_bytes: IntGauge,
+    pub spool_unshipped_records: IntGauge,
+    pub spool_oldest_unshipped_seconds: IntGauge,
+    pub spool_full: IntGauge,
+    pub spool_fsync_seconds: Histogram,
+    pub spool_corrupt_frames: IntCounter,
+    pub spool_torn_bytes: IntCounter,
+    pub batches_sealed: IntCounter,
+    pub batches_published: IntCounter,
+    pub batches_duplicate: IntCounter,
+    pub batch_publish_errors: IntCounter,
+    pub batch_publish_seconds: Histogram,
+    pub batches_pending: IntGauge,
 }
 
 impl Metrics {
@@ -149,7 +163,89 @@ impl Metrics {
             "Config reload attempts by result (ok, error).",
             &["result"],
         );
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let io_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+        ];
+        let spool_bytes = gauge("tollgate_spool_bytes", "Bytes of spool segments on disk.");
+        let spool_unshipped_records = gauge(
+            "tollgate_spool_unshipped_records",
+            "Usage records written to the spool and not yet acknowledged by the sink.",
+        );
+        let spool_oldest_unshipped_seconds = gauge(
+            "tollgate_spool_oldest_unshipped_age_seconds",
+            "Age of the oldest sealed batch not yet acknowledged by the sink.",
+        );
+        let spool_full = gauge(
+            "tollgate_spool_full",
+            "1 while the spool is at its disk bound and new calls are refused.",
+        );
+        let spool_fsync_seconds = histogram(
+            "tollgate_spool_fsync_seconds",
+            "Time of each group-commit fdatasync of the spool.",
+            io_buckets.clone(),
+        );
+        let spool_corrupt_frames = counter(
+            "tollgate_spool_corrupt_frames_total",
+            "Corrupt spool frames skipped at recovery.",
+        );
+        let spool_torn_bytes = counter(
+            "tollgate_spool_torn_bytes_total",
+            "Bytes of torn spool tail truncated at recovery.",
+        );
+        let batches_sealed = counter(
+            "tollgate_batches_sealed_total",
+            "Batches sealed from the spool.",
+        );
+        let batches_published = counter(
+            "tollgate_batches_published_total",
+            "Batches acknowledged by the sink.",
+        );
+        let batches_duplicate = counter(
+            "tollgate_batches_duplicate_total",
+            "Batches the sink acknowledged as duplicates (replays after a crash or outage).",
+        );
+        let batch_publish_errors = counter(
+            "tollgate_batch_publish_errors_total",
+            "Failed attempts to publish batches (retried with backoff).",
+        );
+        let batch_publish_seconds = histogram(
+            "tollgate_batch_publish_seconds",
+            "Time from publishing a batch to its acknowledgement.",
+            io_buckets,
+        );
+        let batches_pending = gauge(
+            "tollgate_batches_pending",
+            "Sealed batches not yet acknowledged by the sink.",
+        );
         let m = Metrics {
+            spool_bytes,
+            spool_unshipped_records,
+            spool_oldest_unshipped_seconds,
+            spool_full,
+            spool_fsync_seconds,
+            spool_corrupt_frames,
+            spool_torn_bytes,
+            batches_sealed,
+            batches_published,
+            batches_duplicate,
+            batch_publish_errors,
+            batch_publish_seconds,
+            batches_pending,
             admission,
             near_limit,
             calls,
@@ -203,6 +299,31 @@ impl Metrics {
         };
         m.config_last_reload_ok.set(1);
         m
+    }
+
+    /// Calls admitted, refused over the limit, and billable units since the process started
+    /// (the running totals a gateway reports for reconciliation).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        use prometheus::core::Collector;
+        let sum_where =
+            |families: Vec<prometheus::proto::MetricFamily>, label: &str, value: &str| -> u64 {
+                families
+                    .iter()
+                    .flat_map(|f| f.get_metric())
+                    .filter(|m| {
+                        value.is_empty()
+                            || m.get_label()
+                                .iter()
+                                .any(|l| l.name() == label && l.value() == value)
+                    })
+                    .map(|m| m.get_counter().get_value() as u64)
+                    .sum()
+            };
+        (
+            sum_where(self.admission.collect(), "decision", "admitted"),
+            sum_where(self.admission.collect(), "decision", "over_limit"),
+            sum_where(self.billable_units.collect(), "", ""),
+        )
     }
 
     /// The text exposition of every metric.

@@ -126,13 +126,34 @@ struct RawUpstream {
 struct RawMetering {
     sink: RawSink,
     path: Option<String>,
+    gateway_id: Option<String>,
+    spool_dir: Option<String>,
+    fsync_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    max_spool_bytes: Option<u64>,
+    seal_interval_ms: Option<u64>,
+    max_batch_records: Option<usize>,
+    ship_to: Option<RawShipTo>,
+    batch_dir: Option<String>,
+    nats_url: Option<String>,
+    nats_stream: Option<String>,
+    max_in_flight: Option<usize>,
+    totals_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum RawSink {
+    Spool,
     File,
     Off,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawShipTo {
+    Local,
+    Nats,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,10 +219,19 @@ pub struct Upstream {
     pub resign: Option<(String, String)>,
 }
 
+/// The durable metering pipeline: spool, batches, shipping.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub spool: crate::metering::spool::SpoolConfig,
+    pub ship: crate::metering::ship::ShipConfig,
+}
+
 /// Where usage records go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum MeteringSink {
-    /// A local append-only JSON-lines file.
+    /// The durable spool, sealed into batches and shipped (the default).
+    Spool(Box<SpoolSettings>),
+    /// A local append-only JSON-lines file (no batches, no shipping).
     File(PathBuf),
     /// No metering at all: only for measuring the gateway without it. Logged loudly.
     Off,
@@ -340,13 +370,84 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
             },
         );
     }
-    let metering = match (raw.metering.sink, &raw.metering.path) {
-        // Data paths are relative to the working directory: config may be read-only.
-        (RawSink::File, Some(p)) => MeteringSink::File(PathBuf::from(p)),
-        (RawSink::File, None) => {
-            return Err(err("metering.path", "required for the file sink".into()));
+    // Data paths are relative to the working directory: config may be read-only.
+    let m = &raw.metering;
+    let metering = match m.sink {
+        RawSink::File => match &m.path {
+            Some(p) => MeteringSink::File(PathBuf::from(p)),
+            None => return Err(err("metering.path", "required for the file sink".into())),
+        },
+        RawSink::Off => MeteringSink::Off,
+        RawSink::Spool => {
+            let gateway_id = m.gateway_id.clone().unwrap_or_else(|| "gw-local".into());
+            if gateway_id.is_empty()
+                || gateway_id.len() > 64
+                || !gateway_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    "metering.gateway_id",
+                    format!(
+                        "{gateway_id:?} must be 1-64 letters, digits, '-' or '_' (it names NATS subjects and batch ids)"
+                    ),
+                ));
+            }
+            let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+                match v {
+                    Some(0) => Err(err(key, "must be positive".into())),
+                    Some(v) => Ok(v),
+                    None => Ok(default),
+                }
+            };
+            let destination = match m.ship_to.unwrap_or(RawShipTo::Local) {
+                RawShipTo::Local => crate::metering::ship::Destination::LocalDir(PathBuf::from(
+                    m.batch_dir.as_deref().unwrap_or("data/batches"),
+                )),
+                RawShipTo::Nats => crate::metering::ship::Destination::Nats {
+                    url: m
+                        .nats_url
+                        .clone()
+                        .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                    stream: m
+                        .nats_stream
+                        .clone()
+                        .unwrap_or_else(|| "TOLLGATE_USAGE".into()),
+                },
+            };
+            MeteringSink::Spool(Box::new(SpoolSettings {
+                spool: crate::metering::spool::SpoolConfig {
+                    dir: PathBuf::from(m.spool_dir.as_deref().unwrap_or("data/spool")),
+                    segment_bytes: positive("metering.segment_bytes", m.segment_bytes, 64 << 20)?,
+                    fsync_interval: Duration::from_millis(m.fsync_interval_ms.unwrap_or(100)),
+                    max_bytes: positive("metering.max_spool_bytes", m.max_spool_bytes, 1 << 30)?,
+                },
+                ship: crate::metering::ship::ShipConfig {
+                    gateway_id,
+                    destination,
+                    seal_interval: Duration::from_millis(positive(
+                        "metering.seal_interval_ms",
+                        m.seal_interval_ms,
+                        1000,
+                    )?),
+                    max_batch_records: positive(
+                        "metering.max_batch_records",
+                        m.max_batch_records.map(|v| v as u64),
+                        10_000,
+                    )? as usize,
+                    max_in_flight: positive(
+                        "metering.max_in_flight",
+                        m.max_in_flight.map(|v| v as u64),
+                        8,
+                    )? as usize,
+                    totals_interval: Duration::from_millis(positive(
+                        "metering.totals_interval_ms",
+                        m.totals_interval_ms,
+                        10_000,
+                    )?),
+                },
+            }))
         }
-        (RawSink::Off, _) => MeteringSink::Off,
     };
     Ok(Settings {
         source: source.clone(),

@@ -6,7 +6,11 @@
 //! that writes synchronously returns [`Ticket::Done`]; one that batches writes in another
 //! thread returns [`Ticket::Pending`] and completes it once the record is written.
 
+pub mod batch;
 pub mod file;
+pub mod reader;
+pub mod ship;
+pub mod spool;
 
 use std::sync::Arc;
 
@@ -49,6 +53,12 @@ pub trait UsageSink: Send + Sync + 'static {
 
     /// False when the sink cannot currently take records (readiness reports it).
     fn healthy(&self) -> bool {
+        true
+    }
+
+    /// False when new calls must be refused because their usage could not be recorded (the
+    /// spool's disk bound): the gateway fails closed rather than serve unmetered calls.
+    fn accepting(&self) -> bool {
         true
     }
 }

@@ -284,6 +284,12 @@ impl Gateway {
             });
         }
 
+        // A call whose usage could not be recorded is not served (fail closed, unbilled,
+        // before any quota is spent).
+        if !self.sink.accepting() {
+            return Err(Refusal::MeteringUnavailable);
+        }
+
         // Admit: resolve the limit at this instant, then one atomic decision.
         let decided_at = Instant::now();
         let limit = match route {

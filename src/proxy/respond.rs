@@ -53,6 +53,9 @@ pub enum Refusal {
     UpstreamFailed(String),
     /// The gateway is shutting down and takes no new calls.
     Draining,
+    /// The usage sink cannot take records (the spool is at its disk bound): the gateway does
+    /// not serve calls it could not meter.
+    MeteringUnavailable,
     /// A bug: something validated config promised did not hold.
     Internal(String),
 }
@@ -71,7 +74,9 @@ impl Refusal {
             Refusal::Auth(e) => e.code(),
             Refusal::AccountState { code, .. } => code,
             Refusal::OverLimit { .. } => "RequestLimitExceeded",
-            Refusal::UpstreamUnavailable(_) | Refusal::Draining => "ServiceUnavailable",
+            Refusal::UpstreamUnavailable(_) | Refusal::Draining | Refusal::MeteringUnavailable => {
+                "ServiceUnavailable"
+            }
             Refusal::UpstreamTimeout(_) | Refusal::UpstreamFailed(_) | Refusal::Internal(_) => {
                 "InternalError"
             }
@@ -111,6 +116,9 @@ impl Refusal {
             ),
             Refusal::UpstreamFailed(e) => format!("The recognition backend failed: {e}"),
             Refusal::Draining => "The gateway is shutting down; retry on another instance.".into(),
+            Refusal::MeteringUnavailable => {
+                "The gateway cannot record usage right now (metering backlog at its bound); retry later or on another instance.".into()
+            }
             Refusal::Internal(e) => format!("Internal error: {e}"),
         }
     }

@@ -41,3 +41,40 @@ pub fn hourly_counts<'a>(
         })
         .collect()
 }
+
+/// One owner's usage from sealed batches (the local ledger directory), as hourly counts.
+pub fn from_batches<'a>(
+    catalog: &Catalog,
+    owner_uin: u64,
+    batches: impl IntoIterator<Item = &'a crate::metering::batch::Batch>,
+) -> Result<Vec<UsageCount>, UnknownItem> {
+    let mut counts: BTreeMap<(i64, String, String), u64> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for b in batches {
+        // A batch id is applied once, however many copies of the file exist.
+        if !seen.insert(b.batch_id.as_str()) {
+            continue;
+        }
+        for c in b.counts.iter().filter(|c| c.owner_uin == owner_uin) {
+            *counts
+                .entry((
+                    c.minute.div_euclid(3600) * 3600,
+                    c.billing_item.clone(),
+                    c.interface.clone(),
+                ))
+                .or_default() += c.units;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|((hour_start, item, interface), units)| {
+            let item = catalog.item_by_key(&item).ok_or(UnknownItem { item })?.id;
+            Ok(UsageCount {
+                item,
+                interface: Arc::from(interface.as_str()),
+                hour_start,
+                units,
+            })
+        })
+        .collect()
+}

@@ -8,6 +8,7 @@
 //!
 //! Money is `rust_decimal::Decimal` throughout; nothing here touches a float.
 
+pub mod consumer;
 pub mod ledger;
 pub mod prices;
 pub mod quote;

@@ -1,0 +1,106 @@
+//! Reading the spool forward from a sequence number without re-reading whole segments: the
+//! reader keeps its segment and byte offset and parses only what was appended since.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::spool::{SpoolEntry, segments};
+
+pub struct SpoolReader {
+    dir: PathBuf,
+    /// The segment being read: its first sequence, and the offset of the next frame.
+    segment: Option<(u64, PathBuf)>,
+    offset: u64,
+    /// Entries at or below this are skipped.
+    after: u64,
+    buf: Vec<u8>,
+}
+
+const HEADER: usize = 16;
+
+impl SpoolReader {
+    /// A reader of the entries above `after`.
+    pub fn new(dir: &Path, after: u64) -> SpoolReader {
+        SpoolReader {
+            dir: dir.to_path_buf(),
+            segment: None,
+            offset: 0,
+            after,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Up to `max` entries above the last one read, none above `up_to` (the writer's confirmed
+    /// sequence: a complete frame beyond it may be a write still in progress elsewhere).
+    pub fn read(&mut self, up_to: u64, max: usize) -> std::io::Result<Vec<SpoolEntry>> {
+        let mut out = Vec::new();
+        loop {
+            let segs = segments(&self.dir)?;
+            if self.segment.is_none() {
+                // Start in the last segment whose first sequence is at or below after + 1.
+                let start = segs
+                    .iter()
+                    .rev()
+                    .find(|(first, _)| *first <= self.after + 1)
+                    .or(segs.first())
+                    .cloned();
+                let Some(s) = start else { return Ok(out) };
+                self.segment = Some(s);
+                self.offset = 0;
+            }
+            let (first, path) = self.segment.clone().expect("set above");
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Released under us (everything in it was shipped): start over.
+                    self.segment = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            f.seek(SeekFrom::Start(self.offset))?;
+            self.buf.clear();
+            f.read_to_end(&mut self.buf)?;
+            let mut at = 0usize;
+            while out.len() < max && at + HEADER <= self.buf.len() {
+                let len = u32::from_le_bytes(self.buf[at..at + 4].try_into().expect("4")) as usize;
+                let crc = u32::from_le_bytes(self.buf[at + 4..at + 8].try_into().expect("4"));
+                let end = at + 8 + len;
+                if len < 8 || end > self.buf.len() {
+                    break;
+                }
+                let body = &self.buf[at + 8..end];
+                if crc32c::crc32c(body) != crc {
+                    // Recovery counted this frame; skip to the next one that checks out.
+                    at += 1;
+                    continue;
+                }
+                let seq = u64::from_le_bytes(body[0..8].try_into().expect("8"));
+                if seq > up_to {
+                    break;
+                }
+                if seq > self.after {
+                    out.push(SpoolEntry {
+                        seq,
+                        payload: body[8..].to_vec(),
+                    });
+                    self.after = seq;
+                }
+                at = end;
+            }
+            self.offset += at as u64;
+            if out.len() >= max {
+                return Ok(out);
+            }
+            // At the end of this segment: move on if a newer one exists and holds more.
+            match segs.iter().find(|(f, _)| *f > first) {
+                Some(next) if self.after < up_to && next.0 <= self.after + 1 => {
+                    self.segment = Some(next.clone());
+                    self.offset = 0;
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+}

@@ -40,6 +40,8 @@ async fn route(
             let m = gateway.metrics();
             m.quota_entries
                 .set(gateway.admission().store().n_entries() as i64);
+            // Read live: the shipper may be blocked on an unreachable broker.
+            m.spool_full.set(i64::from(!gateway.metering_accepting()));
             text(StatusCode::OK, m.render(), "text/plain; version=0.0.4")
         }
         "/reload" => {

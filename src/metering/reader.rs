@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::spool::{SpoolEntry, segments};
+use super::spool::{SpoolEntry, frame_at, segments};
 
 pub struct SpoolReader {
     dir: PathBuf,
@@ -16,8 +16,6 @@ pub struct SpoolReader {
     after: u64,
     buf: Vec<u8>,
 }
-
-const HEADER: usize = 16;
 
 impl SpoolReader {
     /// A reader of the entries above `after`.
@@ -63,31 +61,27 @@ impl SpoolReader {
             self.buf.clear();
             f.read_to_end(&mut self.buf)?;
             let mut at = 0usize;
-            while out.len() < max && at + HEADER <= self.buf.len() {
-                let len = u32::from_le_bytes(self.buf[at..at + 4].try_into().expect("4")) as usize;
-                let crc = u32::from_le_bytes(self.buf[at + 4..at + 8].try_into().expect("4"));
-                let end = at + 8 + len;
-                if len < 8 || end > self.buf.len() {
-                    break;
+            while out.len() < max && at < self.buf.len() {
+                match frame_at(&self.buf, at) {
+                    Some((entry, end)) => {
+                        if entry.seq > up_to {
+                            break;
+                        }
+                        if entry.seq > self.after {
+                            self.after = entry.seq;
+                            out.push(entry);
+                        }
+                        at = end;
+                    }
+                    None => {
+                        // Corruption (recovery counted it) or the start of a write still in
+                        // progress: skip to the next frame that checks out, if there is one.
+                        match (at + 1..self.buf.len()).find(|i| frame_at(&self.buf, *i).is_some()) {
+                            Some(next) => at = next,
+                            None => break,
+                        }
+                    }
                 }
-                let body = &self.buf[at + 8..end];
-                if crc32c::crc32c(body) != crc {
-                    // Recovery counted this frame; skip to the next one that checks out.
-                    at += 1;
-                    continue;
-                }
-                let seq = u64::from_le_bytes(body[0..8].try_into().expect("8"));
-                if seq > up_to {
-                    break;
-                }
-                if seq > self.after {
-                    out.push(SpoolEntry {
-                        seq,
-                        payload: body[8..].to_vec(),
-                    });
-                    self.after = seq;
-                }
-                at = end;
             }
             self.offset += at as u64;
             if out.len() >= max {

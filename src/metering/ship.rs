@@ -463,7 +463,10 @@ impl Shipper {
                 self.update_gauges();
                 continue;
             }
-            match self.publish().await {
+            let attempt = tokio::time::timeout(Duration::from_secs(10), self.publish())
+                .await
+                .unwrap_or_else(|_| Err("publishing did not finish within 10 s".into()));
+            match attempt {
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
                     retry_at = None;

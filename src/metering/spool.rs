@@ -127,7 +127,7 @@ fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
 }
 
 /// The valid frame starting at `at`, as (entry, end offset).
-fn frame_at(bytes: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
+pub(crate) fn frame_at(bytes: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
     let header = bytes.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));

@@ -140,6 +140,11 @@ impl Gateway {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// False while the usage sink refuses records (the spool's disk bound).
+    pub fn metering_accepting(&self) -> bool {
+        self.sink.accepting()
+    }
+
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst) && self.sink.healthy()
     }

@@ -555,7 +555,9 @@ pub async fn run(
                             jetstream::consumer::pull::Config {
                                 durable_name: Some(durable.clone()),
                                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                                ack_wait: Duration::from_secs(30),
+                                // A crashed consumer's unacknowledged batches come back after
+                                // this; applying one takes milliseconds.
+                                ack_wait: Duration::from_secs(10),
                                 max_ack_pending: 1024,
                                 ..Default::default()
                             },

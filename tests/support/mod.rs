@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,6 +125,8 @@ pub struct Builder {
     pub max_request_bytes: usize,
     /// Point the gateway at a port where nothing listens.
     pub dead_upstream: bool,
+    /// The `[metering]` section (default: the file sink in the temp dir).
+    pub metering: Option<String>,
 }
 
 impl Default for Builder {
@@ -134,6 +138,7 @@ impl Default for Builder {
             response_timeout_ms: 10_000,
             max_request_bytes: 1 << 20,
             dead_upstream: false,
+            metering: None,
         }
     }
 }
@@ -233,6 +238,12 @@ impl Harness {
         std::fs::write(dir.path().join("entitlements.toml"), &b.entitlements).unwrap();
         std::fs::write(dir.path().join("credentials.toml"), credentials_toml()).unwrap();
         let usage_path = dir.path().join("usage.jsonl");
+        let metering = b.metering.clone().unwrap_or_else(|| {
+            format!(
+                "[metering]\nsink = \"file\"\npath = \"{}\"\n",
+                usage_path.display()
+            )
+        });
         let settings_text = format!(
             r#"
 [listen]
@@ -244,17 +255,13 @@ max_request_bytes = {}
 connect_timeout_ms = 500
 [upstream.default]
 url = "http://{upstream}"
-[metering]
-sink = "file"
-path = "{}"
+{metering}
 [reload]
 poll_interval_ms = 100
 [shutdown]
 drain_timeout_seconds = 10
 "#,
-            b.response_timeout_ms,
-            b.max_request_bytes,
-            usage_path.display()
+            b.response_timeout_ms, b.max_request_bytes,
         );
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();
@@ -293,13 +300,42 @@ drain_timeout_seconds = 10
         self.running.api_addr
     }
 
+    /// Writes this harness's config files into `dir` for a gateway run as a separate process,
+    /// with `[metering]` as given and the API on `api_port`.
+    pub fn write_process_config(
+        &self,
+        dir: &Path,
+        api_port: u16,
+        admin_port: u16,
+        metering: &str,
+    ) -> PathBuf {
+        for f in ["catalog.toml", "entitlements.toml", "credentials.toml"] {
+            std::fs::copy(self.dir.path().join(f), dir.join(f)).unwrap();
+        }
+        let path = dir.join("tollgate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[listen]\napi = \"127.0.0.1:{api_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n[upstream.default]\nurl = \"http://{}\"\n{metering}\n[log]\nlevel = \"warn\"\n",
+                self.stub_addr
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     pub fn config_dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// Builds the signed HTTP request for `c`.
     pub fn request(&self, c: &Call) -> Request<Full<Bytes>> {
-        let host = self.api().to_string();
+        self.request_for(self.api(), c)
+    }
+
+    /// Builds the signed HTTP request for `c` to a gateway at `addr`.
+    pub fn request_for(&self, addr: SocketAddr, c: &Call) -> Request<Full<Bytes>> {
+        let host = addr.to_string();
         let content_type = if c.method == "GET" {
             "application/x-www-form-urlencoded"
         } else {

@@ -1,0 +1,230 @@
+//! Private server instances for tests that need fault injection: a JetStream nats-server and
+//! a PostgreSQL cluster, each on an ephemeral port in a temp dir, killed when dropped. The
+//! shared services on the machine's standard ports are never touched.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+fn binary(name: &str, candidates: &[&str]) -> PathBuf {
+    for c in candidates {
+        let p = PathBuf::from(c);
+        if p.exists() {
+            return p;
+        }
+    }
+    which(name).unwrap_or_else(|| panic!("{name} is not installed (.ci/run installs it)"))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    })
+}
+
+pub struct Nats {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let mut n = Nats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        n.up();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and store directory.
+    pub fn up(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new(binary(
+            "nats-server",
+            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+        ))
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(self.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "nats-server did not listen"
+        );
+    }
+
+    /// Stops it hard (SIGKILL): in-flight publishes get no ack.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+pub struct Postgres {
+    pub port: u16,
+    dir: TempDir,
+    running: bool,
+}
+
+impl Postgres {
+    /// initdb + pg_ctl start in a temp dir (as the `postgres` user when running as root: the
+    /// server refuses to run as root).
+    pub fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let as_root = unsafe_geteuid_is_root();
+        if as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = dir.path().join("data");
+        let initdb = binary(
+            "initdb",
+            &["/usr/local/bin/initdb", "/usr/lib/postgresql/15/bin/initdb"],
+        );
+        let out = pg_command(as_root, &initdb)
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let pg_ctl = binary(
+            "pg_ctl",
+            &["/usr/local/bin/pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl"],
+        );
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            dir.path().display()
+        );
+        let out = pg_command(as_root, &pg_ctl)
+            .args(["-D", data.to_str().unwrap(), "-l"])
+            .arg(dir.path().join("log"))
+            .args(["-o", &opts, "-w", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Postgres {
+            port,
+            dir,
+            running: true,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+fn pg_command(as_root: bool, bin: &std::path::Path) -> Command {
+    if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn unsafe_geteuid_is_root() -> bool {
+    // `id -u` rather than libc: the test crate stays free of unsafe code.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let pg_ctl = binary(
+                "pg_ctl",
+                &["/usr/local/bin/pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl"],
+            );
+            let _ = pg_command(unsafe_geteuid_is_root(), &pg_ctl)
+                .args([
+                    "-D",
+                    self.dir.path().join("data").to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
+                .output();
+            self.running = false;
+        }
+    }
+}

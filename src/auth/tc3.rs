@@ -120,11 +120,26 @@ fn is_date(s: &str) -> bool {
 
 /// The UTC date (`YYYY-MM-DD`) of a Unix timestamp, as the SDK computes the credential date.
 pub fn utc_date(timestamp: i64) -> Option<[u8; 10]> {
+    use chrono::Datelike;
     let d = chrono::DateTime::from_timestamp(timestamp, 0)?.date_naive();
-    let mut out = [0u8; 10];
-    let s = d.format("%Y-%m-%d").to_string();
-    out.copy_from_slice(s.as_bytes().get(..10)?);
-    Some(out)
+    let (y, m, day) = (u32::try_from(d.year()).ok()?, d.month(), d.day());
+    if y > 9999 {
+        return None;
+    }
+    // Written by hand: `format!` would allocate on the verification path.
+    let digit = |n: u32| b'0' + n as u8;
+    Some([
+        digit(y / 1000),
+        digit(y / 100 % 10),
+        digit(y / 10 % 10),
+        digit(y % 10),
+        b'-',
+        digit(m / 10),
+        digit(m % 10),
+        b'-',
+        digit(day / 10),
+        digit(day % 10),
+    ])
 }
 
 /// What a signature covers, besides the secret.
@@ -197,10 +212,18 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
 
 /// `kSigning = HMAC(HMAC(HMAC("TC3" + SecretKey, date), service), "tc3_request")`.
 pub fn signing_key(secret_key: &[u8], date: &str, service: &str) -> [u8; 32] {
-    let mut k = Vec::with_capacity(3 + secret_key.len());
-    k.extend_from_slice(b"TC3");
-    k.extend_from_slice(secret_key);
-    let k_date = hmac(&k, date.as_bytes());
+    // "TC3" + SecretKey, on the stack for every realistic key (SecretKeys are 32 bytes).
+    let mut stack = [0u8; 131];
+    let heap;
+    let k: &[u8] = if secret_key.len() <= 128 {
+        stack[..3].copy_from_slice(b"TC3");
+        stack[3..3 + secret_key.len()].copy_from_slice(secret_key);
+        &stack[..3 + secret_key.len()]
+    } else {
+        heap = [b"TC3".as_slice(), secret_key].concat();
+        &heap
+    };
+    let k_date = hmac(k, date.as_bytes());
     let k_service = hmac(&k_date, service.as_bytes());
     hmac(&k_service, b"tc3_request")
 }

@@ -1,0 +1,183 @@
+//! Admission benches: the decision on one hot key, across 1 million active keys, and from two
+//! threads on different keys and on the same key, each against a naive `Mutex<HashMap>`
+//! baseline running the same GCRA behind the same trait (pingora-limits' bench shape). Plus
+//! the whole admission stage as the request path runs it: classify, resolve the limit, decide.
+//!
+//! Run: `cargo bench --bench admission`. Figures go in loadtest/RESULTS.md as ratios.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tollgate::admission::{Admission, LocalStore, QuotaKey, QuotaStore, Rate, gcra};
+use tollgate::catalog::GroupKey;
+use tollgate::config::{self, Sources};
+use tollgate::entitlement::{Limit, default_limit};
+
+/// What both stores implement: one rate check.
+trait Limiter: Send + Sync {
+    fn check(&self, key: QuotaKey, rate: Rate, now: u64) -> bool;
+}
+
+impl Limiter for LocalStore {
+    fn check(&self, key: QuotaKey, rate: Rate, now: u64) -> bool {
+        matches!(
+            self.check_rate(key, rate, now),
+            gcra::Verdict::Admitted { .. }
+        )
+    }
+}
+
+/// The baseline: the same GCRA, state in a `HashMap` behind one `Mutex`.
+#[derive(Default)]
+struct MutexMap(Mutex<HashMap<QuotaKey, u64>>);
+
+impl Limiter for MutexMap {
+    fn check(&self, key: QuotaKey, rate: Rate, now: u64) -> bool {
+        let mut map = self.0.lock().unwrap();
+        let tat = map.entry(key).or_insert(0);
+        let cell = AtomicU64::new(*tat);
+        let ok = matches!(
+            gcra::check(&cell, now, rate),
+            gcra::Verdict::Admitted { .. }
+        );
+        *tat = cell.load(Ordering::Relaxed);
+        ok
+    }
+}
+
+fn key(i: u64) -> QuotaKey {
+    QuotaKey {
+        uin: 100_000_000_000 + i,
+        group: GroupKey::of_group("ocr.GeneralBasicOCR"),
+    }
+}
+
+const RATE: Rate = Rate {
+    per_second: 20,
+    burst: 20,
+};
+
+fn stores() -> Vec<(&'static str, Arc<dyn Limiter>)> {
+    vec![
+        ("dashmap_gcra", Arc::new(LocalStore::new())),
+        ("mutex_hashmap", Arc::new(MutexMap::default())),
+    ]
+}
+
+fn one_hot_key(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admission/one_hot_key");
+    for (name, store) in stores() {
+        let mut now = 1_000_000_000u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                now += 1_000;
+                black_box(store.check(key(1), RATE, now))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn million_keys(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let mut g = c.benchmark_group("admission/1M_active_keys");
+    g.sample_size(30);
+    // A fixed pseudo-random walk over the keys (no RNG cost in the loop).
+    let order: Vec<u64> = (0..N).map(|i| (i * 2_654_435_761) % N).collect();
+    for (name, store) in stores() {
+        for i in 0..N {
+            store.check(key(i), RATE, 1);
+        }
+        let mut at = 0usize;
+        let mut now = 2_000_000_000u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                at = (at + 1) % order.len();
+                now += 100;
+                black_box(store.check(key(order[at]), RATE, now))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Two threads, each deciding `iters` calls; reports the time per decision.
+fn two_threads(store: &Arc<dyn Limiter>, iters: u64, same_key: bool) -> Duration {
+    let clock = Arc::new(AtomicU64::new(3_000_000_000));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let store = Arc::clone(store);
+            let clock = Arc::clone(&clock);
+            s.spawn(move || {
+                let k = if same_key { key(7) } else { key(10 + t) };
+                for _ in 0..iters {
+                    let now = clock.fetch_add(100, Ordering::Relaxed);
+                    black_box(store.check(k, RATE, now));
+                }
+            });
+        }
+    });
+    start.elapsed() / 2
+}
+
+fn contention(c: &mut Criterion) {
+    for (label, same) in [
+        ("admission/two_threads_different_keys", false),
+        ("admission/two_threads_same_key", true),
+    ] {
+        let mut g = c.benchmark_group(label);
+        for (name, store) in stores() {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| two_threads(&store, iters, same))
+            });
+        }
+        g.finish();
+    }
+}
+
+/// The admission stage of the request path on the demo config: classify the call, find the
+/// account, resolve its limit at this instant, decide.
+fn request_path_stage(c: &mut Criterion) {
+    let loaded = config::load(&Sources::embedded()).unwrap();
+    let catalog = &loaded.catalog;
+    let admission = Admission::new(Arc::new(LocalStore::new()), 1000);
+    let ocr = catalog.service_by_name("ocr").unwrap();
+    let mut now = 1_000_000_000u64;
+    let wall = 1_795_000_000_000_000_000i64;
+    c.bench_function("admission/request_path_stage", |b| {
+        b.iter(|| {
+            now += 10_000_000; // 100 calls/s: admitted
+            let route = catalog.route(ocr, black_box("GeneralBasicOCR"));
+            let tollgate::catalog::Route::Listed { group, .. } = route else {
+                unreachable!()
+            };
+            let account = loaded
+                .entitlements
+                .account(black_box(100_000_000_010))
+                .unwrap();
+            let limit: Limit = match account.entitlement(group.id) {
+                Some(e) => e.resolve(group.limit, || wall),
+                None => default_limit(group.limit),
+            };
+            let key = QuotaKey {
+                uin: account.uin,
+                group: route.group_key(),
+            };
+            black_box(admission.decide(key, limit, now))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    one_hot_key,
+    million_keys,
+    contention,
+    request_path_stage
+);
+criterion_main!(benches);

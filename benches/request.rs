@@ -1,0 +1,109 @@
+//! Request-path benches besides admission: TC3 signature verification of a 1 KiB call,
+//! classification, and the billability scan of a typical answer and of a 1 MiB answer.
+//!
+//! Run: `cargo bench --bench request`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tollgate::auth::tc3::Signer;
+use tollgate::auth::{AuthRequest, Credential, Credentials, authenticate, parse_authorization};
+use tollgate::billing::Scanner;
+use tollgate::config::{self, Sources};
+
+fn signature(c: &mut Criterion) {
+    let body = format!(
+        r#"{{"ImageUrl":"https://example.com/{}.jpg"}}"#,
+        "a".repeat(1024 - 40)
+    );
+    assert_eq!(body.len(), 1024);
+    let ts = 1_795_347_128i64;
+    let auth = Signer {
+        secret_id: "AKIDbench",
+        secret_key: "bench-secret-key-0123456789abcdef",
+        service: "ocr",
+        host: "127.0.0.1:18080",
+        content_type: "application/json",
+        method: "POST",
+        query: b"",
+        payload: body.as_bytes(),
+        timestamp: ts,
+    }
+    .authorization();
+    let mut creds = Credentials::default();
+    creds.by_secret_id.insert(
+        "AKIDbench".into(),
+        Credential {
+            secret_key: b"bench-secret-key-0123456789abcdef".as_slice().into(),
+            uin: 1,
+        },
+    );
+    let ts_str = ts.to_string();
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Bytes(1024));
+    g.bench_function("verify_tc3_1KiB", |b| {
+        b.iter(|| {
+            let parsed = parse_authorization(black_box(&auth)).unwrap();
+            let uin = authenticate(
+                &creds,
+                AuthRequest {
+                    authorization: &parsed,
+                    method: "POST",
+                    query: b"",
+                    header: |n: &str| match n {
+                        "host" => Some(b"127.0.0.1:18080".as_slice()),
+                        "content-type" => Some(b"application/json".as_slice()),
+                        _ => None,
+                    },
+                    timestamp: Some(ts_str.as_bytes()),
+                    payload: Some(black_box(body.as_bytes())),
+                },
+                ts,
+                300,
+            );
+            black_box(uin.unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn classification(c: &mut Criterion) {
+    let loaded = config::load(&Sources::embedded()).unwrap();
+    let catalog = &loaded.catalog;
+    c.bench_function("classify/service_and_action", |b| {
+        b.iter(|| {
+            let svc = catalog.service_by_name(black_box("ocr")).unwrap();
+            black_box(catalog.route(svc, black_box("MixedInvoiceOCR")).group_key())
+        })
+    });
+}
+
+fn scan(c: &mut Criterion) {
+    let typical = br#"{"Response":{"TextDetections":[{"DetectedText":"\u4e2d\u6587 text","Confidence":99,"Polygon":[{"X":1,"Y":2},{"X":3,"Y":4}],"AdvancedInfo":"{\"Parag\":{\"ParagNo\":1}}"}],"Angle":0.0,"Language":"zh","RequestId":"6e1a1b59-2f2a-4b0e-9c2c-3c1d5b3f4a11"}}"#.to_vec();
+    let big = {
+        let mut v = br#"{"Response":{"ResultImage":""#.to_vec();
+        v.extend(std::iter::repeat_n(b'A', 1 << 20));
+        v.extend_from_slice(br#"","HasForeground":true,"RequestId":"r"}}"#);
+        v
+    };
+    let mut g = c.benchmark_group("billability_scan");
+    for (name, body) in [
+        ("typical_answer", &typical),
+        ("1MiB_answer_64KiB_chunks", &big),
+    ] {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut s = Scanner::new();
+                for chunk in body.chunks(64 * 1024) {
+                    s.feed(black_box(chunk));
+                }
+                black_box(s.finish())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, signature, classification, scan);
+criterion_main!(benches);

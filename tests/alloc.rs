@@ -1,0 +1,200 @@
+//! Heap allocations on the hot path, counted by a global allocator: none per admission
+//! decision (classification, limit resolution, the quota check), none per TC3 verification,
+//! none per billability scan; and the memory each active (account, group) bucket costs.
+//!
+//! This test binary installs its own allocator, which needs `unsafe` (the library itself
+//! forbids it). Counting is per thread, so tests running in parallel do not disturb it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use tollgate::admission::{Admission, LocalStore, QuotaKey};
+use tollgate::auth::tc3::Signer;
+use tollgate::auth::{AuthRequest, Credential, Credentials, authenticate, parse_authorization};
+use tollgate::billing::Scanner;
+use tollgate::catalog::{GroupKey, Route};
+use tollgate::config::{self, Sources};
+use tollgate::entitlement::default_limit;
+
+struct Counting;
+
+thread_local! {
+    // Flag and counters are all per thread: tests running in parallel each count their own.
+    static ON: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call forwards to the system allocator unchanged; the flag and counters are
+// const-initialised thread-locals, so counting itself never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ON.with(Cell::get) {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            NET_BYTES.with(|b| b.set(b.get() + layout.size() as i64));
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if ON.with(Cell::get) {
+            NET_BYTES.with(|b| b.set(b.get() - layout.size() as i64));
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if ON.with(Cell::get) {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            NET_BYTES.with(|b| b.set(b.get() + new_size as i64 - layout.size() as i64));
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` with counting on (this thread only); returns (allocations, net bytes).
+fn counted<T>(f: impl FnOnce() -> T) -> (T, u64, i64) {
+    let (a0, b0) = (ALLOCATIONS.with(Cell::get), NET_BYTES.with(Cell::get));
+    ON.with(|on| on.set(true));
+    let out = f();
+    ON.with(|on| on.set(false));
+    (
+        out,
+        ALLOCATIONS.with(Cell::get) - a0,
+        NET_BYTES.with(Cell::get) - b0,
+    )
+}
+
+#[test]
+fn an_admission_decision_allocates_nothing() {
+    let loaded = config::load(&Sources::embedded()).unwrap();
+    let catalog = &loaded.catalog;
+    let admission = Admission::new(Arc::new(LocalStore::new()), 1000);
+    let ocr = catalog.service_by_name("ocr").unwrap();
+    let wall = 1_795_000_000_000_000_000i64;
+    let decide = |now: u64, uin: u64, action: &str| {
+        let route = catalog.route(ocr, action);
+        let Route::Listed { group, .. } = route else {
+            panic!("listed")
+        };
+        let account = loaded.entitlements.account(uin).unwrap();
+        let limit = match account.entitlement(group.id) {
+            Some(e) => e.resolve(group.limit, || wall),
+            None => default_limit(group.limit),
+        };
+        admission.decide(
+            QuotaKey {
+                uin,
+                group: route.group_key(),
+            },
+            limit,
+            now,
+        )
+    };
+    // The first call of a key creates its bucket: that one allocation is per key, not per call.
+    for (uin, action) in [
+        (100_000_000_001, "GeneralBasicOCR"),
+        (100_000_000_010, "GeneralBasicOCR"),
+        (100_000_000_002, "IDCardOCR"),
+    ] {
+        decide(1, uin, action);
+    }
+    let (_, allocations, _) = counted(|| {
+        for i in 0..100_000u64 {
+            let (uin, action) = match i % 3 {
+                0 => (100_000_000_001, "GeneralBasicOCR"),
+                1 => (100_000_000_010, "GeneralBasicOCR"),
+                _ => (100_000_000_002, "IDCardOCR"),
+            };
+            // Admitted and over-limit decisions alike.
+            std::hint::black_box(decide(1_000_000 + i * 1_000_000, uin, action));
+        }
+    });
+    assert_eq!(allocations, 0, "allocations in 100,000 admission decisions");
+}
+
+#[test]
+fn tc3_verification_and_the_billability_scan_allocate_nothing() {
+    let body = br#"{"ImageUrl":"https://example.com/a.jpg"}"#;
+    let auth = Signer {
+        secret_id: "AKIDx",
+        secret_key: "0123456789abcdef0123456789abcdef",
+        service: "ocr",
+        host: "gw:1",
+        content_type: "application/json",
+        method: "POST",
+        query: b"",
+        payload: body,
+        timestamp: 1_795_347_128,
+    }
+    .authorization();
+    let mut creds = Credentials::default();
+    creds.by_secret_id.insert(
+        "AKIDx".into(),
+        Credential {
+            secret_key: b"0123456789abcdef0123456789abcdef".as_slice().into(),
+            uin: 9,
+        },
+    );
+    let (uin, allocations, _) = counted(|| {
+        let parsed = parse_authorization(&auth).unwrap();
+        authenticate(
+            &creds,
+            AuthRequest {
+                authorization: &parsed,
+                method: "POST",
+                query: b"",
+                header: |n: &str| match n {
+                    "host" => Some(b"gw:1".as_slice()),
+                    "content-type" => Some(b"application/json".as_slice()),
+                    _ => None,
+                },
+                timestamp: Some(b"1795347128"),
+                payload: Some(body),
+            },
+            1_795_347_128,
+            300,
+        )
+    });
+    assert_eq!(uin, Ok(9));
+    assert_eq!(allocations, 0, "allocations in one TC3 verification");
+
+    let mut answer = br#"{"Response":{"ResultImage":""#.to_vec();
+    answer.extend(std::iter::repeat_n(b'A', 256 * 1024));
+    answer
+        .extend_from_slice(br#"","MixedInvoiceItems":[{"Code":"OK","Type":3}],"RequestId":"r"}}"#);
+    let (_, allocations, _) = counted(|| {
+        let mut s = Scanner::new();
+        for chunk in answer.chunks(16 * 1024) {
+            s.feed(chunk);
+        }
+        std::hint::black_box(s.finish())
+    });
+    assert_eq!(allocations, 0, "allocations scanning a 256 KiB answer");
+}
+
+/// What one active (account, group) bucket costs in memory, table overhead included.
+#[test]
+fn memory_per_active_bucket() {
+    const N: u64 = 1_000_000;
+    let store = LocalStore::new();
+    let admission = Admission::new(Arc::new(store), 1000);
+    let group = GroupKey::of_group("ocr.GeneralBasicOCR");
+    let (_, _, bytes) = counted(|| {
+        for uin in 0..N {
+            admission.decide(
+                QuotaKey { uin, group },
+                tollgate::entitlement::Limit::Rate(20),
+                1,
+            );
+        }
+    });
+    let per_bucket = bytes as f64 / N as f64;
+    println!("memory per active bucket: {per_bucket:.1} bytes ({N} buckets, {bytes} bytes)");
+    // A key (16 B) and its TAT (8 B) plus the sharded table's control bytes and spare capacity.
+    assert!(per_bucket < 96.0, "{per_bucket} bytes per bucket");
+}

@@ -65,6 +65,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     draining: AtomicBool,
     generation: AtomicU64,
+    /// `tollgate_gateway_errors_total{code="RequestLimitExceeded"}`, resolved once: under
+    /// overload it is the most frequent answer.
+    limit_errors: prometheus::IntCounter,
 }
 
 impl Gateway {
@@ -79,7 +82,9 @@ impl Gateway {
         let forwarder = Forwarder::new(&settings);
         let snapshot = Self::snapshot_of(&metrics, loaded, 1);
         metrics.config_generation.set(1);
+        let limit_errors = metrics.errors.with_label_values(&["RequestLimitExceeded"]);
         Arc::new(Gateway {
+            limit_errors,
             settings,
             snapshot: ArcSwap::from_pointee(snapshot),
             admission,
@@ -161,7 +166,11 @@ impl Gateway {
             Ok(resp) => resp,
             Err(refusal) => {
                 let code = refusal.code();
-                self.metrics.errors.with_label_values(&[code]).inc();
+                if let Refusal::OverLimit { .. } = &refusal {
+                    self.limit_errors.inc();
+                } else {
+                    self.metrics.errors.with_label_values(&[code]).inc();
+                }
                 if let Refusal::Auth(_) = &refusal {
                     self.metrics.auth_failures.with_label_values(&[code]).inc();
                 }

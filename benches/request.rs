@@ -14,7 +14,7 @@ use tollgate::config::{self, Sources};
 fn signature(c: &mut Criterion) {
     let body = format!(
         r#"{{"ImageUrl":"https://example.com/{}.jpg"}}"#,
-        "a".repeat(1024 - 40)
+        "a".repeat(1024 - 39)
     );
     assert_eq!(body.len(), 1024);
     let ts = 1_795_347_128i64;

@@ -30,14 +30,15 @@ fn signature(c: &mut Criterion) {
         timestamp: ts,
     }
     .authorization();
-    let mut creds = Credentials::default();
-    creds.by_secret_id.insert(
+    let mut by_id = rustc_hash::FxHashMap::default();
+    by_id.insert(
         "AKIDbench".into(),
         Credential {
             secret_key: b"bench-secret-key-0123456789abcdef".as_slice().into(),
             uin: 1,
         },
     );
+    let creds = Credentials::new(by_id);
     let ts_str = ts.to_string();
     let mut g = c.benchmark_group("auth");
     g.throughput(Throughput::Bytes(1024));

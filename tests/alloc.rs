@@ -132,15 +132,16 @@ fn tc3_verification_and_the_billability_scan_allocate_nothing() {
         timestamp: 1_795_347_128,
     }
     .authorization();
-    let mut creds = Credentials::default();
-    creds.by_secret_id.insert(
+    let mut by_id = rustc_hash::FxHashMap::default();
+    by_id.insert(
         "AKIDx".into(),
         Credential {
             secret_key: b"0123456789abcdef0123456789abcdef".as_slice().into(),
             uin: 9,
         },
     );
-    let (uin, allocations, _) = counted(|| {
+    let creds = Credentials::new(by_id);
+    let verify = || {
         let parsed = parse_authorization(&auth).unwrap();
         authenticate(
             &creds,
@@ -159,7 +160,11 @@ fn tc3_verification_and_the_billability_scan_allocate_nothing() {
             1_795_347_128,
             300,
         )
-    });
+    };
+    // The first verification of a (SecretId, date, service) derives and caches its signing
+    // key: once a day, not per call.
+    assert_eq!(verify(), Ok(9));
+    let (uin, allocations, _) = counted(verify);
     assert_eq!(uin, Ok(9));
     assert_eq!(allocations, 0, "allocations in one TC3 verification");
 

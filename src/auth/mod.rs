@@ -5,7 +5,10 @@
 
 pub mod tc3;
 
-use rustc_hash::FxHashMap;
+use std::hash::{Hash, Hasher};
+
+use dashmap::DashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHasher};
 
 pub use tc3::{Authorization, MalformedAuthorization, parse_authorization};
 
@@ -29,11 +32,81 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     pub by_secret_id: FxHashMap<Box<str>, Credential>,
+    /// Keyed signing MACs by (SecretId, date, service): deriving one costs three HMACs, and it
+    /// only changes once a day. It lives in the credentials snapshot, so a reload that changes
+    /// a key can never be answered from a stale entry.
+    keys: KeyCache,
 }
 
+#[derive(Clone, Default)]
+struct KeyCache(DashMap<u64, CachedKey, FxBuildHasher>);
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyCache({} entries)", self.0.len())
+    }
+}
+
+#[derive(Clone)]
+struct CachedKey {
+    secret_id: Box<str>,
+    date: [u8; 10],
+    service: Box<str>,
+    mac: tc3::KeyedMac,
+}
+
+/// Entries beyond this are dropped wholesale (stale dates accumulate slowly; only valid
+/// credentials ever get an entry).
+const KEY_CACHE_LIMIT: usize = 100_000;
+
 impl Credentials {
+    pub fn new(by_secret_id: FxHashMap<Box<str>, Credential>) -> Credentials {
+        Credentials {
+            by_secret_id,
+            keys: KeyCache::default(),
+        }
+    }
+
     pub fn get(&self, secret_id: &str) -> Option<&Credential> {
         self.by_secret_id.get(secret_id)
+    }
+
+    /// The keyed signing MAC of a credential for a date and service, from the cache.
+    fn keyed_mac(
+        &self,
+        secret_id: &str,
+        credential: &Credential,
+        date: &str,
+        service: &str,
+    ) -> tc3::KeyedMac {
+        let mut h = FxHasher::default();
+        (secret_id, date, service).hash(&mut h);
+        let slot = h.finish();
+        if let Some(c) = self.keys.0.get(&slot)
+            && &*c.secret_id == secret_id
+            && c.date == date.as_bytes()
+            && &*c.service == service
+        {
+            return c.mac.clone();
+        }
+        let mac = tc3::KeyedMac::new(&tc3::signing_key(&credential.secret_key, date, service));
+        if self.keys.0.len() >= KEY_CACHE_LIMIT {
+            self.keys.0.clear();
+        }
+        let mut d = [0u8; 10];
+        if date.len() == 10 {
+            d.copy_from_slice(date.as_bytes());
+        }
+        self.keys.0.insert(
+            slot,
+            CachedKey {
+                secret_id: secret_id.into(),
+                date: d,
+                service: service.into(),
+                mac: mac.clone(),
+            },
+        );
+        mac
     }
 }
 
@@ -126,7 +199,7 @@ pub fn authenticate<'a, H: Fn(&str) -> Option<&'a [u8]>>(
             credential: auth.date.to_owned(),
         });
     }
-    let key = tc3::signing_key(&credential.secret_key, auth.date, auth.service);
+    let key = credentials.keyed_mac(auth.secret_id, credential, auth.date, auth.service);
     let signed = tc3::SignedRequest {
         method: req.method,
         query: req.query,
@@ -137,7 +210,7 @@ pub fn authenticate<'a, H: Fn(&str) -> Option<&'a [u8]>>(
         date: auth.date,
         service: auth.service,
     };
-    match tc3::verify(&key, &signed, auth.signature) {
+    match tc3::verify_with(&key, &signed, auth.signature) {
         Ok(true) => Ok(credential.uin),
         Ok(false) => Err(AuthError::SignatureFailure),
         Err(missing) => Err(AuthError::InvalidAuthorization(missing.to_string())),

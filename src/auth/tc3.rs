@@ -228,13 +228,32 @@ pub fn signing_key(secret_key: &[u8], date: &str, service: &str) -> [u8; 32] {
     hmac(&k_service, b"tc3_request")
 }
 
+/// HMAC-SHA256 keyed with a signing key, its key pads already absorbed: cloning it is
+/// cheaper than keying a new one, and it can be cached per (SecretId, date, service).
+#[derive(Clone)]
+pub struct KeyedMac(HmacSha256);
+
+impl KeyedMac {
+    pub fn new(signing_key: &[u8; 32]) -> KeyedMac {
+        KeyedMac(HmacSha256::new_from_slice(signing_key).expect("32-byte key"))
+    }
+}
+
 /// The hex signature of a request under `signing_key`.
 pub fn signature<'a, H: Fn(&str) -> Option<&'a [u8]>>(
     signing_key: &[u8; 32],
     req: &SignedRequest<'a, H>,
 ) -> Result<[u8; 64], MissingSignedHeader> {
+    signature_with(&KeyedMac::new(signing_key), req)
+}
+
+/// The hex signature of a request under an already keyed MAC.
+pub fn signature_with<'a, H: Fn(&str) -> Option<&'a [u8]>>(
+    keyed: &KeyedMac,
+    req: &SignedRequest<'a, H>,
+) -> Result<[u8; 64], MissingSignedHeader> {
     let canonical_hash = string_to_sign_hash(req)?;
-    let mut mac = HmacSha256::new_from_slice(signing_key).expect("32-byte key");
+    let mut mac = keyed.0.clone();
     mac.update(ALGORITHM.as_bytes());
     mac.update(b"\n");
     mac.update(req.timestamp.as_bytes());
@@ -254,7 +273,16 @@ pub fn verify<'a, H: Fn(&str) -> Option<&'a [u8]>>(
     req: &SignedRequest<'a, H>,
     claimed: &str,
 ) -> Result<bool, MissingSignedHeader> {
-    let expected = signature(signing_key, req)?;
+    verify_with(&KeyedMac::new(signing_key), req, claimed)
+}
+
+/// [`verify`] with an already keyed MAC.
+pub fn verify_with<'a, H: Fn(&str) -> Option<&'a [u8]>>(
+    keyed: &KeyedMac,
+    req: &SignedRequest<'a, H>,
+    claimed: &str,
+) -> Result<bool, MissingSignedHeader> {
+    let expected = signature_with(keyed, req)?;
     let mut claimed_lower = [0u8; 64];
     if claimed.len() != 64 {
         return Ok(false);

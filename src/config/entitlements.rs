@@ -362,7 +362,7 @@ pub fn load_credentials(
             ));
         }
     }
-    Ok(Credentials { by_secret_id })
+    Ok(Credentials::new(by_secret_id))
 }
 
 #[cfg(test)]

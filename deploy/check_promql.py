@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Checks every PromQL expression under deploy/ against the metrics the gateway exports.
+"""Checks every PromQL expression under deploy/ against the metrics Tollgate exports.
 
 Collects the expressions of deploy/prometheus/alerts.yml and of the Grafana dashboard (panel
 targets, annotation queries, template variable queries), then:
 
-  1. every metric name they use must be one that src/metrics.rs registers (histograms with
-     their _bucket/_sum/_count series), or Prometheus' own `up`;
-  2. every expression must parse: they are written into a throwaway rules file, Grafana
+  1. every metric name they use must be one that the gateway (src/metrics.rs) or the
+     settlement consumer (src/settlement/consumer.rs) registers (histograms with their
+     _bucket/_sum/_count series), or Prometheus' own `up`;
+  2. every selector of such a metric must select the job that scrapes its component: the
+     gateway's job="tollgate" / the consumer's job="tollgate-consumer" in alerts.yml, and the
+     dashboard's variables job=~"$job" / job=~"$consumer_job" (variable queries excepted).
+     A consumer metric under the gateway's job would silently match nothing;
+  3. every expression must parse: they are written into a throwaway rules file, Grafana
      variables replaced by plain values, and handed to `promtool check rules` (skipped, with a
      note, when promtool is not installed).
 
@@ -29,7 +34,13 @@ DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "tollgate-dashboard.json"
-METRICS_RS = REPO / "src" / "metrics.rs"
+# Where each component registers its metrics, and the job that scrapes it (alerts.yml, then
+# the dashboard's variable).
+COMPONENTS = {
+    "gateway": (REPO / "src" / "metrics.rs", 'job="tollgate"', 'job=~"$job"'),
+    "consumer": (REPO / "src" / "settlement" / "consumer.rs",
+                 'job="tollgate-consumer"', 'job=~"$consumer_job"'),
+}
 
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
             "group_right", "bool", "offset", "inf", "nan", "atan2",
@@ -42,19 +53,47 @@ TOKEN = re.compile(
     r"|\{[^}]*\}"                              # label matchers
     r"|\[[^\]]*\]"                             # range / subquery
     r"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"   # label lists
+    r"|(?:\d+(?:ms|[smhdwy]))+\b"               # duration (offset 1h, @ modifiers aside)
     r"|\d+(?:\.\d+)?(?:e[+-]?\d+)?"            # number
     r"|([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?"     # identifier, maybe a function call
 )
 
 
-def exported_metrics() -> set:
-    names = set(re.findall(r'"(tollgate_[a-z0-9_]+)"', METRICS_RS.read_text(encoding="utf-8")))
-    if not names:
-        sys.exit(f"no metric names found in {METRICS_RS}")
-    series = set(names)
-    for n in names:
-        series |= {n + "_bucket", n + "_sum", n + "_count"}
-    return series | {"up"}
+def exported_metrics() -> dict:
+    """Series name -> component ("gateway", "consumer"); `up` -> None (any job)."""
+    owner = {}
+    for component, (source, _, _) in COMPONENTS.items():
+        names = set(re.findall(r'"(tollgate_[a-z0-9_]+)"', source.read_text(encoding="utf-8")))
+        if not names:
+            sys.exit(f"no metric names found in {source}")
+        for n in names:
+            for series in (n, n + "_bucket", n + "_sum", n + "_count"):
+                if owner.get(series, component) != component:
+                    sys.exit(f"{series} is registered by both the gateway and the consumer")
+                owner[series] = component
+    owner["up"] = None
+    return owner
+
+
+SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?")
+
+
+def job_problems(expr: str, owner: dict, want: int) -> list:
+    """Selectors of a component's metric that do not select its job. `want` picks the alerts'
+    (1) or the dashboard's (2) matcher of COMPONENTS."""
+    problems = []
+    for m in SELECTOR.finditer(expr):
+        name, matchers = m.group(1), m.group(2) or ""
+        component = owner.get(name)
+        if component is None or expr[m.end():m.end() + 1] == "(":
+            continue
+        expected = COMPONENTS[component][want]
+        jobs = re.findall(r'job\s*(=~|!=|!~|=)\s*"([^"]*)"', matchers)
+        found = [f"job{op}\"{value}\"" for op, value in jobs]
+        if found != [expected]:
+            problems.append(f"{name} ({component}) must select {expected}, "
+                            f"not {', '.join(found) or 'any job'}")
+    return problems
 
 
 def metric_names(expr: str) -> set:
@@ -73,12 +112,13 @@ def grafana_to_promql(expr: str) -> str:
 
 
 def collect() -> list:
-    """(where, PromQL) for every expression."""
+    """(where, PromQL, the expression as written, which job matchers it must use: 1 for
+    alerts.yml, 2 for the dashboard, None for variable queries) for every expression."""
     out = []
     for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]:
         for rule in group["rules"]:
             name = rule.get("alert") or rule.get("record")
-            out.append((f"{ALERTS.name}: {name}", rule["expr"]))
+            out.append((f"{ALERTS.name}: {name}", rule["expr"], rule["expr"], 1))
     dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
 
     def panels(items):
@@ -89,10 +129,11 @@ def collect() -> list:
     for p in panels(dash["panels"]):
         for t in p.get("targets", []):
             out.append((f"{DASHBOARD.name}: panel {p['title']!r} {t['refId']}",
-                        grafana_to_promql(t["expr"])))
+                        grafana_to_promql(t["expr"]), t["expr"], 2))
     for a in dash["annotations"]["list"]:
         if "expr" in a:
-            out.append((f"{DASHBOARD.name}: annotation {a['name']!r}", grafana_to_promql(a["expr"])))
+            out.append((f"{DASHBOARD.name}: annotation {a['name']!r}",
+                        grafana_to_promql(a["expr"]), a["expr"], 2))
     for v in dash["templating"]["list"]:
         if v["type"] != "query":
             continue
@@ -100,23 +141,30 @@ def collect() -> list:
         m = re.fullmatch(r"label_values\((.*),\s*\w+\)", q.strip())
         if not m:
             sys.exit(f"{DASHBOARD.name}: variable {v['name']}: unsupported query {q!r}")
-        out.append((f"{DASHBOARD.name}: variable {v['name']!r}", grafana_to_promql(m.group(1))))
+        out.append((f"{DASHBOARD.name}: variable {v['name']!r}",
+                    grafana_to_promql(m.group(1)), m.group(1), None))
     return out
 
 
 def main() -> int:
-    allowed = exported_metrics()
-    exprs = collect()
+    owner = exported_metrics()
+    collected = collect()
+    exprs = [(where, expr) for where, expr, _, _ in collected]
     bad = 0
-    for where, expr in exprs:
+    for where, expr, written, want in collected:
         names = metric_names(expr)
         if not names:
             print(f"{where}: names no metric", file=sys.stderr)
             bad += 1
-        for n in sorted(names - allowed):
-            print(f"{where}: {n} is not a metric the gateway exports", file=sys.stderr)
+        for n in sorted(names - owner.keys()):
+            print(f"{where}: {n} is not a metric the gateway or the consumer exports",
+                  file=sys.stderr)
             bad += 1
-    print(f"metric names: {len(exprs)} expressions checked, {bad} problems")
+        if want is not None:
+            for problem in job_problems(written, owner, want):
+                print(f"{where}: {problem}", file=sys.stderr)
+                bad += 1
+    print(f"metric names and jobs: {len(exprs)} expressions checked, {bad} problems")
 
     promtool = shutil.which("promtool")
     if not promtool:

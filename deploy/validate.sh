@@ -3,10 +3,12 @@
 #
 #   bash deploy/validate.sh
 #
-# Needs: python3 with PyYAML (python3-yaml), promtool (Debian: apt-get install prometheus).
-# Uses when present (a step is reported SKIP otherwise): kubectl (kustomize build),
-# systemd-analyze, and a tollgate binary (PATH, target/release or target/debug) for
-# `tollgate check-config` on the shipped configs. Exits non-zero if any step fails.
+# Needs: python3 >= 3.11 with PyYAML (python3-yaml), promtool (Debian: apt-get install
+# prometheus). Uses when present (a step is reported SKIP otherwise): kubectl (kustomize
+# build), kubernetes-validate (pip; schema validation of the built manifests),
+# systemd-analyze, and a tollgate binary for `tollgate check-config` on the shipped configs
+# and the consumer's flags: $TOLLGATE_BIN, else the newer of target/release and target/debug,
+# else tollgate on PATH. Exits non-zero if any step fails.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,14 +37,59 @@ if command -v promtool >/dev/null; then
     promtool check rules deploy/prometheus/alerts.yml
   step "promtool test rules deploy/prometheus/alerts_test.yml" \
     promtool test rules deploy/prometheus/alerts_test.yml
+  # The commented kubernetes_sd_configs jobs of prometheus.yml, uncommented in place of the
+  # static ones, must be a valid config too. Debian's promtool is built without Kubernetes
+  # discovery and rejects any kubernetes_sd_configs: then they are only parsed.
+  printf 'scrape_configs:\n  - job_name: probe\n    kubernetes_sd_configs:\n      - role: pod\n' \
+    >"$tmp/k8s-sd-probe.yml"
+  probe=$(promtool check config "$tmp/k8s-sd-probe.yml" 2>&1 || true)
+  sd_check=promtool
+  if grep -q 'kubernetes_sd_configs not found' <<<"$probe"; then
+    sd_check=parse-only
+    echo "NOTE  this promtool has no Kubernetes service discovery: the commented jobs are only parsed"
+  fi
+  step "prometheus.yml with its commented Kubernetes jobs enabled ($sd_check)" \
+    python3 - "$tmp" "$sd_check" <<'EOF'
+import pathlib, re, subprocess, sys, yaml
+path = pathlib.Path("deploy/prometheus/prometheus.yml")
+lines = path.read_text().splitlines()
+start = next(i for i, l in enumerate(lines) if re.match(r"^  # - job_name:", l))
+block = []
+for l in lines[start:]:
+    if l.startswith("  # "):
+        block.append(l[4:])
+    elif l.rstrip() == "  #":
+        block.append("")
+    else:
+        break
+jobs = yaml.safe_load("\n".join(block))
+assert [j["job_name"] for j in jobs] == ["tollgate", "tollgate-consumer"], jobs
+for j in jobs:
+    keep = [r["regex"] for r in j["relabel_configs"] if r.get("action") == "keep"]
+    assert "admin" in keep and ("gateway" in keep) != ("consumer" in keep), (j["job_name"], keep)
+if sys.argv[2] != "promtool":
+    sys.exit(0)
+cfg = yaml.safe_load(path.read_text())
+cfg["scrape_configs"] = jobs
+cfg["rule_files"] = [str(path.parent.resolve() / f) for f in cfg["rule_files"]]
+out = pathlib.Path(sys.argv[1]) / "prometheus-sd.yml"
+out.write_text(yaml.safe_dump(cfg))
+r = subprocess.run(["promtool", "check", "config", str(out)], capture_output=True, text=True)
+print(r.stdout + r.stderr)
+sys.exit(r.returncode)
+EOF
 else
   skip "promtool" "not installed: apt-get install prometheus"
   failed=1
 fi
-step "PromQL metric names and syntax (deploy/check_promql.py)" python3 deploy/check_promql.py
+step "PromQL metric names, jobs and syntax (deploy/check_promql.py)" python3 deploy/check_promql.py
 
 # --- Grafana ------------------------------------------------------------------------------------
 step "dashboard is valid JSON" python3 -m json.tool deploy/grafana/tollgate-dashboard.json
+
+# --- The pipeline: settings that must agree across files ----------------------------------------
+step "pipeline wiring (deploy/check_wiring.py)" python3 deploy/check_wiring.py
+step "NATS stream definition is valid JSON" python3 -m json.tool deploy/nats/tollgate-usage-stream.json
 
 # --- Kubernetes ---------------------------------------------------------------------------------
 step "configmap.yaml is up to date with config/" python3 deploy/kubernetes/render-configmap.py --check
@@ -54,16 +101,30 @@ for p in sorted(pathlib.Path("deploy/kubernetes").glob("*.yaml")):
 '
 if command -v kubectl >/dev/null; then
   step "kubectl kustomize deploy/kubernetes" kubectl kustomize deploy/kubernetes
+  if command -v kubernetes-validate >/dev/null; then
+    kubectl kustomize deploy/kubernetes >"$tmp/built.yaml" 2>/dev/null
+    # --strict: unknown fields are errors. 1.30 is the minimum (the preStop sleep action).
+    # The ServiceMonitor CRD has no schema there: a warning, not a failure.
+    step "kubernetes-validate --strict (Kubernetes 1.30)" \
+      kubernetes-validate --strict --quiet -k 1.30.0 "$tmp/built.yaml"
+  else
+    skip "kubernetes-validate" "not installed: pip install kubernetes-validate"
+  fi
 else
   skip "kubectl kustomize" "kubectl not installed"
 fi
 
 # --- The shipped tollgate configs ---------------------------------------------------------------
-tollgate=$(command -v tollgate || true)
-for b in target/release/tollgate target/debug/tollgate; do
-  [ -z "$tollgate" ] && [ -x "$b" ] && tollgate=$b
-done
+# The newest build of this tree (a stale target/release can predate the pipeline).
+tollgate=${TOLLGATE_BIN:-}
+if [ -z "$tollgate" ]; then
+  for b in target/release/tollgate target/debug/tollgate; do
+    if [ -x "$b" ] && { [ -z "$tollgate" ] || [ "$b" -nt "$tollgate" ]; }; then tollgate=$b; fi
+  done
+fi
+[ -z "$tollgate" ] && tollgate=$(command -v tollgate || true)
 if [ -n "$tollgate" ]; then
+  echo "      (tollgate binary: $tollgate)"
   # systemd: tollgate.toml next to the repository's reloadable files, as in /etc/tollgate.
   mkdir -p "$tmp/systemd"
   cp deploy/systemd/tollgate.toml config/catalog.toml config/entitlements.toml \
@@ -87,18 +148,37 @@ EOF
   [ -d "$tmp/k8s/config" ] &&
     step "tollgate check-config: deploy/kubernetes (rendered)" \
       "$tollgate" check-config --config "$tmp/k8s/config/tollgate.toml"
+  # The consumer takes flags, not a config file: every flag its unit and its Deployment pass
+  # must be one `tollgate consumer` knows.
+  step "tollgate consumer knows the flags of its unit and its Deployment" \
+    python3 - "$tollgate" <<'EOF'
+import re, subprocess, sys, yaml
+help_text = subprocess.run([sys.argv[1], "consumer", "--help"], capture_output=True,
+                           text=True, check=True).stdout
+known = set(re.findall(r"(--[a-z][a-z-]*)", help_text))
+unit = open("deploy/systemd/tollgate-consumer.service").read()
+exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+deployment = next(d for d in yaml.safe_load_all(open("deploy/kubernetes/consumer-deployment.yaml")) if d)
+args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+used = set(re.findall(r"(--[a-z][a-z-]*)", exec_start)) | {a for a in args if a.startswith("--")}
+unknown = sorted(used - known)
+assert not unknown, f"flags `tollgate consumer` does not know: {unknown}"
+assert "TOLLGATE_POSTGRES" in help_text, "--postgres no longer reads $TOLLGATE_POSTGRES"
+EOF
 else
   skip "tollgate check-config" "no tollgate binary: cargo build --release"
 fi
 
 # --- systemd ------------------------------------------------------------------------------------
 if command -v systemd-analyze >/dev/null; then
-  # verify wants ExecStart's binary to exist: point the unit at any tollgate binary, or /bin/true.
+  # verify wants ExecStart's binary to exist: point the units at any tollgate binary, or /bin/true.
   exe=${tollgate:+$(realpath "$tollgate")}
-  sed "s#/usr/local/bin/tollgate#${exe:-/bin/true}#g" deploy/systemd/tollgate.service \
-    >"$tmp/tollgate.service"
-  step "systemd-analyze verify deploy/systemd/tollgate.service" \
-    systemd-analyze verify "$tmp/tollgate.service"
+  for unit in tollgate tollgate-consumer; do
+    sed "s#/usr/local/bin/tollgate#${exe:-/bin/true}#g" "deploy/systemd/$unit.service" \
+      >"$tmp/$unit.service"
+    step "systemd-analyze verify deploy/systemd/$unit.service" \
+      systemd-analyze verify "$tmp/$unit.service"
+  done
 else
   skip "systemd-analyze verify" "systemd-analyze not installed"
 fi

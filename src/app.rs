@@ -130,6 +130,7 @@ fn open_spool(
         )
         .with_context(|| format!("cannot open the spool at {}", s.spool.dir.display()))?,
     );
+    metrics.spool_max_bytes.set(s.spool.max_bytes as i64);
     let r = spool.recovery();
     metrics.spool_corrupt_frames.inc_by(r.corrupt_frames);
     metrics.spool_torn_bytes.inc_by(r.torn_bytes);

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub quota_entries: IntGauge,
     /// The metering pipeline (spool sink only).
     pub spool_bytes: IntGauge,
+    pub spool_max_bytes: IntGauge,
     pub spool_unshipped_records: IntGauge,
     pub spool_oldest_unshipped_seconds: IntGauge,
     pub spool_full: IntGauge,
@@ -182,6 +183,10 @@ impl Metrics {
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
         ];
         let spool_bytes = gauge("tollgate_spool_bytes", "Bytes of spool segments on disk.");
+        let spool_max_bytes = gauge(
+            "tollgate_spool_max_bytes",
+            "The spool's disk bound (metering.max_spool_bytes); 0 without a spool.",
+        );
         let spool_unshipped_records = gauge(
             "tollgate_spool_unshipped_records",
             "Usage records written to the spool and not yet acknowledged by the sink.",
@@ -234,6 +239,7 @@ impl Metrics {
         );
         let m = Metrics {
             spool_bytes,
+            spool_max_bytes,
             spool_unshipped_records,
             spool_oldest_unshipped_seconds,
             spool_full,

@@ -137,6 +137,7 @@ struct RawMetering {
     batch_dir: Option<String>,
     nats_url: Option<String>,
     nats_stream: Option<String>,
+    nats_replicas: Option<usize>,
     max_in_flight: Option<usize>,
     totals_interval_ms: Option<u64>,
 }
@@ -413,6 +414,13 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
                         .nats_stream
                         .clone()
                         .unwrap_or_else(|| "TOLLGATE_USAGE".into()),
+                    replicas: match m.nats_replicas {
+                        Some(r) if (1..=5).contains(&r) => r,
+                        None => 1,
+                        Some(r) => {
+                            return Err(err("metering.nats_replicas", format!("{r} is not 1..=5")));
+                        }
+                    },
                 },
             };
             MeteringSink::Spool(Box::new(SpoolSettings {
@@ -430,11 +438,22 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
                         m.seal_interval_ms,
                         1000,
                     )?),
-                    max_batch_records: positive(
-                        "metering.max_batch_records",
-                        m.max_batch_records.map(|v| v as u64),
-                        10_000,
-                    )? as usize,
+                    // A count is ~150 bytes of JSON at most: 2,000 records stay well under the
+                    // 1 MB default max_payload of nats-server.
+                    max_batch_records: match m.max_batch_records {
+                        Some(n) if n > 5_000 => {
+                            return Err(err(
+                                "metering.max_batch_records",
+                                format!(
+                                    "{n} could make a batch larger than NATS's default 1 MB max_payload; use at most 5000"
+                                ),
+                            ));
+                        }
+                        other => {
+                            positive("metering.max_batch_records", other.map(|v| v as u64), 2_000)?
+                                as usize
+                        }
+                    },
                     max_in_flight: positive(
                         "metering.max_in_flight",
                         m.max_in_flight.map(|v| v as u64),

@@ -34,7 +34,12 @@ pub enum Destination {
     /// A local directory the settlement side reads (the embedded default).
     LocalDir(PathBuf),
     /// A NATS JetStream stream.
-    Nats { url: String, stream: String },
+    Nats {
+        url: String,
+        stream: String,
+        /// Replicas of the stream if the gateway has to create it (3 in production).
+        replicas: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +104,7 @@ enum Sink {
     Nats {
         url: String,
         stream: String,
+        replicas: usize,
         js: Option<Box<jetstream::Context>>,
     },
 }
@@ -109,7 +115,13 @@ impl Sink {
     /// after an outage are still recognised, and the ledger's processed-batches table as the
     /// final guard beyond it.
     async fn nats(&mut self) -> Result<jetstream::Context, String> {
-        let Sink::Nats { url, stream, js } = self else {
+        let Sink::Nats {
+            url,
+            stream,
+            replicas,
+            js,
+        } = self
+        else {
             unreachable!("nats() on a local sink")
         };
         if let Some(js) = js {
@@ -122,7 +134,7 @@ impl Sink {
             .await
             .map_err(|e| format!("connect {url}: {e}"))?;
         let ctx = jetstream::new(client);
-        ensure_stream(&ctx, stream)
+        ensure_stream(&ctx, stream, *replicas)
             .await
             .map_err(|e| format!("stream {stream}: {e}"))?;
         *js = Some(Box::new(ctx.clone()));
@@ -130,10 +142,16 @@ impl Sink {
     }
 }
 
-/// Creates the usage stream if it does not exist.
-pub async fn ensure_stream(ctx: &jetstream::Context, name: &str) -> Result<(), String> {
+/// Creates the usage stream if it does not exist (with `replicas` replicas; an existing stream
+/// is used as it is).
+pub async fn ensure_stream(
+    ctx: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<(), String> {
     ctx.get_or_create_stream(jetstream::stream::Config {
         name: name.to_owned(),
+        num_replicas: replicas.max(1),
         subjects: vec!["tollgate.usage.>".into(), "tollgate.totals.>".into()],
         storage: jetstream::stream::StorageType::File,
         duplicate_window: Duration::from_secs(3600),
@@ -246,9 +264,14 @@ impl Shipper {
                 std::fs::create_dir_all(d)?;
                 Sink::Local(d.clone())
             }
-            Destination::Nats { url, stream } => Sink::Nats {
+            Destination::Nats {
+                url,
+                stream,
+                replicas,
+            } => Sink::Nats {
                 url: url.clone(),
                 stream: stream.clone(),
+                replicas: *replicas,
                 js: None,
             },
         };
@@ -445,9 +468,19 @@ impl Shipper {
         totals_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // After a successful publish that left batches queued (a backlog after an outage), the
+        // next round starts at once instead of waiting for a tick.
+        let mut backlog = false;
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            if backlog {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = std::future::ready(()) => {}
+                }
+            } else {
+                tokio::select! {
                 _ = seal_tick.tick() => {}
                 _ = totals_tick.tick() => {
                     if let Err(e) = self.publish_totals().await {
@@ -455,6 +488,7 @@ impl Shipper {
                     }
                 }
                 () = &mut shutdown => break,
+                }
             }
             if let Err(e) = self.seal() {
                 tracing::error!(error = %e, "sealing failed");
@@ -467,11 +501,13 @@ impl Shipper {
                 .await
                 .unwrap_or_else(|_| Err("publishing did not finish within 10 s".into()));
             match attempt {
-                Ok(_) => {
+                Ok(shipped) => {
                     backoff = Duration::from_millis(100);
                     retry_at = None;
+                    backlog = shipped > 0 && !self.queue.is_empty();
                 }
                 Err(e) => {
+                    backlog = false;
                     self.metrics.publish_errors.inc();
                     tracing::warn!(error = %e, pending = self.queue.len(), retry_in = ?backoff, "publishing batches failed");
                     retry_at = Some(tokio::time::Instant::now() + backoff);

@@ -545,7 +545,7 @@ pub async fn run(
             let mut backoff = Duration::from_millis(200);
             let consumer = loop {
                 let attempt = async {
-                    ensure_stream(&js, stream)
+                    ensure_stream(&js, stream, 1)
                         .await
                         .map_err(anyhow::Error::msg)?;
                     let s = js.get_stream(stream).await?;

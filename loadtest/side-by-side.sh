@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Tollgate vs nginx (limit_req) vs a plain pass-through proxy: one run, one machine, the same
+# stub backend, the same load generator (loadtest/, TC3-signed calls; nginx checks no signature,
+# Tollgate verifies every one). Two modes:
+#   admitted  every call admitted (quotas far above the load), closed loop at maximum speed;
+#   overload  50 keys at 20 calls/s each, closed loop at maximum speed (far beyond 10x).
+# Prints requests/s, p50 and p99 latency of each, and the ratios Tollgate/nginx and
+# Tollgate/ceiling. Results: loadtest/RESULTS.md.
+#
+#   loadtest/side-by-side.sh                  # DURATION=15 CONNECTIONS=64 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${DURATION:-15}
+CONNECTIONS=${CONNECTIONS:-64}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+[ -x "$NGINX" ] || { echo "nginx is not installed (apt-get install nginx-light)"; exit 1; }
+
+echo "== building (release)"
+cargo build --release -q
+cargo build --release -q --manifest-path loadtest/Cargo.toml
+TOLLGATE=$ROOT/target/release/tollgate
+LOADTEST=$ROOT/loadtest/target/release/tollgate-loadtest
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for n in limit-admitted limit-overload passthrough; do
+    [ -f "$WORK/nginx-$n.pid" ] && kill "$(cat "$WORK/nginx-$n.pid")" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+STUB=$(port); TG=$(port); TG_ADMIN=$(port); NG_ADMITTED=$(port); NG_OVERLOAD=$(port); NG_PASS=$(port)
+
+echo "== config in $WORK"
+mkdir -p "$WORK/config"
+cp config/catalog.toml "$WORK/config/"
+{
+  echo '# Side-by-side accounts: 8 with segmentation quotas far above any load, 50 at the default 20 QPS.'
+  for i in $(seq 1 8); do
+    printf '[[account]]\nuin = %d\nname = "open-%d"\nservices = ["bda", "ocr"]\npostpaid = true\n\n[[account.mode]]\ngroup = "bda.segment"\nmode = "qps"\nquantity = 10000000\n\n' $((200000000000 + i)) "$i"
+  done
+  for i in $(seq 1 50); do
+    printf '[[account]]\nuin = %d\nname = "limited-%d"\nservices = ["ocr"]\npostpaid = true\n\n' $((300000000000 + i)) "$i"
+  done
+} > "$WORK/config/entitlements.toml"
+{
+  for i in $(seq 1 8); do printf '[[credential]]\nsecret_id = "AKIDsbsOpen%03d"\nsecret_key = "side-by-side-open-key-%03d"\nuin = %d\n\n' "$i" "$i" $((200000000000 + i)); done
+  for i in $(seq 1 50); do printf '[[credential]]\nsecret_id = "AKIDsbsLimited%03d"\nsecret_key = "side-by-side-limited-key-%03d"\nuin = %d\n\n' "$i" "$i" $((300000000000 + i)); done
+} > "$WORK/config/credentials.toml"
+cat > "$WORK/config/tollgate.toml" <<TOML
+[listen]
+api = "127.0.0.1:$TG"
+admin = "127.0.0.1:$TG_ADMIN"
+[upstream.default]
+url = "http://127.0.0.1:$STUB"
+[proxy]
+pool_max_idle_per_host = 1024
+[metering]
+sink = "spool"
+gateway_id = "gw-side-by-side"
+spool_dir = "$WORK/spool"
+batch_dir = "$WORK/batches"
+[log]
+level = "warn"
+TOML
+
+# Scenarios: the same streams for every target.
+{
+  printf 'name = "admitted"\ndescription = "every call admitted: quotas far above the load"\nduration_secs = %s\n\n' "$DURATION"
+  for i in $(seq 1 8); do
+    printf '[[stream]]\nname = "open-%d"\nsecret_id = "AKIDsbsOpen%03d"\nservice = "bda"\naction = "SegmentPortraitPic"\nmode = "closed"\nconcurrency = %d\n[stream.headers]\nX-Stub-Image-Bytes = "0"\n\n' "$i" "$i" $((CONNECTIONS / 8))
+  done
+} > "$WORK/admitted.toml"
+{
+  printf 'name = "overload"\ndescription = "50 keys at 20 calls/s each, offered far beyond 10x"\nduration_secs = %s\n\n' "$DURATION"
+  for i in $(seq 1 50); do
+    printf '[[stream]]\nname = "limited-%d"\nsecret_id = "AKIDsbsLimited%03d"\nservice = "ocr"\naction = "GeneralBasicOCR"\nmode = "closed"\nconcurrency = %d\n\n' "$i" "$i" $(( (CONNECTIONS + 49) / 50 ))
+  done
+} > "$WORK/overload.toml"
+
+nginx_conf() { # name rate limit-directive port
+  sed -e "s|@DIR@|$WORK|g" -e "s|@NAME@|$1|g" -e "s|@RATE@|$2|g" -e "s|@LIMIT@|$3|g" \
+      -e "s|@PORT@|$4|g" -e "s|@STUB@|$STUB|g" -e "s|@MODE@|$1|g" \
+      loadtest/side-by-side/nginx.conf.template > "$WORK/nginx-$1.conf"
+  mkdir -p "$WORK/body-$1" "$WORK/proxy-$1"
+  "$NGINX" -c "$WORK/nginx-$1.conf" -p "$WORK" -q
+}
+
+wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open"; exit 1; }
+
+echo "== starting the stub backend, Tollgate and three nginx"
+"$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & PIDS+=($!)
+wait_port "$STUB"
+"$TOLLGATE" gateway --config "$WORK/config/tollgate.toml" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
+wait_port "$TG"
+nginx_conf limit-admitted "1000000r/s" "limit_req zone=api burst=1000000 nodelay;" "$NG_ADMITTED"
+nginx_conf limit-overload "20r/s" "limit_req zone=api burst=20 nodelay;" "$NG_OVERLOAD"
+nginx_conf passthrough "1r/s" "" "$NG_PASS"
+wait_port "$NG_ADMITTED"; wait_port "$NG_OVERLOAD"; wait_port "$NG_PASS"
+
+run() { # label scenario target
+  "$LOADTEST" --scenario "$WORK/$2.toml" --target "127.0.0.1:$3" --config-dir "$WORK/config" \
+    --quiet --report-json "$WORK/$1.json" > "$WORK/$1.txt" 2>&1 || true
+  echo "   $1 done"
+}
+
+echo "== mode: admitted (${DURATION}s each, $CONNECTIONS connections)"
+run tollgate-admitted admitted "$TG"
+run nginx-admitted admitted "$NG_ADMITTED"
+run ceiling-admitted admitted "$NG_PASS"
+echo "== mode: overload"
+run tollgate-overload overload "$TG"
+run nginx-overload overload "$NG_OVERLOAD"
+run ceiling-overload overload "$NG_PASS"
+
+python3 loadtest/side-by-side/summarize.py "$WORK" "$(nproc)" "$DURATION" "$CONNECTIONS"

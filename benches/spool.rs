@@ -1,6 +1,7 @@
-//! Spool benches: appends per second, one caller at a time (every append waits for its own
-//! write) and from many concurrent callers (group commit), against a plain `write(2)` per
-//! record under a mutex as the baseline a naive implementation would use.
+//! Spool benches: appends per second, one caller at a time (each leads and writes its own
+//! record) and from 64 concurrent callers (leader/follower group commit), against a plain
+//! `write(2)` per record under a mutex, the baseline a naive implementation would use (and
+//! which holds a lock across I/O for every caller).
 //!
 //! Run: `cargo bench --bench spool`.
 

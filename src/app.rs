@@ -80,7 +80,7 @@ impl Running {
             let _ = t.await;
         }
         if let Some(spool) = self.spool {
-            spool.close();
+            spool.shutdown().await;
         }
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;

@@ -3,16 +3,21 @@
 //!
 //! Layout: `segment-<first seq, 20 digits>.log` files of frames
 //! `[len: u32 LE][crc32c: u32 LE][seq: u64 LE][payload: len − 8 bytes]`, the CRC covering seq
-//! and payload. Sequence numbers are per gateway instance, monotonic, assigned by the single
-//! writer thread, and never reused or renumbered.
+//! and payload. Sequence numbers are per gateway instance, monotonic, assigned by whichever
+//! call is writing (one at a time), and never reused or renumbered.
 //!
-//! The request path never holds a lock across I/O: handlers encode their record (in parallel,
-//! on their own threads) and send it over a channel to the writer thread, which frames a whole
-//! queue's worth of records into one buffer and writes it with one `write(2)` (group commit),
-//! then completes each caller's ticket. `fdatasync` runs on its own interval
-//! (`fsync_interval_ms`, group-committed too) for power-loss safety; `write(2)` alone already
-//! survives SIGKILL. The channel is unbounded on purpose: every sender awaits its ticket, so
-//! the queue is bounded by the calls in flight.
+//! Group commit without a handoff (leader/follower): the call that finds no write in
+//! progress becomes the leader and writes, in one `write(2)`, its own record and everything
+//! other calls queued meanwhile, looping until the queue is empty; a call that finds a write in
+//! progress queues its record and waits for its ticket, which the leader completes. No call
+//! ever waits on the writer's lock (followers only push to a queue), the common uncontended
+//! call costs one `write(2)` as a plain file append would, and sequence numbers follow file
+//! order because only the leader assigns them. An earlier design handed every record to a
+//! writer thread (later a task); the extra wake-ups on the way in and out cost the gateway 10%
+//! of its throughput in the side-by-side benchmark, against 4% for a direct write.
+//! `fdatasync` runs on its own interval (`fsync_interval_ms`) on a syncer thread that only
+//! clones the descriptor under the lock, so it never blocks writers; `write(2)` alone already
+//! survives SIGKILL, fsync is for power loss.
 //!
 //! Recovery on open truncates only a torn tail (an incomplete frame at the end of the newest
 //! segment), skips and counts corrupt frames (resynchronising on the next valid frame), and
@@ -22,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{SinkError, Ticket, UsageRecord, UsageSink};
@@ -63,11 +68,36 @@ pub struct SpoolStats {
 }
 
 /// Called with the duration of each fdatasync (the metrics histogram).
-pub type FsyncObserver = Box<dyn Fn(Duration) + Send>;
+pub type FsyncObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 struct Job {
     payloads: Vec<Vec<u8>>,
     done: tokio::sync::oneshot::Sender<Result<(), SinkError>>,
+}
+
+/// What the leader owns while it writes (and the syncer briefly, to clone the descriptor).
+struct WriterState {
+    next_seq: u64,
+    file: File,
+    segment_len: u64,
+    buf: Vec<u8>,
+    /// Some write since the last fdatasync.
+    unsynced: bool,
+    /// Segments rolled since the last sync: synced by the syncer before it syncs the current one.
+    rolled: Vec<File>,
+}
+
+struct Shared {
+    config: SpoolConfig,
+    stats: Arc<SpoolStats>,
+    accepting: AtomicBool,
+    /// True while a leader writes.
+    writing: AtomicBool,
+    /// Records queued by followers while a leader writes. Held only to push or take.
+    queue: Mutex<Vec<Job>>,
+    state: Mutex<WriterState>,
+    observe_fsync: Option<FsyncObserver>,
+    closed: AtomicBool,
 }
 
 /// One record read back from the spool.
@@ -89,11 +119,8 @@ pub struct Recovery {
 
 /// The spool. Dropping it stops the writer after it has written everything queued.
 pub struct Spool {
-    config: SpoolConfig,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
-    stats: Arc<SpoolStats>,
-    accepting: Arc<AtomicBool>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     recovery: Recovery,
 }
 
@@ -281,64 +308,81 @@ impl Spool {
             .map(|m| m.len())
             .sum();
         stats.bytes.store(bytes, Ordering::SeqCst);
-        let accepting = Arc::new(AtomicBool::new(bytes < config.max_bytes));
-        let (tx, rx) = mpsc::channel::<Job>();
-        let mut writer = Writer::new(
-            config.clone(),
-            next_seq,
-            Arc::clone(&stats),
-            Arc::clone(&accepting),
-        )?;
-        writer.observe_fsync = observe_fsync;
-        let handle = std::thread::Builder::new()
-            .name("tollgate-spool".into())
-            .spawn(move || writer.run(rx))?;
-        Ok(Spool {
-            config,
-            tx: Mutex::new(Some(tx)),
+        let (file, segment_len) = match segments(&config.dir)?.last() {
+            Some((_, path)) => {
+                let f = OpenOptions::new().append(true).open(path)?;
+                let len = f.metadata()?.len();
+                (f, len)
+            }
+            None => create_segment(&config.dir, next_seq)?,
+        };
+        let shared = Arc::new(Shared {
+            accepting: AtomicBool::new(bytes < config.max_bytes),
+            writing: AtomicBool::new(false),
+            queue: Mutex::new(Vec::new()),
+            state: Mutex::new(WriterState {
+                next_seq,
+                file,
+                segment_len,
+                buf: Vec::with_capacity(64 * 1024),
+                unsynced: false,
+                rolled: Vec::new(),
+            }),
             stats,
-            accepting,
-            writer: Mutex::new(Some(handle)),
+            observe_fsync,
+            closed: AtomicBool::new(false),
+            config,
+        });
+        let syncer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("tollgate-spool-sync".into())
+                .spawn(move || shared.run_syncer())?
+        };
+        Ok(Spool {
+            shared,
+            syncer: Mutex::new(Some(syncer)),
             recovery,
         })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.config.dir
+        &self.shared.config.dir
     }
 
     pub fn stats(&self) -> &Arc<SpoolStats> {
-        &self.stats
+        &self.shared.stats
     }
 
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
     }
 
-    /// Appends raw payloads (one record each); the ticket completes once they are written.
+    /// Appends raw payloads (one record each): written before this returns when no other
+    /// write is in progress (the usual case), else queued for the writing call to write.
+    pub fn submit_payloads(&self, payloads: Vec<Vec<u8>>) -> Ticket {
+        self.shared.submit(payloads)
+    }
+
+    /// [`Spool::submit_payloads`] as a receiver that completes once the payloads are written.
     pub fn append(
         &self,
         payloads: Vec<Vec<u8>>,
     ) -> tokio::sync::oneshot::Receiver<Result<(), SinkError>> {
-        let (done, rx) = tokio::sync::oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .map(|tx| tx.send(Job { payloads, done }));
-        if let Some(Err(mpsc::SendError(job))) = sent {
-            let _ = job
-                .done
-                .send(Err(SinkError("the spool writer has stopped".into())));
+        match self.shared.submit(payloads) {
+            Ticket::Pending(rx) => rx,
+            Ticket::Done(result) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(result);
+                rx
+            }
         }
-        rx
     }
 
     /// Deletes segments whose every record is at or below `shipped_seq`. The caller must have
     /// made `shipped_seq` durable first (a segment is never deleted ahead of its cursor).
     pub fn release(&self, shipped_seq: u64) -> std::io::Result<u64> {
-        let segs = segments(&self.config.dir)?;
+        let segs = segments(&self.shared.config.dir)?;
         let mut freed = 0;
         for w in segs.windows(2) {
             let ((_, path), (next_first, _)) = (&w[0], &w[1]);
@@ -348,9 +392,10 @@ impl Spool {
             }
         }
         if freed > 0 {
-            fsync_dir(&self.config.dir)?;
-            let left = self.stats.bytes.fetch_sub(freed, Ordering::SeqCst) - freed;
-            if left < self.config.max_bytes * 9 / 10 && !self.accepting.swap(true, Ordering::SeqCst)
+            fsync_dir(&self.shared.config.dir)?;
+            let left = self.shared.stats.bytes.fetch_sub(freed, Ordering::SeqCst) - freed;
+            if left < self.shared.config.max_bytes * 9 / 10
+                && !self.shared.accepting.swap(true, Ordering::SeqCst)
             {
                 tracing::warn!(
                     bytes = left,
@@ -361,12 +406,24 @@ impl Spool {
         Ok(freed)
     }
 
-    /// Stops the writer after everything queued is written and synced.
+    /// Writes anything queued, syncs, and stops the syncer.
+    pub async fn shutdown(&self) {
+        let handle = self.syncer.lock().expect("not poisoned").take();
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        self.shared.final_sync();
+    }
+
+    /// [`Spool::shutdown`] without an async context (waits for the syncer thread).
     pub fn close(&self) {
-        self.tx.lock().expect("not poisoned").take();
-        if let Some(h) = self.writer.lock().expect("not poisoned").take() {
+        let handle = self.syncer.lock().expect("not poisoned").take();
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(h) = handle {
             let _ = h.join();
         }
+        self.shared.final_sync();
     }
 }
 
@@ -382,146 +439,147 @@ impl UsageSink for Spool {
             .iter()
             .map(|r| serde_json::to_vec(r).expect("a usage record serializes"))
             .collect();
-        Ticket::Pending(self.append(payloads))
+        self.shared.submit(payloads)
     }
 
     fn healthy(&self) -> bool {
-        self.accepting.load(Ordering::Relaxed)
+        self.shared.accepting.load(Ordering::Relaxed)
     }
 
     fn accepting(&self) -> bool {
-        self.accepting.load(Ordering::Relaxed)
+        self.shared.accepting.load(Ordering::Relaxed)
     }
 }
 
-struct Writer {
-    config: SpoolConfig,
-    next_seq: u64,
-    file: File,
-    segment_len: u64,
-    stats: Arc<SpoolStats>,
-    accepting: Arc<AtomicBool>,
-    last_sync: Instant,
-    unsynced: bool,
-    buf: Vec<u8>,
-    observe_fsync: Option<FsyncObserver>,
+fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<(File, u64)> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(segment_name(first_seq)))?;
+    fsync_dir(dir)?;
+    Ok((f, 0))
 }
 
-impl Writer {
-    fn new(
-        config: SpoolConfig,
-        next_seq: u64,
-        stats: Arc<SpoolStats>,
-        accepting: Arc<AtomicBool>,
-    ) -> std::io::Result<Writer> {
-        let (file, segment_len) = match segments(&config.dir)?.last() {
-            Some((_, path)) => {
-                let f = OpenOptions::new().append(true).open(path)?;
-                let len = f.metadata()?.len();
-                (f, len)
-            }
-            None => Self::create_segment(&config.dir, next_seq)?,
-        };
-        Ok(Writer {
-            config,
-            next_seq,
-            file,
-            segment_len,
-            stats,
-            accepting,
-            last_sync: Instant::now(),
-            unsynced: false,
-            buf: Vec::with_capacity(1 << 20),
-            observe_fsync: None,
-        })
+impl Shared {
+    fn submit(&self, payloads: Vec<Vec<u8>>) -> Ticket {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ticket::Done(Err(SinkError("the spool is closed".into())));
+        }
+        // Fast path: nobody is writing; lead with our own records.
+        if self
+            .writing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let mine = self.lead(Some(payloads));
+            return Ticket::Done(mine.expect("the leader's own result"));
+        }
+        // A write is in progress: queue, and make sure somebody writes what we queued.
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .expect("not poisoned")
+            .push(Job { payloads, done });
+        if self
+            .writing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            // The leader finished between our first attempt and the push.
+            self.lead(None);
+        }
+        Ticket::Pending(rx)
     }
 
-    fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<(File, u64)> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(segment_name(first_seq)))?;
-        fsync_dir(dir)?;
-        Ok((f, 0))
-    }
-
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        let tick = if self.config.fsync_interval.is_zero() {
-            Duration::from_millis(100)
-        } else {
-            self.config.fsync_interval
-        };
+    /// Writes `mine` and every queued job until the queue is empty, then steps down (and
+    /// leads again if something was queued meanwhile). Returns the result for `mine`.
+    fn lead(&self, mut mine: Option<Vec<Vec<u8>>>) -> Option<Result<(), SinkError>> {
+        let mut mine_result = None;
         loop {
-            let first = match rx.recv_timeout(tick) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.maybe_sync(true);
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.maybe_sync(true);
-                    return;
-                }
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+            {
+                let mut st = self.state.lock().expect("not poisoned");
+                loop {
+                    let jobs = std::mem::take(&mut *self.queue.lock().expect("not poisoned"));
+                    if jobs.is_empty() && mine.is_none() {
+                        break;
+                    }
+                    let own = mine.take();
+                    let result = self.write(&mut st, own.as_deref(), &jobs);
+                    if result.is_err() {
+                        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if self.config.fsync_interval.is_zero() && result.is_ok() {
+                        self.sync_locked(&mut st);
+                    }
+                    if own.is_some() {
+                        mine_result = Some(result.clone());
+                    }
+                    for j in jobs {
+                        let _ = j.done.send(result.clone());
+                    }
                 }
             }
-            let result = self.write_jobs(&jobs);
-            if result.is_err() {
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.writing.store(false, Ordering::SeqCst);
+            // A follower may have queued after our last look and before we stepped down.
+            let pending = !self.queue.lock().expect("not poisoned").is_empty();
+            if !pending
+                || self
+                    .writing
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                return mine_result;
             }
-            for j in jobs {
-                let _ = j.done.send(result.clone());
-            }
-            self.maybe_sync(self.config.fsync_interval.is_zero());
         }
     }
 
-    fn write_jobs(&mut self, jobs: &[Job]) -> Result<(), SinkError> {
-        if self.segment_len >= self.config.segment_bytes {
-            self.maybe_sync(true);
-            match Self::create_segment(&self.config.dir, self.next_seq) {
+    /// Frames and writes `own` then `jobs` in one `write(2)`.
+    fn write(
+        &self,
+        st: &mut WriterState,
+        own: Option<&[Vec<u8>]>,
+        jobs: &[Job],
+    ) -> Result<(), SinkError> {
+        if st.segment_len >= self.config.segment_bytes {
+            match create_segment(&self.config.dir, st.next_seq) {
                 Ok((f, len)) => {
-                    self.file = f;
-                    self.segment_len = len;
+                    let old = std::mem::replace(&mut st.file, f);
+                    if st.unsynced {
+                        st.rolled.push(old);
+                    }
+                    st.segment_len = len;
                 }
                 Err(e) => return Err(SinkError(format!("cannot roll the spool segment: {e}"))),
             }
         }
-        self.buf.clear();
-        let mut seq = self.next_seq;
-        for job in jobs {
-            for p in &job.payloads {
-                let len = (8 + p.len()) as u32;
-                let mut crc = crc32c::crc32c(&seq.to_le_bytes());
-                crc = crc32c::crc32c_append(crc, p);
-                self.buf.extend_from_slice(&len.to_le_bytes());
-                self.buf.extend_from_slice(&crc.to_le_bytes());
-                self.buf.extend_from_slice(&seq.to_le_bytes());
-                self.buf.extend_from_slice(p);
-                seq += 1;
-            }
+        st.buf.clear();
+        let mut seq = st.next_seq;
+        let all = own
+            .into_iter()
+            .flatten()
+            .chain(jobs.iter().flat_map(|j| j.payloads.iter()));
+        for p in all {
+            let len = (8 + p.len()) as u32;
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), p);
+            st.buf.extend_from_slice(&len.to_le_bytes());
+            st.buf.extend_from_slice(&crc.to_le_bytes());
+            st.buf.extend_from_slice(&seq.to_le_bytes());
+            st.buf.extend_from_slice(p);
+            seq += 1;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if let Err(e) = st.file.write_all(&st.buf) {
             // A partial write leaves a torn frame; cut it so the next write follows a valid
             // frame, and keep the numbers unused (they were never acknowledged).
-            let _ = self.file.set_len(self.segment_len);
-            let _ = self.file.seek(SeekFrom::End(0));
+            let _ = st.file.set_len(st.segment_len);
+            let _ = st.file.seek(SeekFrom::End(0));
             return Err(SinkError(format!("spool write failed: {e}")));
         }
-        self.next_seq = seq;
-        self.segment_len += self.buf.len() as u64;
-        self.unsynced = true;
+        st.next_seq = seq;
+        st.segment_len += st.buf.len() as u64;
+        st.unsynced = true;
         self.stats.written_seq.store(seq - 1, Ordering::Release);
-        let bytes = self
-            .stats
-            .bytes
-            .fetch_add(self.buf.len() as u64, Ordering::SeqCst)
-            + self.buf.len() as u64;
+        let added = st.buf.len() as u64;
+        let bytes = self.stats.bytes.fetch_add(added, Ordering::SeqCst) + added;
         if bytes >= self.config.max_bytes && self.accepting.swap(false, Ordering::SeqCst) {
             tracing::error!(
                 bytes,
@@ -533,17 +591,25 @@ impl Writer {
         Ok(())
     }
 
-    fn maybe_sync(&mut self, force: bool) {
-        if !self.unsynced || (!force && self.last_sync.elapsed() < self.config.fsync_interval) {
+    /// fdatasync with the state locked (`fsync_interval_ms = 0`, and the final sync).
+    fn sync_locked(&self, st: &mut WriterState) {
+        if !st.unsynced {
             return;
         }
         let started = Instant::now();
-        match self.file.sync_data() {
+        let rolled = std::mem::take(&mut st.rolled);
+        let result = rolled
+            .iter()
+            .try_for_each(File::sync_data)
+            .and_then(|()| st.file.sync_data());
+        self.synced(result, st.next_seq - 1, started);
+        st.unsynced = false;
+    }
+
+    fn synced(&self, result: std::io::Result<()>, covered: u64, started: Instant) {
+        match result {
             Ok(()) => {
-                self.unsynced = false;
-                self.stats
-                    .durable_seq
-                    .store(self.next_seq - 1, Ordering::Release);
+                self.stats.durable_seq.fetch_max(covered, Ordering::AcqRel);
                 self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 let took = started.elapsed();
                 self.stats
@@ -555,7 +621,64 @@ impl Writer {
             }
             Err(e) => tracing::error!(error = %e, "spool fdatasync failed"),
         }
-        self.last_sync = Instant::now();
+    }
+
+    /// The syncer thread: every `fsync_interval`, fdatasync what was written. It holds the
+    /// state lock only to clone the descriptors, never across the sync.
+    fn run_syncer(&self) {
+        let interval = if self.config.fsync_interval.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            self.config.fsync_interval
+        };
+        while !self.closed.load(Ordering::SeqCst) {
+            std::thread::sleep(interval.min(Duration::from_millis(50)));
+            if self.config.fsync_interval.is_zero() {
+                continue;
+            }
+            let (files, covered) = {
+                let mut st = self.state.lock().expect("not poisoned");
+                if !st.unsynced {
+                    continue;
+                }
+                let mut files: Vec<File> = std::mem::take(&mut st.rolled);
+                match st.file.try_clone() {
+                    Ok(f) => files.push(f),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot clone the spool descriptor to sync it");
+                        continue;
+                    }
+                }
+                st.unsynced = false;
+                (files, st.next_seq - 1)
+            };
+            let started = Instant::now();
+            let result = files.iter().try_for_each(File::sync_data);
+            if result.is_err() {
+                // Try again next round.
+                self.state.lock().expect("not poisoned").unsynced = true;
+            }
+            self.synced(result, covered, started);
+            // Sleep out the rest of the interval.
+            if let Some(rest) = interval.checked_sub(started.elapsed() + Duration::from_millis(50))
+            {
+                std::thread::sleep(rest);
+            }
+        }
+    }
+
+    /// Writes anything still queued and syncs (at close).
+    fn final_sync(&self) {
+        while self
+            .writing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        self.lead(None);
+        let mut st = self.state.lock().expect("not poisoned");
+        self.sync_locked(&mut st);
     }
 }
 
@@ -611,6 +734,38 @@ mod tests {
             prop_assert_eq!(got.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), model.clone());
             prop_assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=model.len() as u64).collect::<Vec<_>>());
         }
+    }
+
+    /// Leader/follower group commit under contention: every submitted record is written
+    /// exactly once, every ticket completes, and sequence numbers are contiguous in file order.
+    #[test]
+    fn concurrent_submitters_lose_and_duplicate_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(config(dir.path()), 0).unwrap());
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let spool = Arc::clone(&spool);
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    for i in 0..500u32 {
+                        let payload = format!("{t}:{i}").into_bytes();
+                        let result = rt.block_on(spool.append(vec![payload])).unwrap();
+                        assert_eq!(result, Ok(()));
+                    }
+                });
+            }
+        });
+        drop(spool);
+        let all = read_after(dir.path(), 0, u64::MAX).unwrap();
+        assert_eq!(all.len(), 4000);
+        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=4000).collect::<Vec<_>>());
+        let mut payloads: Vec<Vec<u8>> = all.into_iter().map(|e| e.payload).collect();
+        payloads.sort();
+        payloads.dedup();
+        assert_eq!(payloads.len(), 4000);
     }
 
     #[test]

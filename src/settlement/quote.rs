@@ -148,6 +148,22 @@ pub fn overlay(
     )
 }
 
+/// A group of the catalog and its price table in `prices` (QPS mode or concurrency).
+fn group_prices<'a>(
+    catalog: &'a Catalog,
+    prices: &'a rustc_hash::FxHashMap<crate::catalog::GroupId, QuantityTable>,
+    group: &str,
+    what: &str,
+) -> Result<(&'a crate::catalog::Group, &'a QuantityTable), QuoteError> {
+    let g = catalog
+        .group_by_name(group)
+        .ok_or_else(|| QuoteError::Unknown(group.to_owned()))?;
+    let table = prices
+        .get(&g.id)
+        .ok_or_else(|| QuoteError::Unknown(format!("{what} prices for {group}")))?;
+    Ok((g, table))
+}
+
 /// QPS billing mode for `group` (`facefusion.fuse`, `bda.segment`).
 pub fn qps_mode(
     book: &PriceBook,
@@ -156,13 +172,7 @@ pub fn qps_mode(
     qps: u32,
     term: Term,
 ) -> Result<Quote, QuoteError> {
-    let g = catalog
-        .group_by_name(group)
-        .ok_or_else(|| QuoteError::Unknown(group.to_owned()))?;
-    let table = book
-        .qps_mode
-        .get(&g.id)
-        .ok_or_else(|| QuoteError::Unknown(format!("QPS mode prices for {group}")))?;
+    let (g, table) = group_prices(catalog, &book.qps_mode, group, "QPS mode")?;
     if let Some(max) = g.max_purchased_qps
         && qps > max
     {
@@ -188,13 +198,7 @@ pub fn concurrency(
     tasks: u32,
     term: Term,
 ) -> Result<Quote, QuoteError> {
-    let g = catalog
-        .group_by_name(group)
-        .ok_or_else(|| QuoteError::Unknown(group.to_owned()))?;
-    let table = book
-        .concurrency
-        .get(&g.id)
-        .ok_or_else(|| QuoteError::Unknown(format!("concurrency prices for {group}")))?;
+    let (_, table) = group_prices(catalog, &book.concurrency, group, "concurrency")?;
     per_period(
         table,
         &format!("concurrency tasks for {group}"),

@@ -87,6 +87,15 @@ pub struct ShipMetrics {
     pub totals_source: Arc<dyn Fn() -> (u64, u64, u64) + Send + Sync>,
 }
 
+/// Runs file work that fsyncs (sealed batches, the cursor, the local sink) without stalling a
+/// worker: on a multi-thread runtime the worker hands its other tasks over first.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// What the shipper needs to know before the spool opens: the floor for its numbering.
 pub fn sealed_floor(store: &BatchStore) -> std::io::Result<u64> {
     let shipped = store.state()?.map_or(0, |s| s.shipped_seq);
@@ -329,20 +338,24 @@ impl Shipper {
         let mut first_error = None;
         match &mut self.sink {
             Sink::Local(dir) => {
-                for (b, _) in self.queue.iter().take(take) {
-                    let started = Instant::now();
-                    let path = dir.join(format!("{}.json", b.batch_id));
-                    let applied = dir.join("applied").join(format!("{}.json", b.batch_id));
-                    let duplicate = path.exists() || applied.exists();
-                    if !duplicate {
-                        write_atomic(&path, &b.to_bytes())
-                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                let (queue, metrics) = (&self.queue, &self.metrics);
+                blocking(|| -> Result<(), String> {
+                    for (b, _) in queue.iter().take(take) {
+                        let started = Instant::now();
+                        let path = dir.join(format!("{}.json", b.batch_id));
+                        let applied = dir.join("applied").join(format!("{}.json", b.batch_id));
+                        let duplicate = path.exists() || applied.exists();
+                        if !duplicate {
+                            write_atomic(&path, &b.to_bytes())
+                                .map_err(|e| format!("{}: {e}", path.display()))?;
+                        }
+                        metrics
+                            .publish_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        acked.insert(b.batch_seq, duplicate);
                     }
-                    self.metrics
-                        .publish_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    acked.insert(b.batch_seq, duplicate);
-                }
+                    Ok(())
+                })?;
             }
             Sink::Nats { .. } => {
                 let ctx = self.sink.nats().await?;
@@ -374,6 +387,16 @@ impl Shipper {
             }
         }
         // Ship the contiguous acknowledged prefix, in order.
+        let shipped = blocking(|| self.ship_acked(&acked))?;
+        match first_error {
+            Some(e) if shipped == 0 => Err(e),
+            _ => Ok(shipped),
+        }
+    }
+
+    /// Records the acknowledged prefix of the queue as shipped: the cursor durable first, then
+    /// the pending files and the spool segments released.
+    fn ship_acked(&mut self, acked: &BTreeMap<u64, bool>) -> Result<usize, String> {
         let mut shipped = 0;
         while let Some((b, _)) = self.queue.front() {
             let Some(dup) = acked.get(&b.batch_seq).copied() else {
@@ -400,10 +423,7 @@ impl Shipper {
                 .release(self.state.shipped_seq)
                 .map_err(|e| format!("releasing spool segments: {e}"))?;
         }
-        match first_error {
-            Some(e) if shipped == 0 => Err(e),
-            _ => Ok(shipped),
-        }
+        Ok(shipped)
     }
 
     fn totals(&self) -> Totals {
@@ -425,8 +445,10 @@ impl Shipper {
         let t = self.totals();
         let bytes = serde_json::to_vec(&t).expect("serializes");
         match &mut self.sink {
-            Sink::Local(dir) => write_atomic(&dir.join(format!("{}.totals", t.gateway_id)), &bytes)
-                .map_err(|e| e.to_string()),
+            Sink::Local(dir) => blocking(|| {
+                write_atomic(&dir.join(format!("{}.totals", t.gateway_id)), &bytes)
+                    .map_err(|e| e.to_string())
+            }),
             Sink::Nats { .. } => {
                 let ctx = self.sink.nats().await?;
                 let id = format!("totals-{}-{}", t.gateway_id, t.reported_at_unix_ms);
@@ -469,10 +491,13 @@ impl Shipper {
         let mut backoff = Duration::from_millis(100);
         let mut retry_at: Option<tokio::time::Instant> = None;
         // After a successful publish that left batches queued (a backlog after an outage), the
-        // next round starts at once instead of waiting for a tick.
+        // next round starts at once instead of waiting for a tick; it only publishes. Sealing
+        // happens on the tick (or when a whole batch is waiting), never in that loop: sealing
+        // there would cut tiny batches as fast as calls arrive.
         let mut backlog = false;
         tokio::pin!(shutdown);
         loop {
+            let mut tick = false;
             if backlog {
                 tokio::select! {
                     biased;
@@ -481,16 +506,21 @@ impl Shipper {
                 }
             } else {
                 tokio::select! {
-                _ = seal_tick.tick() => {}
-                _ = totals_tick.tick() => {
-                    if let Err(e) = self.publish_totals().await {
-                        tracing::warn!(error = %e, "totals not published");
+                    _ = seal_tick.tick() => tick = true,
+                    _ = totals_tick.tick() => {
+                        if let Err(e) = self.publish_totals().await {
+                            tracing::warn!(error = %e, "totals not published");
+                        }
                     }
-                }
-                () = &mut shutdown => break,
+                    () = &mut shutdown => break,
                 }
             }
-            if let Err(e) = self.seal() {
+            let written = self.spool.stats().written_seq.load(Ordering::Acquire);
+            let full_batch =
+                written.saturating_sub(self.sealed_seq) >= self.config.max_batch_records as u64;
+            if (tick || full_batch)
+                && let Err(e) = blocking(|| self.seal())
+            {
                 tracing::error!(error = %e, "sealing failed");
             }
             if retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
@@ -518,7 +548,7 @@ impl Shipper {
         }
         // Drain: seal the tail and try to ship it; what is left stays durable for next time.
         let deadline = tokio::time::Instant::now() + drain;
-        let _ = self.seal();
+        let _ = blocking(|| self.seal());
         while !self.queue.is_empty() && tokio::time::Instant::now() < deadline {
             match tokio::time::timeout_at(deadline, self.publish()).await {
                 Ok(Ok(_)) => {}

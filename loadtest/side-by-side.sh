@@ -97,26 +97,42 @@ wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/
 echo "== starting the stub backend, Tollgate and three nginx"
 "$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & PIDS+=($!)
 wait_port "$STUB"
-"$TOLLGATE" gateway --config "$WORK/config/tollgate.toml" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
+"$TOLLGATE" gateway --config "$WORK/config/tollgate.toml" >"$WORK/gateway.log" 2>&1 & TG_PID=$!; PIDS+=($TG_PID)
 wait_port "$TG"
 nginx_conf limit-admitted "1000000r/s" "limit_req zone=api burst=1000000 nodelay;" "$NG_ADMITTED"
 nginx_conf limit-overload "20r/s" "limit_req zone=api burst=20 nodelay;" "$NG_OVERLOAD"
 nginx_conf passthrough "1r/s" "" "$NG_PASS"
 wait_port "$NG_ADMITTED"; wait_port "$NG_OVERLOAD"; wait_port "$NG_PASS"
 
-run() { # label scenario target
+# CPU seconds used so far by a process and its children (nginx: the master and its workers).
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+run() { # label scenario target-port target-pid
+  local before after
+  before=$(cpu_ticks "$4")
   "$LOADTEST" --scenario "$WORK/$2.toml" --target "127.0.0.1:$3" --config-dir "$WORK/config" \
     --quiet --report-json "$WORK/$1.json" > "$WORK/$1.txt" 2>&1 || true
+  after=$(cpu_ticks "$4")
+  echo "$((after - before)) $(getconf CLK_TCK)" > "$WORK/$1.cpu"
   echo "   $1 done"
 }
 
 echo "== mode: admitted (${DURATION}s each, $CONNECTIONS connections)"
-run tollgate-admitted admitted "$TG"
-run nginx-admitted admitted "$NG_ADMITTED"
-run ceiling-admitted admitted "$NG_PASS"
+NG_ADMITTED_PID=$(cat "$WORK/nginx-limit-admitted.pid")
+NG_OVERLOAD_PID=$(cat "$WORK/nginx-limit-overload.pid")
+NG_PASS_PID=$(cat "$WORK/nginx-passthrough.pid")
+run tollgate-admitted admitted "$TG" "$TG_PID"
+run nginx-admitted admitted "$NG_ADMITTED" "$NG_ADMITTED_PID"
+run ceiling-admitted admitted "$NG_PASS" "$NG_PASS_PID"
 echo "== mode: overload"
-run tollgate-overload overload "$TG"
-run nginx-overload overload "$NG_OVERLOAD"
-run ceiling-overload overload "$NG_PASS"
+run tollgate-overload overload "$TG" "$TG_PID"
+run nginx-overload overload "$NG_OVERLOAD" "$NG_OVERLOAD_PID"
+run ceiling-overload overload "$NG_PASS" "$NG_PASS_PID"
 
 python3 loadtest/side-by-side/summarize.py "$WORK" "$(nproc)" "$DURATION" "$CONNECTIONS"

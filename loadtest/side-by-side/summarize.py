@@ -17,7 +17,9 @@ def load(label):
     t = r["totals"]
     window = r["send_window_secs"] or r["duration_secs"]
     answered = t["sent"] - t["transport_errors"]  # "sent" already excludes skipped calls
+    ticks, hz = (int(x) for x in open(os.path.join(work, label + ".cpu")).read().split())
     return {
+        "cpu_us": ticks / hz / max(t["sent"], 1) * 1e6,
         "rps": answered / window,
         "p50": t["latency"]["all"]["p50_ms"],
         "p99": t["latency"]["all"]["p99_ms"],
@@ -29,17 +31,18 @@ def load(label):
 
 rows = []
 print(f"\nSide-by-side: {cores} cores, {duration} s per run, {connections} connections, one machine\n")
-print(f"{'mode':<9} {'target':<24} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'admitted/s':>11} {'errors':>7}")
+print(f"{'mode':<9} {'target':<24} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'admitted/s':>11} {'CPU us/req':>11} {'errors':>7}")
 results = {}
 for mode in ["admitted", "overload"]:
     for key, name in targets:
         m = load(f"{key}-{mode}")
         results[(mode, key)] = m
-        print(f"{mode:<9} {name:<24} {m['rps']:>11.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['admitted_rps']:>11.0f} {m['errors']:>7}")
+        print(f"{mode:<9} {name:<24} {m['rps']:>11.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['admitted_rps']:>11.0f} {m['cpu_us']:>11.1f} {m['errors']:>7}")
 print()
 for mode in ["admitted", "overload"]:
     tg, ng, ce = (results[(mode, k)] for k in ("tollgate", "nginx", "ceiling"))
     print(
         f"{mode:<9} Tollgate/nginx {tg['rps'] / ng['rps']:.2f}x requests/s, p99 {tg['p99'] / ng['p99']:.2f}x;"
-        f" Tollgate/ceiling {tg['rps'] / ce['rps']:.2f}x requests/s"
+        f" Tollgate/ceiling {tg['rps'] / ce['rps']:.2f}x requests/s;"
+        f" CPU per request Tollgate {tg['cpu_us']:.1f} us, nginx {ng['cpu_us']:.1f} us, ceiling {ce['cpu_us']:.1f} us"
     )

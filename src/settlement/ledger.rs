@@ -15,19 +15,11 @@ pub struct UnknownItem {
     pub item: String,
 }
 
-/// Aggregates one owner's usage records into hourly counts.
-pub fn hourly_counts<'a>(
-    catalog: &Catalog,
-    owner_uin: u64,
-    records: impl IntoIterator<Item = &'a UsageRecord>,
-) -> Result<Vec<UsageCount>, UnknownItem> {
-    let mut counts: BTreeMap<(i64, String, Arc<str>), u64> = BTreeMap::new();
-    for r in records.into_iter().filter(|r| r.owner_uin == owner_uin) {
-        let hour = r.time_unix_ms.div_euclid(1000).div_euclid(3600) * 3600;
-        *counts
-            .entry((hour, r.billing_item.to_string(), Arc::clone(&r.action)))
-            .or_default() += u64::from(r.units);
-    }
+/// Units by (hour start, billing item key, interface), before the catalog resolves the items.
+type HourlyUnits = BTreeMap<(i64, String, Arc<str>), u64>;
+
+/// Resolves the billing items of aggregated units into `UsageCount`s.
+fn resolve(catalog: &Catalog, counts: HourlyUnits) -> Result<Vec<UsageCount>, UnknownItem> {
     counts
         .into_iter()
         .map(|((hour_start, item, interface), units)| {
@@ -42,13 +34,29 @@ pub fn hourly_counts<'a>(
         .collect()
 }
 
+/// Aggregates one owner's usage records into hourly counts.
+pub fn hourly_counts<'a>(
+    catalog: &Catalog,
+    owner_uin: u64,
+    records: impl IntoIterator<Item = &'a UsageRecord>,
+) -> Result<Vec<UsageCount>, UnknownItem> {
+    let mut counts = HourlyUnits::new();
+    for r in records.into_iter().filter(|r| r.owner_uin == owner_uin) {
+        let hour = r.time_unix_ms.div_euclid(1000).div_euclid(3600) * 3600;
+        *counts
+            .entry((hour, r.billing_item.to_string(), Arc::clone(&r.action)))
+            .or_default() += u64::from(r.units);
+    }
+    resolve(catalog, counts)
+}
+
 /// One owner's usage from sealed batches (the local ledger directory), as hourly counts.
 pub fn from_batches<'a>(
     catalog: &Catalog,
     owner_uin: u64,
     batches: impl IntoIterator<Item = &'a crate::metering::batch::Batch>,
 ) -> Result<Vec<UsageCount>, UnknownItem> {
-    let mut counts: BTreeMap<(i64, String, String), u64> = BTreeMap::new();
+    let mut counts = HourlyUnits::new();
     let mut seen = std::collections::HashSet::new();
     for b in batches {
         // A batch id is applied once, however many copies of the file exist.
@@ -60,21 +68,10 @@ pub fn from_batches<'a>(
                 .entry((
                     c.minute.div_euclid(3600) * 3600,
                     c.billing_item.clone(),
-                    c.interface.clone(),
+                    Arc::from(c.interface.as_str()),
                 ))
                 .or_default() += c.units;
         }
     }
-    counts
-        .into_iter()
-        .map(|((hour_start, item, interface), units)| {
-            let item = catalog.item_by_key(&item).ok_or(UnknownItem { item })?.id;
-            Ok(UsageCount {
-                item,
-                interface: Arc::from(interface.as_str()),
-                hour_start,
-                units,
-            })
-        })
-        .collect()
+    resolve(catalog, counts)
 }

@@ -25,7 +25,7 @@ use crate::billing::{self, Outcome, Scanner};
 use crate::catalog::{InterfaceId, ServiceId};
 use crate::metering::{SinkError, Ticket, UsageRecord, UsageSink};
 use crate::metrics::GroupMetrics;
-use crate::proxy::Snapshot;
+use crate::proxy::{GroupRef, Snapshot};
 
 /// Decrements a gauge when dropped.
 #[derive(Debug)]
@@ -59,12 +59,19 @@ pub struct MeterJob {
     /// `None` for an unlisted action.
     pub interface: Option<InterfaceId>,
     pub action: Arc<str>,
-    pub group: GroupMetrics,
+    /// The group's metric handles, in `snapshot` (no per-call clone of the handles).
+    pub group: GroupRef,
     pub owner_uin: u64,
     pub uin: u64,
     pub request_id: String,
     pub time_unix_ms: i64,
     pub http_status: u16,
+}
+
+impl MeterJob {
+    fn group_metrics(&self) -> &GroupMetrics {
+        self.snapshot.group_metrics(self.group)
+    }
 }
 
 enum Phase {
@@ -111,9 +118,10 @@ impl MeteredBody {
         let catalog = &job.snapshot.loaded.catalog;
         let service = catalog.service(job.service);
         let rule = job.interface.map(|id| catalog.interface(id).units);
+        let group = job.group_metrics();
         match billing::decide(catalog, service, rule, job.http_status, &scanned) {
             Outcome::Billable(units) => {
-                job.group.billable.inc();
+                group.billable.inc();
                 if units.is_empty() {
                     return None;
                 }
@@ -144,11 +152,11 @@ impl MeteredBody {
                 }
             }
             Outcome::Unbillable => {
-                job.group.unbillable.inc();
+                group.unbillable.inc();
                 None
             }
             Outcome::UpstreamError => {
-                job.group.upstream_error.inc();
+                group.upstream_error.inc();
                 None
             }
         }
@@ -197,7 +205,7 @@ impl Body for MeteredBody {
                     }
                     Some(Err(e)) => {
                         if let Some(job) = this.job.take() {
-                            job.group.upstream_error.inc();
+                            job.group_metrics().upstream_error.inc();
                         }
                         this.phase = Phase::Done;
                         return Poll::Ready(Some(Err(e)));
@@ -242,7 +250,7 @@ impl Drop for MeteredBody {
         // The client went away (or hyper gave up) before the upstream answer was complete: the
         // outcome is unknown, so nothing is billed; it is counted.
         if let Some(job) = self.job.take() {
-            job.group.abandoned.inc();
+            job.group_metrics().abandoned.inc();
         }
     }
 }

@@ -165,6 +165,30 @@ struct PackState {
     low_reported: bool,
 }
 
+impl PackState {
+    /// A full pack valid over `[from, until)`, drawn in `order` within its kind.
+    fn new(
+        id: String,
+        kind: PackKind,
+        covers: Vec<BillingItemId>,
+        size: u64,
+        (from, until): (i64, i64),
+        order: i64,
+    ) -> PackState {
+        PackState {
+            id,
+            kind,
+            covers,
+            size,
+            remaining: size,
+            from,
+            until,
+            order,
+            low_reported: false,
+        }
+    }
+}
+
 fn at(seconds: i64) -> DateTime<FixedOffset> {
     beijing()
         .timestamp_opt(seconds, 0)
@@ -238,45 +262,31 @@ pub fn rate_month(
             Validity::Month => {
                 let mut m = Month::of_unix(from);
                 while m <= month {
-                    packs.push(PackState {
-                        id: format!("{}@{m}", def.id),
-                        kind: PackKind::Free,
-                        covers: def.covers.clone(),
-                        size: def.quantity,
-                        remaining: def.quantity,
-                        from: m.start(),
-                        until: m.end(),
-                        order: m.end(),
-                        low_reported: false,
-                    });
+                    packs.push(PackState::new(
+                        format!("{}@{m}", def.id),
+                        PackKind::Free,
+                        def.covers.clone(),
+                        def.quantity,
+                        (m.start(), m.end()),
+                        m.end(),
+                    ));
                     m = m.next();
                 }
             }
-            Validity::Years(n) => {
-                let until = add_years(at(from), n);
-                packs.push(PackState {
-                    id: def.id.clone(),
-                    kind: PackKind::Free,
-                    covers: def.covers.clone(),
-                    size: def.quantity,
-                    remaining: def.quantity,
-                    from,
+            Validity::Years(_) | Validity::Forever => {
+                let until = match def.validity {
+                    Validity::Years(n) => add_years(at(from), n),
+                    _ => i64::MAX,
+                };
+                packs.push(PackState::new(
+                    def.id.clone(),
+                    PackKind::Free,
+                    def.covers.clone(),
+                    def.quantity,
+                    (from, until),
                     until,
-                    order: until,
-                    low_reported: false,
-                });
+                ));
             }
-            Validity::Forever => packs.push(PackState {
-                id: def.id.clone(),
-                kind: PackKind::Free,
-                covers: def.covers.clone(),
-                size: def.quantity,
-                remaining: def.quantity,
-                from,
-                until: i64::MAX,
-                order: i64::MAX,
-                low_reported: false,
-            }),
         }
     }
     for p in &owner.packs {
@@ -285,17 +295,15 @@ pub fn rate_month(
             .get(&p.item)
             .copied()
             .unwrap_or(Validity::Years(1));
-        packs.push(PackState {
-            id: p.id.clone(),
-            kind: PackKind::Prepaid,
-            covers: vec![p.item],
-            size: p.size,
-            remaining: p.size,
-            from: p.purchased_at.timestamp(),
-            until: prepaid_until(p.purchased_at, validity),
-            order: p.purchased_at.timestamp(),
-            low_reported: false,
-        });
+        let bought = p.purchased_at.timestamp();
+        packs.push(PackState::new(
+            p.id.clone(),
+            PackKind::Prepaid,
+            vec![p.item],
+            p.size,
+            (bought, prepaid_until(p.purchased_at, validity)),
+            bought,
+        ));
     }
     packs.sort_by(|a, b| (a.kind, a.order, &a.id).cmp(&(b.kind, b.order, &b.id)));
 

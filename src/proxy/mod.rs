@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::admission::{Admission, Decision, QuotaKey};
@@ -44,7 +44,21 @@ pub struct Snapshot {
     usage_record_failures: prometheus::IntCounter,
 }
 
+/// Which group's metric handles a call uses: a catalog group, or a service's unlisted actions.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupRef {
+    Listed(usize),
+    Unlisted(usize),
+}
+
 impl Snapshot {
+    pub fn group_metrics(&self, group: GroupRef) -> &GroupMetrics {
+        match group {
+            GroupRef::Listed(i) => &self.metrics.groups[i],
+            GroupRef::Unlisted(i) => &self.metrics.unlisted[i],
+        }
+    }
+
     fn metering_records(&self, n: usize) {
         self.usage_records.inc_by(n as u64);
     }
@@ -250,16 +264,16 @@ impl Gateway {
             .account(uin)
             .ok_or(Refusal::Auth(AuthError::SecretIdNotFound))?;
 
-        let (group_metrics, group_label, group_limit) = match route {
+        let (group_ref, group_label, group_limit) = match route {
             Route::Listed { group, .. } => (
-                &snapshot.metrics.groups[group.id.0 as usize],
+                GroupRef::Listed(group.id.0 as usize),
                 &*group.name,
                 group.limit,
             ),
             Route::Unlisted { service, .. } => {
                 snapshot.metrics.unlisted_calls[usize::from(service.id.0)].inc();
                 (
-                    &snapshot.metrics.unlisted[usize::from(service.id.0)],
+                    GroupRef::Unlisted(usize::from(service.id.0)),
                     &*service.unlisted_label,
                     crate::catalog::GroupLimit::Rate {
                         qps: catalog.default_qps,
@@ -267,6 +281,8 @@ impl Gateway {
                 )
             }
         };
+
+        let group_metrics = snapshot.group_metrics(group_ref);
 
         // Gate by the owner's state, unbilled.
         if let Err(refusal) = account.owner.gate(service.id, catalog.items_of(&route)) {
@@ -397,7 +413,7 @@ impl Gateway {
                 Route::Listed { interface, .. } => Arc::clone(&interface.action),
                 Route::Unlisted { .. } => Arc::from(action),
             },
-            group: group_metrics.clone(),
+            group: group_ref,
             owner_uin: account.owner_uin,
             uin,
             request_id: request_id.to_owned(),
@@ -431,11 +447,15 @@ impl RetainHopByHop for http::HeaderMap {
     }
 }
 
-/// Reads the request body, refusing more than `max` bytes (early, from Content-Length, when
-/// the client declared it).
+/// Reads the request body, refusing more than `max` bytes.
+///
+/// A refused body is still read to its end (and discarded), up to a bound: answering while the
+/// client is still sending makes the connection close with unread data, and the kernel's reset
+/// can reach the client before the answer, which an SDK reports as a network error instead of
+/// `RequestSizeLimitExceeded`.
 async fn read_body(
     parts: &http::request::Parts,
-    body: Incoming,
+    mut body: Incoming,
     max: usize,
 ) -> Result<Bytes, Refusal> {
     let declared = parts
@@ -443,16 +463,35 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    // Beyond this much the client is not worth waiting for: the connection just closes.
+    let drain_bound = (max as u64).saturating_mul(4).max(64 << 20);
+    let mut too_large = declared.is_some_and(|n| n > max as u64);
+    if too_large && declared.is_some_and(|n| n > drain_bound) {
         return Err(Refusal::TooLarge { limit: max });
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Refusal::TooLarge { limit: max })
+    let mut buf =
+        bytes::BytesMut::with_capacity(declared.map_or(0, |n| n.min(max as u64) as usize));
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::BadRequestBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > max as u64 {
+                too_large = true;
+            }
+            if too_large {
+                if seen > drain_bound {
+                    break;
+                }
+                continue;
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(Refusal::BadRequestBody(e.to_string())),
     }
+    if too_large {
+        return Err(Refusal::TooLarge { limit: max });
+    }
+    Ok(buf.freeze())
 }
 
 /// Metric handles of a group, for tests.

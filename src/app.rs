@@ -215,9 +215,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         Arc::clone(&metrics),
     );
 
-    let api = server::bind(settings.api_listen).await?;
     let admin = server::bind(settings.admin_listen).await?;
-    let api_addr = api.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = move || {
@@ -232,13 +230,17 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
     }));
     let mut tasks = Vec::new();
 
-    // The API: classify → authenticate → admit → forward → meter (proxy::Gateway::handle).
-    tasks.push(tokio::spawn(server::serve(
-        api,
+    // The API: classify → authenticate → admit → forward → meter (proxy::Gateway::handle),
+    // on worker threads of their own (proxy::server::Workers).
+    let workers = server::Workers::start(
+        settings.api_listen,
+        server::worker_count(settings.workers),
         Arc::clone(&gateway),
-        stopped(),
+        &stopped,
         settings.drain_timeout,
-    )));
+    )?;
+    let api_addr = workers.local_addr();
+    tasks.push(tokio::spawn(workers.stopped()));
     // Metrics and probes, on their own port. They outlive the drain (readiness answers 503
     // while in-flight calls finish) and stop with the shipper.
     let (admin_stop, admin_rx) = watch::channel(false);

@@ -99,6 +99,7 @@ struct RawProxy {
     response_timeout_ms: u64,
     pool_idle_timeout_seconds: u64,
     pool_max_idle_per_host: usize,
+    workers: usize,
 }
 
 impl Default for RawProxy {
@@ -109,6 +110,7 @@ impl Default for RawProxy {
             response_timeout_ms: 60_000,
             pool_idle_timeout_seconds: 90,
             pool_max_idle_per_host: 1024,
+            workers: 0,
         }
     }
 }
@@ -254,6 +256,9 @@ pub struct Settings {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// API worker threads (each its own event loop, listener and upstream pool); 0 = one per
+    /// CPU.
+    pub workers: usize,
     /// By service name; `"default"` serves services without their own entry.
     pub upstreams: BTreeMap<String, Upstream>,
     pub metering: MeteringSink,
@@ -482,6 +487,7 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
         response_timeout: Duration::from_millis(raw.proxy.response_timeout_ms),
         pool_idle_timeout: Duration::from_secs(raw.proxy.pool_idle_timeout_seconds),
         pool_max_idle_per_host: raw.proxy.pool_max_idle_per_host,
+        workers: raw.proxy.workers,
         upstreams,
         metering,
         reload_poll_interval: Duration::from_millis(raw.reload.poll_interval_ms),

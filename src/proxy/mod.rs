@@ -74,7 +74,6 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     admission: Admission,
     clock: Arc<dyn Clock>,
-    forwarder: Forwarder,
     sink: Arc<dyn UsageSink>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -93,7 +92,6 @@ impl Gateway {
         sink: Arc<dyn UsageSink>,
         metrics: Arc<Metrics>,
     ) -> Arc<Gateway> {
-        let forwarder = Forwarder::new(&settings);
         let snapshot = Self::snapshot_of(&metrics, loaded, 1);
         metrics.config_generation.set(1);
         let limit_errors = metrics.errors.with_label_values(&["RequestLimitExceeded"]);
@@ -103,7 +101,6 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             admission,
             clock,
-            forwarder,
             sink,
             metrics,
             draining: AtomicBool::new(false),
@@ -168,15 +165,20 @@ impl Gateway {
         !self.draining.load(Ordering::SeqCst) && self.sink.healthy()
     }
 
-    /// Handles one call. Never fails: every problem becomes a vendor-format answer.
+    /// Handles one call, forwarding through `forwarder` (the pool of the worker the call
+    /// arrived on). Never fails: every problem becomes a vendor-format answer.
     pub async fn handle(
         self: Arc<Self>,
+        forwarder: Arc<Forwarder>,
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let in_flight = GaugeGuard::inc(&self.metrics.requests_in_flight);
         let request_id = uuid::Uuid::new_v4().to_string();
-        let response = match self.serve(req, peer, &request_id, in_flight).await {
+        let response = match self
+            .serve(&forwarder, req, peer, &request_id, in_flight)
+            .await
+        {
             Ok(resp) => resp,
             Err(refusal) => {
                 let code = refusal.code();
@@ -197,6 +199,7 @@ impl Gateway {
 
     async fn serve(
         &self,
+        forwarder: &Forwarder,
         req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
@@ -368,8 +371,7 @@ impl Gateway {
             .upstream(&service.name)
             .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", service.name)))?;
         let forwarded_at = Instant::now();
-        let upstream_response = self
-            .forwarder
+        let upstream_response = forwarder
             .forward(
                 &parts,
                 body,

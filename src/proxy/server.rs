@@ -1,6 +1,15 @@
 //! Accepting connections: HTTP/1.1 with keep-alive, a header-read timeout, and a graceful drain
 //! on shutdown (stop accepting, let in-flight calls finish, close idle keep-alive connections,
 //! give up after the drain timeout).
+//!
+//! The API runs on `proxy.workers` threads, each with its own single-threaded event loop, its
+//! own listening socket on the shared port (`SO_REUSEPORT`: the kernel spreads connections
+//! across them) and its own upstream connection pool. A call never leaves the thread that
+//! accepted its connection: the client connection, the upstream connection and the call are
+//! woken on one thread, without the cross-thread wake-ups (eventfd writes, `epoll_wait`
+//! returns, cache misses) a work-stealing runtime pays for every hop between tasks. Shared
+//! state (quota buckets, the spool, metrics) is lock-free or briefly locked and is shared by
+//! all workers, so a quota is one quota however many workers there are.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,11 +23,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::Gateway;
+use super::forward::Forwarder;
 
-/// Serves the API on `listener` until `shutdown` completes, then drains.
+/// Serves the API on `listener` until `shutdown` completes, then drains. Upstream calls go
+/// through `forwarder`, whose pool belongs to the runtime this runs on.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    forwarder: Arc<Forwarder>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
@@ -43,7 +55,10 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = Arc::clone(&gateway);
-                let service = service_fn(move |req| Arc::clone(&gateway).handle(req, peer));
+                let forwarder = Arc::clone(&forwarder);
+                let service = service_fn(move |req| {
+                    Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, peer)
+                });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -57,9 +72,9 @@ pub async fn serve(
     }
     drop(listener);
     gateway.start_draining();
-    tracing::info!("draining in-flight calls");
+    tracing::debug!("worker draining in-flight calls");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
+        () = graceful.shutdown() => tracing::debug!("worker drained"),
         () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!(?drain_timeout, "drain timeout: closing the remaining connections");
         }
@@ -71,4 +86,114 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Binds `n` listening sockets on one address with `SO_REUSEPORT`, one per API worker. Port 0
+/// picks a free port for the first and binds the others to the same one.
+pub fn bind_shared(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let socket = (|| -> std::io::Result<std::net::TcpListener> {
+            let s = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&at.into())?;
+            s.listen(4096)?;
+            Ok(s.into())
+        })()
+        .map_err(|e| anyhow::anyhow!("cannot listen on {at}: {e}"))?;
+        at = socket.local_addr()?;
+        listeners.push(socket);
+    }
+    Ok(listeners)
+}
+
+/// The API workers: threads each running one event loop that serves one listener.
+pub struct Workers {
+    addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    /// Binds `n` listeners on `addr` and starts one worker thread per listener. Each worker
+    /// stops accepting when `shutdown()` completes and drains its own connections.
+    pub fn start<S, F>(
+        addr: SocketAddr,
+        n: usize,
+        gateway: Arc<Gateway>,
+        shutdown: S,
+        drain_timeout: Duration,
+    ) -> anyhow::Result<Workers>
+    where
+        S: Fn() -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let listeners = bind_shared(addr, n)?;
+        let addr = listeners[0].local_addr()?;
+        let mut threads = Vec::with_capacity(listeners.len());
+        let mut done = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
+            let gateway = Arc::clone(&gateway);
+            let stop = shutdown();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("tollgate-api-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(worker = i, error = %e, "cannot register the listener");
+                                return;
+                            }
+                        };
+                        let forwarder = Arc::new(Forwarder::new(gateway.settings()));
+                        serve(listener, gateway, forwarder, stop, drain_timeout).await;
+                    });
+                    // Connections still open after the drain timeout are dropped with the
+                    // runtime, here.
+                    drop(runtime);
+                    let _ = tx.send(());
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
+            threads.push(thread);
+            done.push(rx);
+        }
+        Ok(Workers {
+            addr,
+            threads,
+            done,
+        })
+    }
+
+    /// The address every worker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Completes when every worker has drained and stopped.
+    pub async fn stopped(self) {
+        for rx in self.done {
+            let _ = rx.await;
+        }
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// The number of API workers `configured` asks for: 0 means one per CPU this process may use.
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

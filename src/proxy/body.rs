@@ -25,6 +25,7 @@ use crate::billing::{self, Outcome, Scanner};
 use crate::catalog::{InterfaceId, ServiceId};
 use crate::metering::{SinkError, Ticket, UsageRecord, UsageSink};
 use crate::metrics::GroupMetrics;
+use crate::proxy::forward::Lease;
 use crate::proxy::{GroupRef, Snapshot};
 
 /// Decrements a gauge when dropped.
@@ -87,6 +88,9 @@ enum Phase {
 /// An upstream body being streamed to the client and scanned for billing.
 pub struct MeteredBody {
     inner: Incoming,
+    /// The upstream connection, back to its pool once `inner` is dropped (fields drop in
+    /// order).
+    _lease: Lease,
     scanner: Scanner,
     job: Option<MeterJob>,
     phase: Phase,
@@ -97,12 +101,14 @@ pub struct MeteredBody {
 impl MeteredBody {
     pub fn new(
         inner: Incoming,
+        lease: Lease,
         job: MeterJob,
         permit: Option<HeldPermit>,
         in_flight: GaugeGuard,
     ) -> Self {
         MeteredBody {
             inner,
+            _lease: lease,
             scanner: Scanner::new(),
             job: Some(job),
             phase: Phase::Streaming,

@@ -2,19 +2,26 @@
 //! connections, connect and response-head timeouts, the caller's identity as headers.
 //!
 //! Only this module talks to upstreams.
+//!
+//! Each API worker has its own [`Forwarder`] (see `server`), so its pool is used by one thread
+//! only: a checkout is a pop from a vector, the connection's task runs on the same event loop
+//! as the calls it carries, and a connection goes back to the pool when the answer it carried
+//! has been streamed to the client (the [`Lease`] travels with the response body). hyper's
+//! `client::conn::http1` does the HTTP; this module only keeps the connections.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::auth::tc3::Signer;
 use crate::config::gateway::{Settings, Upstream};
@@ -24,6 +31,14 @@ use crate::config::gateway::{Settings, Upstream};
 pub const HEADER_UIN: &str = "x-tollgate-uin";
 pub const HEADER_OWNER_UIN: &str = "x-tollgate-owner-uin";
 pub const HEADER_REQUEST_ID: &str = "x-tollgate-request-id";
+
+static UIN: HeaderName = HeaderName::from_static(HEADER_UIN);
+static OWNER_UIN: HeaderName = HeaderName::from_static(HEADER_OWNER_UIN);
+static REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
+static TC_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-tc-content-sha256");
 
 /// Why a call could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +56,103 @@ pub struct Identity<'a> {
     pub uin: u64,
     pub owner_uin: u64,
     pub request_id: &'a str,
-    pub peer: SocketAddr,
+    /// The client's address as an `X-Forwarded-For` value (made once per connection).
+    pub forwarded_for: &'a HeaderValue,
 }
 
+/// The client's address as an `X-Forwarded-For` value.
+pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+    header_value(&peer.ip().to_string())
+}
+
+/// Idle keep-alive connections to one upstream, newest last.
+struct Pool {
+    authority: String,
+    idle: Vec<(SendRequest<Full<Bytes>>, Instant)>,
+}
+
+struct Pools {
+    by_upstream: Mutex<Vec<Pool>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+impl Pools {
+    /// A ready idle connection to `authority`, if one is left. Connections idle too long, or
+    /// closed by the backend, are dropped on the way.
+    async fn checkout(&self, authority: &str) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let (mut sender, _) = {
+                let mut pools = self.by_upstream.lock().expect("not poisoned");
+                let pool = pools.iter_mut().find(|p| p.authority == authority)?;
+                let taken = pool.idle.pop()?;
+                if taken.1.elapsed() > self.idle_timeout {
+                    // The newest is stale, so all are.
+                    pool.idle.clear();
+                    return None;
+                }
+                taken
+            };
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Back in the pool a moment before its connection noticed the end of the answer
+            // it carried: ready at the connection task's next turn, or closed.
+            if let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_millis(100), sender.ready()).await
+            {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin(&self, authority: &str, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut pools = self.by_upstream.lock().expect("not poisoned");
+        let pool = match pools.iter().position(|p| p.authority == authority) {
+            Some(i) => &mut pools[i],
+            None => {
+                pools.push(Pool {
+                    authority: authority.to_owned(),
+                    idle: Vec::new(),
+                });
+                pools.last_mut().expect("just pushed")
+            }
+        };
+        if pool.idle.len() >= self.max_idle {
+            // Keep the newest: the oldest is the likeliest to have been closed by the backend.
+            pool.idle.remove(0);
+        }
+        pool.idle.push((sender, Instant::now()));
+    }
+}
+
+/// An upstream connection lent to one call. It goes back to its pool when dropped, which the
+/// response body does after the answer has been read to its end (or given up, in which case
+/// hyper closes the connection and the pool drops it).
+pub struct Lease {
+    pools: Arc<Pools>,
+    authority: Arc<str>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pools.checkin(&self.authority, sender);
+        }
+    }
+}
+
+/// The forwarder of one API worker: its upstream connections and timeouts.
 pub struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
+    pools: Arc<Pools>,
+    connect_timeout: Duration,
     response_timeout: Duration,
 }
 
@@ -62,8 +169,6 @@ fn dropped_on_forward(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
-            | "host"
-            | "content-length"
             // The scanner reads the answer as sent; ask the backend not to compress it.
             | "accept-encoding"
     ) || name.as_str().starts_with("x-tollgate-")
@@ -85,63 +190,106 @@ pub fn hop_by_hop(name: &HeaderName) -> bool {
 
 impl Forwarder {
     pub fn new(settings: &Settings) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
         Forwarder {
-            client,
+            pools: Arc::new(Pools {
+                by_upstream: Mutex::new(Vec::new()),
+                idle_timeout: settings.pool_idle_timeout,
+                max_idle: settings.pool_max_idle_per_host,
+            }),
+            connect_timeout: settings.connect_timeout,
             response_timeout: settings.response_timeout,
         }
     }
 
-    /// Sends a call upstream and waits for the response head.
+    /// A new keep-alive connection to `upstream`, its task running on this worker.
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
+        let host = upstream.uri.host().unwrap_or("");
+        let port = upstream.uri.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ForwardError::Connect(format!(
+                    "{}: no connection within {:?}",
+                    upstream.authority, self.connect_timeout
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(ForwardError::Connect(format!(
+                    "{}: {e}",
+                    upstream.authority
+                )));
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ForwardError::Connect(error_chain(&e)))?;
+        let authority = upstream.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %authority, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a call upstream and waits for the response head. The [`Lease`] holds the
+    /// connection until the answer has been read; drop it with (after) the body.
     pub async fn forward(
         &self,
-        parts: &Parts,
+        parts: Parts,
         body: Bytes,
         upstream: &Upstream,
         identity: Identity<'_>,
         service: &str,
         now_unix_seconds: i64,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = upstream.uri.scheme().cloned();
-        uri.authority = upstream.uri.authority().cloned();
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        let uri = Uri::from_parts(uri).map_err(|e| ForwardError::Failed(e.to_string()))?;
-
-        let mut req = Request::builder().method(parts.method.clone()).uri(uri);
-        let headers = req.headers_mut().expect("builder without errors");
-        for (name, value) in &parts.headers {
-            if !dropped_on_forward(name) {
-                headers.append(name.clone(), value.clone());
+    ) -> Result<(Response<Incoming>, Lease), ForwardError> {
+        let Parts {
+            method,
+            uri,
+            mut headers,
+            ..
+        } = parts;
+        // The client's headers go on, edited in place, minus hop-by-hop ones and any identity
+        // header a client made up. A client's Content-Length stays true: the body is forwarded
+        // byte for byte.
+        if headers.keys().any(dropped_on_forward) || headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| dropped_on_forward(n))
+                .cloned()
+                .collect();
+            for n in names {
+                headers.remove(n);
             }
+            // A chunked call was read whole: hyper sets its length.
+            headers.remove(header::CONTENT_LENGTH);
         }
-        if let Some(host) = parts.headers.get(header::HOST) {
-            headers.insert("x-forwarded-host", host.clone());
+        if let Some(host) = headers.remove(header::HOST) {
+            headers.insert(FORWARDED_HOST.clone(), host);
         }
         headers.insert(
             header::HOST,
             HeaderValue::from_str(&upstream.authority)
                 .map_err(|e| ForwardError::Failed(e.to_string()))?,
         );
-        headers.insert(
-            "x-forwarded-for",
-            header_value(&identity.peer.ip().to_string()),
-        );
-        headers.insert(HEADER_UIN, HeaderValue::from(identity.uin));
-        headers.insert(HEADER_OWNER_UIN, HeaderValue::from(identity.owner_uin));
-        headers.insert(HEADER_REQUEST_ID, header_value(identity.request_id));
+        headers.insert(FORWARDED_FOR.clone(), identity.forwarded_for.clone());
+        headers.insert(UIN.clone(), HeaderValue::from(identity.uin));
+        headers.insert(OWNER_UIN.clone(), HeaderValue::from(identity.owner_uin));
+        headers.insert(REQUEST_ID.clone(), header_value(identity.request_id));
         if let Some((secret_id, secret_key)) = &upstream.resign {
             // The caller's signature covered the gateway's Host; a backend that verifies TC3
             // itself (the vendor's endpoint) needs one for its own Host.
-            let content_type = parts
-                .headers
+            let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("application/json");
@@ -151,25 +299,53 @@ impl Forwarder {
                 service,
                 host: &upstream.authority,
                 content_type,
-                method: parts.method.as_str(),
-                query: parts.uri.query().unwrap_or("").as_bytes(),
+                method: method.as_str(),
+                query: uri.query().unwrap_or("").as_bytes(),
                 payload: &body,
                 timestamp: now_unix_seconds,
             }
             .authorization();
             headers.insert(header::AUTHORIZATION, header_value(&authorization));
-            headers.insert("x-tc-timestamp", HeaderValue::from(now_unix_seconds));
-            headers.remove("x-tc-content-sha256");
+            headers.insert(TC_TIMESTAMP.clone(), HeaderValue::from(now_unix_seconds));
+            headers.remove(&TC_CONTENT_SHA256);
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| ForwardError::Failed(e.to_string()))?;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        // Origin form ("/", or the path and query the client sent).
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
 
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let exchange = async {
+            let mut req = req;
+            // A pooled connection the backend closed just before the call was written gives
+            // the call back untouched: it goes on a new connection. Any other failure is final
+            // (the call may have reached the backend).
+            while let Some(mut sender) = self.pools.checkout(&upstream.authority).await {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => req = back,
+                        None => return Err(ForwardError::Failed(error_chain(e.error()))),
+                    },
+                }
+            }
+            let mut sender = self.connect(upstream).await?;
+            match sender.send_request(req).await {
+                Ok(resp) => Ok((resp, sender)),
+                Err(e) => Err(ForwardError::Failed(error_chain(&e))),
+            }
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(ForwardError::Timeout(self.response_timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(ForwardError::Failed(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((resp, sender))) => Ok((
+                resp,
+                Lease {
+                    pools: Arc::clone(&self.pools),
+                    authority: Arc::from(upstream.authority.as_str()),
+                    sender: Some(sender),
+                },
+            )),
         }
     }
 }
@@ -187,4 +363,203 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A raw HTTP/1.1 backend: answers every request with "ok", counts connections, and
+    /// closes each connection after `per_connection` answers (0: never). It echoes the
+    /// identity and forwarding headers it received in the answer's body.
+    async fn backend(per_connection: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut answered = 0;
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        // Bodies here are tiny: a request is complete once its head ends and
+                        // its Content-Length bytes follow.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if buf.len() < end + 4 + len {
+                                break;
+                            }
+                            buf.drain(..end + 4 + len);
+                            let echo: String = head
+                                .lines()
+                                .filter(|l| l.starts_with("x-") || l.starts_with("host:"))
+                                .collect::<Vec<_>>()
+                                .join("\n");
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{echo}",
+                                echo.len()
+                            );
+                            s.write_all(reply.as_bytes()).await.unwrap();
+                            answered += 1;
+                            if per_connection > 0 && answered == per_connection {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    fn forwarder() -> Forwarder {
+        Forwarder::new(&Settings::embedded())
+    }
+
+    fn upstream(addr: SocketAddr) -> Upstream {
+        Upstream {
+            uri: format!("http://{addr}").parse().unwrap(),
+            authority: addr.to_string(),
+            resign: None,
+        }
+    }
+
+    async fn call(
+        f: &Forwarder,
+        up: &Upstream,
+        extra: &[(&str, &str)],
+    ) -> Result<String, ForwardError> {
+        let mut req = Request::post("/").header("host", "gateway.example");
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let forwarded_for = forwarded_for("10.1.2.3:4567".parse().unwrap());
+        let (resp, lease) = f
+            .forward(
+                parts,
+                Bytes::from_static(b"{}"),
+                up,
+                Identity {
+                    uin: 7,
+                    owner_uin: 9,
+                    request_id: "req-1",
+                    forwarded_for: &forwarded_for,
+                },
+                "ocr",
+                0,
+            )
+            .await?;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        drop(lease);
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn sequential_calls_reuse_one_connection() {
+        let (addr, connections) = backend(0).await;
+        let (f, up) = (forwarder(), upstream(addr));
+        for _ in 0..20 {
+            call(&f, &up, &[]).await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_open_one_connection_each_then_reuse_them() {
+        let (addr, connections) = backend(0).await;
+        let (f, up) = (forwarder(), upstream(addr));
+        for _ in 0..5 {
+            let calls: Vec<_> = (0..8).map(|_| call(&f, &up, &[])).collect();
+            for r in futures_util::future::join_all(calls).await {
+                r.unwrap();
+            }
+        }
+        let n = connections.load(Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&n),
+            "{n} connections for 8 concurrent calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_the_backend_closed_are_not_reused() {
+        let (addr, connections) = backend(1).await;
+        let (f, up) = (forwarder(), upstream(addr));
+        for _ in 0..10 {
+            call(&f, &up, &[]).await.unwrap();
+            // Let the connection's task see the backend's FIN.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn identity_headers_replace_any_a_client_sent() {
+        let (addr, _) = backend(0).await;
+        let (f, up) = (forwarder(), upstream(addr));
+        let echo = call(
+            &f,
+            &up,
+            &[
+                ("x-tollgate-uin", "1"),
+                ("x-tollgate-owner-uin", "1"),
+                ("connection", "keep-alive, x-custom"),
+                ("x-tc-action", "GeneralBasicOCR"),
+            ],
+        )
+        .await
+        .unwrap();
+        let lines: Vec<&str> = echo.lines().collect();
+        assert!(lines.contains(&"x-tollgate-uin: 7"), "{echo}");
+        assert!(lines.contains(&"x-tollgate-owner-uin: 9"), "{echo}");
+        assert!(lines.contains(&"x-tollgate-request-id: req-1"), "{echo}");
+        assert!(lines.contains(&"x-forwarded-for: 10.1.2.3"), "{echo}");
+        assert!(
+            lines.contains(&"x-forwarded-host: gateway.example"),
+            "{echo}"
+        );
+        // (the backend lower-cases what it echoes)
+        assert!(lines.contains(&"x-tc-action: generalbasicocr"), "{echo}");
+        assert!(lines.contains(&format!("host: {addr}").as_str()), "{echo}");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("x-tollgate-uin"))
+                .count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_backend_is_a_connect_error() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let f = forwarder();
+        match call(&f, &upstream(addr), &[]).await {
+            Err(ForwardError::Connect(e)) => assert!(e.contains(&addr.to_string()), "{e}"),
+            other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+        }
+    }
 }

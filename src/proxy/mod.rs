@@ -10,7 +10,6 @@ pub mod forward;
 pub mod respond;
 pub mod server;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +33,12 @@ use crate::metrics::{CatalogMetrics, GroupMetrics, Metrics};
 use body::{GaugeGuard, HeldPermit, MeterJob, MeteredBody, ProxyBody};
 use forward::{Forwarder, Identity};
 pub use respond::Refusal;
+
+static TC_ACTION: header::HeaderName = header::HeaderName::from_static("x-tc-action");
+static TC_TIMESTAMP: header::HeaderName = header::HeaderName::from_static("x-tc-timestamp");
+static TC_CONTENT_SHA256: header::HeaderName =
+    header::HeaderName::from_static("x-tc-content-sha256");
+static REQUEST_ID: header::HeaderName = header::HeaderName::from_static(forward::HEADER_REQUEST_ID);
 
 /// The config in force plus the metric handles resolved for it; swapped whole on reload.
 pub struct Snapshot {
@@ -171,12 +176,12 @@ impl Gateway {
         self: Arc<Self>,
         forwarder: Arc<Forwarder>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        forwarded_for: HeaderValue,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let in_flight = GaugeGuard::inc(&self.metrics.requests_in_flight);
         let request_id = uuid::Uuid::new_v4().to_string();
         let response = match self
-            .serve(&forwarder, req, peer, &request_id, in_flight)
+            .serve(&forwarder, req, &forwarded_for, &request_id, in_flight)
             .await
         {
             Ok(resp) => resp,
@@ -201,7 +206,7 @@ impl Gateway {
         &self,
         forwarder: &Forwarder,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        forwarded_for: &HeaderValue,
         request_id: &str,
         in_flight: GaugeGuard,
     ) -> Result<Response<ProxyBody>, Refusal> {
@@ -231,7 +236,7 @@ impl Gateway {
             .ok_or_else(|| Refusal::UnknownService(authorization.service.to_owned()))?;
         let action = parts
             .headers
-            .get("x-tc-action")
+            .get(&TC_ACTION)
             .and_then(|v| v.to_str().ok())
             .filter(|a| !a.is_empty())
             .ok_or(Refusal::MissingAction)?;
@@ -244,7 +249,7 @@ impl Gateway {
         let unsigned_payload = self.settings.allow_unsigned_payload
             && parts
                 .headers
-                .get("x-tc-content-sha256")
+                .get(&TC_CONTENT_SHA256)
                 .is_some_and(|v| v.as_bytes() == auth::tc3::UNSIGNED_PAYLOAD.as_bytes());
         let headers = &parts.headers;
         let now_unix_nanos = self.clock.unix_nanos();
@@ -254,8 +259,16 @@ impl Gateway {
                 authorization: &authorization,
                 method: parts.method.as_str(),
                 query: parts.uri.query().unwrap_or("").as_bytes(),
-                header: |name: &str| headers.get(name).map(HeaderValue::as_bytes),
-                timestamp: headers.get("x-tc-timestamp").map(HeaderValue::as_bytes),
+                header: |name: &str| {
+                    // The SDKs sign these two; others are looked up by name.
+                    match name {
+                        "content-type" => headers.get(header::CONTENT_TYPE),
+                        "host" => headers.get(header::HOST),
+                        _ => headers.get(name),
+                    }
+                    .map(HeaderValue::as_bytes)
+                },
+                timestamp: headers.get(&TC_TIMESTAMP).map(HeaderValue::as_bytes),
                 payload: (!unsigned_payload).then_some(&body[..]),
             },
             now_unix_nanos.div_euclid(1_000_000_000),
@@ -371,16 +384,24 @@ impl Gateway {
             .upstream(&service.name)
             .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", service.name)))?;
         let forwarded_at = Instant::now();
+        let action: Arc<str> = match route {
+            Route::Listed { interface, .. } => Arc::clone(&interface.action),
+            Route::Unlisted { .. } => Arc::from(action),
+        };
+        let interface = match route {
+            Route::Listed { interface, .. } => Some(interface.id),
+            Route::Unlisted { .. } => None,
+        };
         let upstream_response = forwarder
             .forward(
-                &parts,
+                parts,
                 body,
                 upstream,
                 Identity {
                     uin,
                     owner_uin: account.owner_uin,
                     request_id,
-                    peer,
+                    forwarded_for,
                 },
                 &service.name,
                 now_unix_nanos.div_euclid(1_000_000_000),
@@ -399,22 +420,17 @@ impl Gateway {
         })?;
 
         // Meter: stream the answer through the scanner; usage is decided at its end.
+        let (upstream_response, lease) = upstream_response;
         let (mut head, upstream_body) = upstream_response.into_parts();
         head.headers.retain_hop_by_hop();
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            head.headers.insert("x-tollgate-request-id", v);
+            head.headers.insert(REQUEST_ID.clone(), v);
         }
         let job = MeterJob {
             sink: Arc::clone(&self.sink),
             service: service.id,
-            interface: match route {
-                Route::Listed { interface, .. } => Some(interface.id),
-                Route::Unlisted { .. } => None,
-            },
-            action: match route {
-                Route::Listed { interface, .. } => Arc::clone(&interface.action),
-                Route::Unlisted { .. } => Arc::from(action),
-            },
+            interface,
+            action,
             group: group_ref,
             owner_uin: account.owner_uin,
             uin,
@@ -423,7 +439,7 @@ impl Gateway {
             http_status: head.status.as_u16(),
             snapshot: Arc::clone(&snapshot),
         };
-        let body = MeteredBody::new(upstream_body, job, permit, in_flight);
+        let body = MeteredBody::new(upstream_body, lease, job, permit, in_flight);
         Ok(Response::from_parts(
             head,
             ProxyBody::Metered(Box::new(body)),

@@ -56,8 +56,9 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let gateway = Arc::clone(&gateway);
                 let forwarder = Arc::clone(&forwarder);
+                let forwarded_for = super::forward::forwarded_for(peer);
                 let service = service_fn(move |req| {
-                    Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, peer)
+                    Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, forwarded_for.clone())
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);

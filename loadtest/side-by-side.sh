@@ -7,11 +7,17 @@
 # Prints requests/s, p50 and p99 latency of each, and the ratios Tollgate/nginx and
 # Tollgate/ceiling. Results: loadtest/RESULTS.md.
 #
-#   loadtest/side-by-side.sh                  # DURATION=15 CONNECTIONS=64 by default
+# Each mode runs ROUNDS rounds, the three targets interleaved (the order rotates every round),
+# and the summary gives medians over the rounds and the median of the per-round ratios: on a
+# shared VM the machine's speed drifts by 10-25% within minutes, and targets run minutes apart
+# would be compared across that drift.
+#
+#   loadtest/side-by-side.sh                  # DURATION=10 ROUNDS=3 CONNECTIONS=64 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX" ] || { echo "nginx is not installed (apt-get install nginx-light)"; exit 1; }
@@ -123,16 +129,23 @@ run() { # label scenario target-port target-pid
   echo "   $1 done"
 }
 
-echo "== mode: admitted (${DURATION}s each, $CONNECTIONS connections)"
 NG_ADMITTED_PID=$(cat "$WORK/nginx-limit-admitted.pid")
 NG_OVERLOAD_PID=$(cat "$WORK/nginx-limit-overload.pid")
 NG_PASS_PID=$(cat "$WORK/nginx-passthrough.pid")
-run tollgate-admitted admitted "$TG" "$TG_PID"
-run nginx-admitted admitted "$NG_ADMITTED" "$NG_ADMITTED_PID"
-run ceiling-admitted admitted "$NG_PASS" "$NG_PASS_PID"
-echo "== mode: overload"
-run tollgate-overload overload "$TG" "$TG_PID"
-run nginx-overload overload "$NG_OVERLOAD" "$NG_OVERLOAD_PID"
-run ceiling-overload overload "$NG_PASS" "$NG_PASS_PID"
+for mode in admitted overload; do
+  echo "== mode: $mode (${DURATION}s per run, $ROUNDS rounds, $CONNECTIONS connections)"
+  if [ "$mode" = admitted ]; then NG_PORT=$NG_ADMITTED; NG_PID=$NG_ADMITTED_PID; else NG_PORT=$NG_OVERLOAD; NG_PID=$NG_OVERLOAD_PID; fi
+  for r in $(seq 1 "$ROUNDS"); do
+    order=(tollgate nginx ceiling)
+    for i in 0 1 2; do
+      t=${order[$(( (i + r - 1) % 3 ))]}
+      case $t in
+        tollgate) run "tollgate-$mode-r$r" "$mode" "$TG" "$TG_PID" ;;
+        nginx) run "nginx-$mode-r$r" "$mode" "$NG_PORT" "$NG_PID" ;;
+        ceiling) run "ceiling-$mode-r$r" "$mode" "$NG_PASS" "$NG_PASS_PID" ;;
+      esac
+    done
+  done
+done
 
-python3 loadtest/side-by-side/summarize.py "$WORK" "$(nproc)" "$DURATION" "$CONNECTIONS"
+python3 loadtest/side-by-side/summarize.py "$WORK" "$(nproc)" "$DURATION" "$CONNECTIONS" "$ROUNDS"

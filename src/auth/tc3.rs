@@ -59,13 +59,15 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, MalformedAu
         .ok_or(MalformedAuthorization::WrongAlgorithm)?;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
-        let part = part.trim();
-        if let Some(v) = part.strip_prefix("Credential=") {
-            credential = Some(v);
-        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-            signed_headers = Some(v);
-        } else if let Some(v) = part.strip_prefix("Signature=") {
-            signature = Some(v);
+        let part = part.trim_ascii_start();
+        // Byte-wise prefix checks: this runs on every call, refused ones included.
+        let b = part.as_bytes();
+        if b.starts_with(b"Credential=") {
+            credential = Some(part["Credential=".len()..].trim_ascii_end());
+        } else if b.starts_with(b"SignedHeaders=") {
+            signed_headers = Some(part["SignedHeaders=".len()..].trim_ascii_end());
+        } else if b.starts_with(b"Signature=") {
+            signature = Some(part["Signature=".len()..].trim_ascii_end());
         }
     }
     let credential = credential.ok_or(MalformedAuthorization::MissingPart("Credential"))?;
@@ -89,11 +91,13 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, MalformedAu
     {
         return Err(MalformedAuthorization::BadCredentialScope);
     }
-    let names_ok = signed_headers
-        .split(';')
-        .all(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
-    let has = |name: &str| signed_headers.split(';').any(|h| h == name);
-    if !names_ok || !has("content-type") || !has("host") {
+    let (mut names_ok, mut has_content_type, mut has_host) = (true, false, false);
+    for h in signed_headers.split(';') {
+        names_ok &= !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+        has_content_type |= h == "content-type";
+        has_host |= h == "host";
+    }
+    if !names_ok || !has_content_type || !has_host {
         return Err(MalformedAuthorization::BadSignedHeaders);
     }
     if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -59,6 +59,10 @@ pub enum Refusal {
     /// A bug: something validated config promised did not hold.
     Internal(String),
 }
+
+static REQUEST_ID: HeaderName = HeaderName::from_static(super::forward::HEADER_REQUEST_ID);
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The vendor's message for `RequestLimitExceeded` (OCR errorcodes.py).
 const LIMIT_MESSAGE: &str = "请求的次数超过了频率限制。";
@@ -134,7 +138,7 @@ impl Refusal {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-tollgate-request-id", v);
+            h.insert(REQUEST_ID.clone(), v);
         }
         if let Refusal::OverLimit {
             group,
@@ -150,10 +154,10 @@ impl Refusal {
                 Limit::Concurrency(n) => format!("\"{group}\";q={n}"),
             };
             if let Ok(v) = HeaderValue::from_str(&policy) {
-                h.insert("ratelimit-policy", v);
+                h.insert(RATELIMIT_POLICY.clone(), v);
             }
             if let Ok(v) = HeaderValue::from_str(&format!("\"{group}\";r=0;t={retry_secs}")) {
-                h.insert("ratelimit", v);
+                h.insert(RATELIMIT.clone(), v);
             }
             h.insert(RETRY_AFTER, HeaderValue::from(retry_secs));
         }

@@ -101,7 +101,7 @@ nginx_conf() { # name rate limit-directive port
 wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open"; exit 1; }
 
 echo "== starting the stub backend, Tollgate and three nginx"
-"$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & PIDS+=($!)
+"$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & STUB_PID=$!; PIDS+=($STUB_PID)
 wait_port "$STUB"
 "$TOLLGATE" gateway --config "$WORK/config/tollgate.toml" >"$WORK/gateway.log" 2>&1 & TG_PID=$!; PIDS+=($TG_PID)
 wait_port "$TG"
@@ -120,12 +120,12 @@ cpu_ticks() {
 }
 
 run() { # label scenario target-port target-pid
-  local before after
-  before=$(cpu_ticks "$4")
+  local before after stub_before stub_after
+  before=$(cpu_ticks "$4"); stub_before=$(cpu_ticks "$STUB_PID")
   "$LOADTEST" --scenario "$WORK/$2.toml" --target "127.0.0.1:$3" --config-dir "$WORK/config" \
     --quiet --report-json "$WORK/$1.json" > "$WORK/$1.txt" 2>&1 || true
-  after=$(cpu_ticks "$4")
-  echo "$((after - before)) $(getconf CLK_TCK)" > "$WORK/$1.cpu"
+  after=$(cpu_ticks "$4"); stub_after=$(cpu_ticks "$STUB_PID")
+  echo "$((after - before)) $(getconf CLK_TCK) $((stub_after - stub_before))" > "$WORK/$1.cpu"
   echo "   $1 done"
 }
 

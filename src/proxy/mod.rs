@@ -179,9 +179,11 @@ impl Gateway {
         forwarded_for: HeaderValue,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let in_flight = GaugeGuard::inc(&self.metrics.requests_in_flight);
-        let request_id = uuid::Uuid::new_v4().to_string();
+        // The vendor's RequestId shape, formatted on the stack (most calls never need it owned).
+        let mut id_buf = uuid::Uuid::encode_buffer();
+        let request_id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_buf);
         let response = match self
-            .serve(&forwarder, req, &forwarded_for, &request_id, in_flight)
+            .serve(&forwarder, req, &forwarded_for, request_id, in_flight)
             .await
         {
             Ok(resp) => resp,
@@ -196,7 +198,7 @@ impl Gateway {
                     self.metrics.auth_failures.with_label_values(&[code]).inc();
                 }
                 tracing::debug!(%request_id, code, message = %refusal.message(), "refused");
-                refusal.into_response(&request_id)
+                refusal.into_response(request_id)
             }
         };
         Ok(response)

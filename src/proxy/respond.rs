@@ -5,6 +5,7 @@
 //! `{"Response":{"Error":{"Code":…,"Message":…},"RequestId":…}}` (TC_API.md section 2). Every
 //! error the gateway makes itself goes through [`Refusal::into_response`].
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,14 +150,17 @@ impl Refusal {
             // RateLimit header fields (draft-ietf-httpapi-ratelimit-headers): the policy and
             // the current state of the quota the call hit.
             let retry_secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-            let policy = match limit {
-                Limit::Rate(q) => format!("\"{group}\";q={q};w=1"),
-                Limit::Concurrency(n) => format!("\"{group}\";q={n}"),
+            let mut policy = Vec::with_capacity(group.len() + 24);
+            let _ = match limit {
+                Limit::Rate(q) => write!(policy, "\"{group}\";q={q};w=1"),
+                Limit::Concurrency(n) => write!(policy, "\"{group}\";q={n}"),
             };
-            if let Ok(v) = HeaderValue::from_str(&policy) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(policy)) {
                 h.insert(RATELIMIT_POLICY.clone(), v);
             }
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{group}\";r=0;t={retry_secs}")) {
+            let mut state = Vec::with_capacity(group.len() + 16);
+            let _ = write!(state, "\"{group}\";r=0;t={retry_secs}");
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
                 h.insert(RATELIMIT.clone(), v);
             }
             h.insert(RETRY_AFTER, HeaderValue::from(retry_secs));

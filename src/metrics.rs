@@ -38,6 +38,8 @@ pub struct Metrics {
     pub concurrency_in_flight: IntGaugeVec,
     /// Requests being handled by the gateway right now.
     pub requests_in_flight: IntGauge,
+    /// Client connections accepted, by API worker (how evenly the kernel spreads them).
+    pub api_connections: IntCounterVec,
     /// Billable units handed to the usage sink, by service and billing item.
     pub billable_units: IntCounterVec,
     /// Usage records handed to the sink, and those it failed to take.
@@ -264,6 +266,11 @@ impl Metrics {
             requests_in_flight: gauge(
                 "tollgate_requests_in_flight",
                 "Requests being handled by the gateway.",
+            ),
+            api_connections: counter_vec(
+                "tollgate_api_connections_total",
+                "Client connections accepted, by API worker.",
+                &["worker"],
             ),
             billable_units,
             usage_records: {

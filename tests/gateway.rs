@@ -783,3 +783,41 @@ async fn the_stub_mix_is_passed_through() {
     // EmptyImageError is billable for OCR: all eight calls are billed.
     assert_eq!(h.usage().len(), 8);
 }
+
+/// Four API workers, each with its own listener and event loop, and one quota: calls on many
+/// connections, spread by the kernel over the workers, still admit the group's 20 once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_is_one_quota_across_api_workers() {
+    let h = start(Builder {
+        workers: 4,
+        ..frozen("2026-05-01T10:00:00+08:00")
+    })
+    .await;
+    // Separate clients: each call on a connection of its own.
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDsubA");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let req = h.request(&call);
+        set.spawn(support::send_alone(req));
+    }
+    let mut replies = Vec::new();
+    while let Some(r) = set.join_next().await {
+        replies.push(r.unwrap());
+    }
+    let codes = count_codes(&replies);
+    assert_eq!(codes.get("success"), Some(&20), "{codes:?}");
+    assert_eq!(codes.get("RequestLimitExceeded"), Some(&44), "{codes:?}");
+    assert_eq!(h.usage().len(), 20);
+    // The connections really were spread over more than one worker.
+    let metrics = h.metrics().await;
+    let busy = (0..4)
+        .filter(|w| {
+            support::metric_value(
+                &metrics,
+                "tollgate_api_connections_total",
+                &[("worker", &w.to_string())],
+            ) > 0.0
+        })
+        .count();
+    assert!(busy >= 2, "64 connections landed on {busy} of 4 workers");
+}

@@ -31,6 +31,7 @@ pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     forwarder: Arc<Forwarder>,
+    accepted_connections: prometheus::IntCounter,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
@@ -53,6 +54,7 @@ pub async fn serve(
                         continue;
                     }
                 };
+                accepted_connections.inc();
                 let _ = stream.set_nodelay(true);
                 let gateway = Arc::clone(&gateway);
                 let forwarder = Arc::clone(&forwarder);
@@ -157,7 +159,11 @@ impl Workers {
                             }
                         };
                         let forwarder = Arc::new(Forwarder::new(gateway.settings()));
-                        serve(listener, gateway, forwarder, stop, drain_timeout).await;
+                        let accepted = gateway
+                            .metrics()
+                            .api_connections
+                            .with_label_values(&[&i.to_string()]);
+                        serve(listener, gateway, forwarder, accepted, stop, drain_timeout).await;
                     });
                     // Connections still open after the drain timeout are dropped with the
                     // runtime, here.

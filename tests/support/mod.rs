@@ -127,6 +127,8 @@ pub struct Builder {
     pub dead_upstream: bool,
     /// The `[metering]` section (default: the file sink in the temp dir).
     pub metering: Option<String>,
+    /// `proxy.workers` (default: 0, one per CPU).
+    pub workers: usize,
 }
 
 impl Default for Builder {
@@ -139,6 +141,7 @@ impl Default for Builder {
             max_request_bytes: 1 << 20,
             dead_upstream: false,
             metering: None,
+            workers: 0,
         }
     }
 }
@@ -253,6 +256,7 @@ admin = "127.0.0.1:0"
 response_timeout_ms = {}
 max_request_bytes = {}
 connect_timeout_ms = 500
+workers = {}
 [upstream.default]
 url = "http://{upstream}"
 {metering}
@@ -261,7 +265,7 @@ poll_interval_ms = 100
 [shutdown]
 drain_timeout_seconds = 10
 "#,
-            b.response_timeout_ms, b.max_request_bytes,
+            b.response_timeout_ms, b.max_request_bytes, b.workers,
         );
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();

@@ -11,6 +11,7 @@
 //! - `state.json`: the gateway id, the last acknowledged ("shipped") batch and sequence, and
 //!   the running totals (written atomically, fsynced before any segment is released).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::UsageRecord;
 use super::spool::SpoolEntry;
 
 /// One count: units (and calls) of one billing item through one interface in one minute.
@@ -52,6 +52,25 @@ pub struct Batch {
     pub counts: Vec<Count>,
 }
 
+/// A spool record as the sealer reads it: every field of [`UsageRecord`] checked, strings
+/// borrowed from the spool's bytes (`crate::metering::UsageRecord` is its owned form).
+#[derive(Deserialize)]
+#[allow(dead_code)] // request_id, uin and service are read only to be validated
+struct RecordView<'a> {
+    #[serde(borrow)]
+    request_id: Cow<'a, str>,
+    owner_uin: u64,
+    uin: u64,
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(borrow)]
+    billing_item: Cow<'a, str>,
+    units: u32,
+    time_unix_ms: i64,
+}
+
 impl Batch {
     pub fn id(gateway_id: &str, batch_seq: u64) -> String {
         format!("{gateway_id}-{batch_seq:012}")
@@ -64,19 +83,17 @@ impl Batch {
         entries: &[SpoolEntry],
         prev_cumulative_units: u64,
     ) -> Batch {
-        let mut counts: BTreeMap<(u64, String, String, i64), (u64, u64)> = BTreeMap::new();
+        // Keys borrow from the entries: a record costs a parse and a map lookup, no allocation
+        // (strings with JSON escapes, which the gateway never writes, are the exception).
+        let mut counts: BTreeMap<(u64, Cow<'_, str>, Cow<'_, str>, i64), (u64, u64)> =
+            BTreeMap::new();
         let mut undecodable = 0;
         for e in entries {
-            match serde_json::from_slice::<UsageRecord>(&e.payload) {
+            match serde_json::from_slice::<RecordView<'_>>(&e.payload) {
                 Ok(r) => {
                     let minute = r.time_unix_ms.div_euclid(60_000) * 60;
                     let c = counts
-                        .entry((
-                            r.owner_uin,
-                            r.billing_item.to_string(),
-                            r.action.to_string(),
-                            minute,
-                        ))
+                        .entry((r.owner_uin, r.billing_item, r.action, minute))
                         .or_default();
                     c.0 += u64::from(r.units);
                     c.1 += 1;
@@ -92,8 +109,8 @@ impl Batch {
             .map(
                 |((owner_uin, billing_item, interface, minute), (units, records))| Count {
                     owner_uin,
-                    billing_item,
-                    interface,
+                    billing_item: billing_item.into_owned(),
+                    interface: interface.into_owned(),
                     minute,
                     units,
                     records,
@@ -241,6 +258,7 @@ pub fn read_batch_dir(dir: &Path) -> std::io::Result<Vec<Batch>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metering::UsageRecord;
 
     fn entry(seq: u64, owner: u64, item: &str, action: &str, ms: i64, units: u32) -> SpoolEntry {
         let r = UsageRecord {

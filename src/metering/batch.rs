@@ -52,6 +52,9 @@ pub struct Batch {
     pub counts: Vec<Count>,
 }
 
+/// (owner, billing item, interface, minute) of a count, borrowed from the spool's bytes.
+type CountKey<'a> = (u64, Cow<'a, str>, Cow<'a, str>, i64);
+
 /// A spool record as the sealer reads it: every field of [`UsageRecord`] checked, strings
 /// borrowed from the spool's bytes (`crate::metering::UsageRecord` is its owned form).
 #[derive(Deserialize)]
@@ -85,8 +88,7 @@ impl Batch {
     ) -> Batch {
         // Keys borrow from the entries: a record costs a parse and a map lookup, no allocation
         // (strings with JSON escapes, which the gateway never writes, are the exception).
-        let mut counts: BTreeMap<(u64, Cow<'_, str>, Cow<'_, str>, i64), (u64, u64)> =
-            BTreeMap::new();
+        let mut counts: BTreeMap<CountKey<'_>, (u64, u64)> = BTreeMap::new();
         let mut undecodable = 0;
         for e in entries {
             match serde_json::from_slice::<RecordView<'_>>(&e.payload) {

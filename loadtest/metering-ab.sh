@@ -13,13 +13,13 @@ cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || set -- off spool file off spool file off spool file
 OUT=$(mktemp)
 WORK=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtest/lib.sh
 STUB=$(port)
 target/release/tollgate stub --listen 127.0.0.1:$STUB >/dev/null 2>&1 & STUB_PID=$!
 mkdir -p $WORK/config && cp config/catalog.toml $WORK/config/
-for i in $(seq 1 8); do printf '[[account]]\nuin = %d\nname = "open-%d"\nservices = ["bda"]\npostpaid = true\n[[account.mode]]\ngroup = "bda.segment"\nmode = "qps"\nquantity = 10000000\n' $((200000000000 + i)) $i; done > $WORK/config/entitlements.toml
-for i in $(seq 1 8); do printf '[[credential]]\nsecret_id = "AKIDsbsOpen%03d"\nsecret_key = "side-by-side-open-key-%03d"\nuin = %d\n' $i $i $((200000000000 + i)); done > $WORK/config/credentials.toml
-{ printf 'name = "admitted"\ndescription = "x"\nduration_secs = %s\n' "${DURATION:-10}"; for i in $(seq 1 8); do printf '[[stream]]\nname = "open-%d"\nsecret_id = "AKIDsbsOpen%03d"\nservice = "bda"\naction = "SegmentPortraitPic"\nmode = "closed"\nconcurrency = 8\n[stream.headers]\nX-Stub-Image-Bytes = "0"\n' $i $i; done; } > $WORK/admitted.toml
+open_accounts 8 200000000000 open '["bda"]' > $WORK/config/entitlements.toml
+credentials 8 200000000000 AKIDsbsOpen side-by-side-open-key- > $WORK/config/credentials.toml
+{ printf 'name = "admitted"\ndescription = "x"\nduration_secs = %s\n\n' "${DURATION:-10}"; segment_streams 8 open AKIDsbsOpen 8; } > $WORK/admitted.toml
 for sink in "$@"; do
   TG=$(port); AD=$(port)
   case $sink in

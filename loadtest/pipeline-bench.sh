@@ -27,8 +27,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open"; exit 1; }
+. loadtest/lib.sh
 STUB=$(port); TG=$(port); TG_ADMIN=$(port); NATS_PORT=$(port); PG_PORT=$(port); CONS_ADMIN=$(port)
 
 echo "== nats-server (JetStream) and PostgreSQL in $WORK"
@@ -41,8 +40,8 @@ PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
 
 mkdir -p "$WORK/config"
 cp config/catalog.toml "$WORK/config/"
-for i in $(seq 1 8); do printf '[[account]]\nuin = %d\nname = "load-%d"\nservices = ["bda"]\npostpaid = true\n[[account.mode]]\ngroup = "bda.segment"\nmode = "qps"\nquantity = 10000000\n' $((400000000000 + i)) "$i"; done > "$WORK/config/entitlements.toml"
-for i in $(seq 1 8); do printf '[[credential]]\nsecret_id = "AKIDpipe%03d"\nsecret_key = "pipeline-bench-key-%03d"\nuin = %d\n' "$i" "$i" $((400000000000 + i)); done > "$WORK/config/credentials.toml"
+open_accounts 8 400000000000 load '["bda"]' > "$WORK/config/entitlements.toml"
+credentials 8 400000000000 AKIDpipe pipeline-bench-key- > "$WORK/config/credentials.toml"
 cat > "$WORK/config/tollgate.toml" <<TOML
 [listen]
 api = "127.0.0.1:$TG"
@@ -58,8 +57,8 @@ nats_url = "nats://127.0.0.1:$NATS_PORT"
 [log]
 level = "warn"
 TOML
-{ printf 'name = "pipeline"\ndescription = "billable calls at maximum speed"\nduration_secs = %s\n' "$DURATION"
-  for i in $(seq 1 8); do printf '[[stream]]\nname = "load-%d"\nsecret_id = "AKIDpipe%03d"\nservice = "bda"\naction = "SegmentPortraitPic"\nmode = "closed"\nconcurrency = 8\n[stream.headers]\nX-Stub-Image-Bytes = "0"\n' "$i" "$i"; done; } > "$WORK/load.toml"
+{ printf 'name = "pipeline"\ndescription = "billable calls at maximum speed"\nduration_secs = %s\n\n' "$DURATION"
+  segment_streams 8 load AKIDpipe 8; } > "$WORK/load.toml"
 
 "$TOLLGATE" stub --listen "127.0.0.1:$STUB" >/dev/null 2>&1 & PIDS+=($!)
 "$TOLLGATE" gateway --config "$WORK/config/tollgate.toml" >"$WORK/gateway.log" 2>&1 & GW=$!; PIDS+=($GW)

@@ -40,7 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtest/lib.sh
 STUB=$(port); TG=$(port); TG_ADMIN=$(port); NG_ADMITTED=$(port); NG_OVERLOAD=$(port); NG_PASS=$(port)
 
 echo "== config in $WORK"
@@ -48,16 +48,14 @@ mkdir -p "$WORK/config"
 cp config/catalog.toml "$WORK/config/"
 {
   echo '# Side-by-side accounts: 8 with segmentation quotas far above any load, 50 at the default 20 QPS.'
-  for i in $(seq 1 8); do
-    printf '[[account]]\nuin = %d\nname = "open-%d"\nservices = ["bda", "ocr"]\npostpaid = true\n\n[[account.mode]]\ngroup = "bda.segment"\nmode = "qps"\nquantity = 10000000\n\n' $((200000000000 + i)) "$i"
-  done
+  open_accounts 8 200000000000 open '["bda", "ocr"]'
   for i in $(seq 1 50); do
     printf '[[account]]\nuin = %d\nname = "limited-%d"\nservices = ["ocr"]\npostpaid = true\n\n' $((300000000000 + i)) "$i"
   done
 } > "$WORK/config/entitlements.toml"
 {
-  for i in $(seq 1 8); do printf '[[credential]]\nsecret_id = "AKIDsbsOpen%03d"\nsecret_key = "side-by-side-open-key-%03d"\nuin = %d\n\n' "$i" "$i" $((200000000000 + i)); done
-  for i in $(seq 1 50); do printf '[[credential]]\nsecret_id = "AKIDsbsLimited%03d"\nsecret_key = "side-by-side-limited-key-%03d"\nuin = %d\n\n' "$i" "$i" $((300000000000 + i)); done
+  credentials 8 200000000000 AKIDsbsOpen side-by-side-open-key-
+  credentials 50 300000000000 AKIDsbsLimited side-by-side-limited-key-
 } > "$WORK/config/credentials.toml"
 cat > "$WORK/config/tollgate.toml" <<TOML
 [listen]
@@ -79,9 +77,7 @@ TOML
 # Scenarios: the same streams for every target.
 {
   printf 'name = "admitted"\ndescription = "every call admitted: quotas far above the load"\nduration_secs = %s\n\n' "$DURATION"
-  for i in $(seq 1 8); do
-    printf '[[stream]]\nname = "open-%d"\nsecret_id = "AKIDsbsOpen%03d"\nservice = "bda"\naction = "SegmentPortraitPic"\nmode = "closed"\nconcurrency = %d\n[stream.headers]\nX-Stub-Image-Bytes = "0"\n\n' "$i" "$i" $((CONNECTIONS / 8))
-  done
+  segment_streams 8 open AKIDsbsOpen $((CONNECTIONS / 8))
 } > "$WORK/admitted.toml"
 {
   printf 'name = "overload"\ndescription = "50 keys at 20 calls/s each, offered far beyond 10x"\nduration_secs = %s\n\n' "$DURATION"
@@ -97,8 +93,6 @@ nginx_conf() { # name rate limit-directive port
   mkdir -p "$WORK/body-$1" "$WORK/proxy-$1"
   "$NGINX" -c "$WORK/nginx-$1.conf" -p "$WORK" -q
 }
-
-wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open"; exit 1; }
 
 echo "== starting the stub backend, Tollgate and three nginx"
 "$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & STUB_PID=$!; PIDS+=($STUB_PID)

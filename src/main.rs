@@ -400,18 +400,9 @@ fn load_settings(config: Option<PathBuf>, o: &Overrides) -> anyhow::Result<Setti
     }
     if let Some(u) = &o.upstream {
         let uri: http::Uri = u.parse().with_context(|| format!("--upstream {u:?}"))?;
-        let authority = uri
-            .authority()
-            .with_context(|| format!("--upstream {u:?} has no host"))?
-            .to_string();
-        s.upstreams.insert(
-            "default".into(),
-            Upstream {
-                uri,
-                authority,
-                resign: None,
-            },
-        );
+        let upstream =
+            Upstream::new(uri, None).with_context(|| format!("--upstream {u:?} has no host"))?;
+        s.upstreams.insert("default".into(), upstream);
     }
     Ok(s)
 }
@@ -525,14 +516,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(settings.log_format, &settings.log_level);
             if overrides.upstream.is_none() {
                 let uri: http::Uri = format!("http://{stub_listen}").parse()?;
-                settings.upstreams.insert(
-                    "default".into(),
-                    Upstream {
-                        authority: stub_listen.to_string(),
-                        uri,
-                        resign: None,
-                    },
-                );
+                let upstream = Upstream::new(uri, None)
+                    .with_context(|| format!("the stub address {stub_listen} has no host"))?;
+                settings.upstreams.insert("default".into(), upstream);
             }
             let stub_listener = tokio::net::TcpListener::bind(stub_listen)
                 .await

@@ -217,9 +217,25 @@ pub struct Upstream {
     pub uri: http::Uri,
     /// `host:port`, the Host header sent upstream.
     pub authority: String,
+    /// `authority` as a header value, made once (it goes on every forwarded call).
+    pub host: http::HeaderValue,
     /// Re-sign forwarded calls with this credential (needed when the upstream is the vendor's
     /// real endpoint, whose signature check covers the Host header).
     pub resign: Option<(String, String)>,
+}
+
+impl Upstream {
+    /// The upstream at `uri`; `None` when it has no host.
+    pub fn new(uri: http::Uri, resign: Option<(String, String)>) -> Option<Upstream> {
+        let authority = uri.authority()?.to_string();
+        let host = http::HeaderValue::from_str(&authority).ok()?;
+        Some(Upstream {
+            uri,
+            authority,
+            host,
+            resign,
+        })
+    }
 }
 
 /// The durable metering pipeline: spool, batches, shipping.
@@ -350,10 +366,9 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
                 "must be an http:// URL (TLS to upstreams is terminated by a sidecar)".into(),
             ));
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| err(&key, "has no host".into()))?
-            .to_string();
+        if uri.authority().is_none() {
+            return Err(err(&key, "has no host".into()));
+        }
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(err(&key, "must not have a path".into()));
         }
@@ -367,14 +382,9 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
                 ));
             }
         };
-        upstreams.insert(
-            name.clone(),
-            Upstream {
-                uri,
-                authority,
-                resign,
-            },
-        );
+        let upstream =
+            Upstream::new(uri, resign).ok_or_else(|| err(&key, "has no valid host".into()))?;
+        upstreams.insert(name.clone(), upstream);
     }
     // Data paths are relative to the working directory: config may be read-only.
     let m = &raw.metering;

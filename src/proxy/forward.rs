@@ -25,20 +25,15 @@ use tokio::net::TcpStream;
 
 use crate::auth::tc3::Signer;
 use crate::config::gateway::{Settings, Upstream};
+use crate::proxy::names::{
+    FORWARDED_FOR, FORWARDED_HOST, OWNER_UIN, REQUEST_ID, TC_CONTENT_SHA256, TC_TIMESTAMP, UIN,
+};
 
 /// Identity headers the gateway adds; any a client sent are removed first, so no client can
 /// pose as another account to the backend.
 pub const HEADER_UIN: &str = "x-tollgate-uin";
 pub const HEADER_OWNER_UIN: &str = "x-tollgate-owner-uin";
 pub const HEADER_REQUEST_ID: &str = "x-tollgate-request-id";
-
-static UIN: HeaderName = HeaderName::from_static(HEADER_UIN);
-static OWNER_UIN: HeaderName = HeaderName::from_static(HEADER_OWNER_UIN);
-static REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
-static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
-static TC_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-tc-content-sha256");
 
 /// Why a call could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +50,8 @@ pub enum ForwardError {
 pub struct Identity<'a> {
     pub uin: u64,
     pub owner_uin: u64,
-    pub request_id: &'a str,
+    /// The gateway's request id as a header value (the answer carries the same one).
+    pub request_id: &'a HeaderValue,
     /// The client's address as an `X-Forwarded-For` value (made once per connection).
     pub forwarded_for: &'a HeaderValue,
 }
@@ -78,13 +74,28 @@ struct Pools {
 }
 
 impl Pools {
-    /// A ready idle connection to `authority`, if one is left. Connections idle too long, or
+    /// The index of `authority`'s pool (pools are only ever added, so an index stays valid).
+    fn slot(&self, authority: &str) -> usize {
+        let mut pools = self.by_upstream.lock().expect("not poisoned");
+        match pools.iter().position(|p| p.authority == authority) {
+            Some(i) => i,
+            None => {
+                pools.push(Pool {
+                    authority: authority.to_owned(),
+                    idle: Vec::new(),
+                });
+                pools.len() - 1
+            }
+        }
+    }
+
+    /// A ready idle connection of pool `slot`, if one is left. Connections idle too long, or
     /// closed by the backend, are dropped on the way.
-    async fn checkout(&self, authority: &str) -> Option<SendRequest<Full<Bytes>>> {
+    async fn checkout(&self, slot: usize) -> Option<SendRequest<Full<Bytes>>> {
         loop {
             let (mut sender, _) = {
                 let mut pools = self.by_upstream.lock().expect("not poisoned");
-                let pool = pools.iter_mut().find(|p| p.authority == authority)?;
+                let pool = &mut pools[slot];
                 let taken = pool.idle.pop()?;
                 if taken.1.elapsed() > self.idle_timeout {
                     // The newest is stale, so all are.
@@ -109,21 +120,12 @@ impl Pools {
         }
     }
 
-    fn checkin(&self, authority: &str, sender: SendRequest<Full<Bytes>>) {
+    fn checkin(&self, slot: usize, sender: SendRequest<Full<Bytes>>) {
         if sender.is_closed() {
             return;
         }
         let mut pools = self.by_upstream.lock().expect("not poisoned");
-        let pool = match pools.iter().position(|p| p.authority == authority) {
-            Some(i) => &mut pools[i],
-            None => {
-                pools.push(Pool {
-                    authority: authority.to_owned(),
-                    idle: Vec::new(),
-                });
-                pools.last_mut().expect("just pushed")
-            }
-        };
+        let pool = &mut pools[slot];
         if pool.idle.len() >= self.max_idle {
             // Keep the newest: the oldest is the likeliest to have been closed by the backend.
             pool.idle.remove(0);
@@ -137,14 +139,14 @@ impl Pools {
 /// hyper closes the connection and the pool drops it).
 pub struct Lease {
     pools: Arc<Pools>,
-    authority: Arc<str>,
+    slot: usize,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {
-            self.pools.checkin(&self.authority, sender);
+            self.pools.checkin(self.slot, sender);
         }
     }
 }
@@ -261,8 +263,8 @@ impl Forwarder {
         // The client's headers go on, edited in place, minus hop-by-hop ones and any identity
         // header a client made up. A client's Content-Length stays true: the body is forwarded
         // byte for byte.
-        if headers.keys().any(dropped_on_forward) || headers.contains_key(header::TRANSFER_ENCODING)
-        {
+        if headers.keys().any(dropped_on_forward) {
+            let chunked = headers.contains_key(header::TRANSFER_ENCODING);
             let names: Vec<HeaderName> = headers
                 .keys()
                 .filter(|n| dropped_on_forward(n))
@@ -271,21 +273,19 @@ impl Forwarder {
             for n in names {
                 headers.remove(n);
             }
-            // A chunked call was read whole: hyper sets its length.
-            headers.remove(header::CONTENT_LENGTH);
+            if chunked {
+                // A chunked call was read whole: hyper sets its length.
+                headers.remove(header::CONTENT_LENGTH);
+            }
         }
         if let Some(host) = headers.remove(header::HOST) {
             headers.insert(FORWARDED_HOST.clone(), host);
         }
-        headers.insert(
-            header::HOST,
-            HeaderValue::from_str(&upstream.authority)
-                .map_err(|e| ForwardError::Failed(e.to_string()))?,
-        );
+        headers.insert(header::HOST, upstream.host.clone());
         headers.insert(FORWARDED_FOR.clone(), identity.forwarded_for.clone());
         headers.insert(UIN.clone(), HeaderValue::from(identity.uin));
         headers.insert(OWNER_UIN.clone(), HeaderValue::from(identity.owner_uin));
-        headers.insert(REQUEST_ID.clone(), header_value(identity.request_id));
+        headers.insert(REQUEST_ID.clone(), identity.request_id.clone());
         if let Some((secret_id, secret_key)) = &upstream.resign {
             // The caller's signature covered the gateway's Host; a backend that verifies TC3
             // itself (the vendor's endpoint) needs one for its own Host.
@@ -315,12 +315,13 @@ impl Forwarder {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
 
+        let slot = self.pools.slot(&upstream.authority);
         let exchange = async {
             let mut req = req;
             // A pooled connection the backend closed just before the call was written gives
             // the call back untouched: it goes on a new connection. Any other failure is final
             // (the call may have reached the backend).
-            while let Some(mut sender) = self.pools.checkout(&upstream.authority).await {
+            while let Some(mut sender) = self.pools.checkout(slot).await {
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok((resp, sender)),
                     Err(mut e) => match e.take_message() {
@@ -342,7 +343,7 @@ impl Forwarder {
                 resp,
                 Lease {
                     pools: Arc::clone(&self.pools),
-                    authority: Arc::from(upstream.authority.as_str()),
+                    slot,
                     sender: Some(sender),
                 },
             )),
@@ -350,7 +351,7 @@ impl Forwarder {
     }
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
@@ -436,11 +437,7 @@ mod tests {
     }
 
     fn upstream(addr: SocketAddr) -> Upstream {
-        Upstream {
-            uri: format!("http://{addr}").parse().unwrap(),
-            authority: addr.to_string(),
-            resign: None,
-        }
+        Upstream::new(format!("http://{addr}").parse().unwrap(), None).unwrap()
     }
 
     async fn call(
@@ -454,6 +451,7 @@ mod tests {
         }
         let (parts, ()) = req.body(()).unwrap().into_parts();
         let forwarded_for = forwarded_for("10.1.2.3:4567".parse().unwrap());
+        let request_id = HeaderValue::from_static("req-1");
         let (resp, lease) = f
             .forward(
                 parts,
@@ -462,7 +460,7 @@ mod tests {
                 Identity {
                     uin: 7,
                     owner_uin: 9,
-                    request_id: "req-1",
+                    request_id: &request_id,
                     forwarded_for: &forwarded_for,
                 },
                 "ocr",

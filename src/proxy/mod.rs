@@ -34,11 +34,25 @@ use body::{GaugeGuard, HeldPermit, MeterJob, MeteredBody, ProxyBody};
 use forward::{Forwarder, Identity};
 pub use respond::Refusal;
 
-static TC_ACTION: header::HeaderName = header::HeaderName::from_static("x-tc-action");
-static TC_TIMESTAMP: header::HeaderName = header::HeaderName::from_static("x-tc-timestamp");
-static TC_CONTENT_SHA256: header::HeaderName =
-    header::HeaderName::from_static("x-tc-content-sha256");
-static REQUEST_ID: header::HeaderName = header::HeaderName::from_static(forward::HEADER_REQUEST_ID);
+/// The header names the request path reads or writes, parsed once (a `&str` name is parsed on
+/// every lookup).
+pub(crate) mod names {
+    use http::header::HeaderName;
+
+    use super::forward::{HEADER_OWNER_UIN, HEADER_REQUEST_ID, HEADER_UIN};
+
+    pub static TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
+    pub static TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
+    pub static TC_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-tc-content-sha256");
+    pub static UIN: HeaderName = HeaderName::from_static(HEADER_UIN);
+    pub static OWNER_UIN: HeaderName = HeaderName::from_static(HEADER_OWNER_UIN);
+    pub static REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+    pub static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+}
+use names::{REQUEST_ID, TC_ACTION, TC_CONTENT_SHA256, TC_TIMESTAMP};
 
 /// The config in force plus the metric handles resolved for it; swapped whole on reload.
 pub struct Snapshot {
@@ -386,14 +400,13 @@ impl Gateway {
             .upstream(&service.name)
             .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", service.name)))?;
         let forwarded_at = Instant::now();
-        let action: Arc<str> = match route {
-            Route::Listed { interface, .. } => Arc::clone(&interface.action),
-            Route::Unlisted { .. } => Arc::from(action),
+        // What metering needs of the request, taken before it is handed on.
+        let (interface, action): (_, Arc<str>) = match route {
+            Route::Listed { interface, .. } => (Some(interface.id), Arc::clone(&interface.action)),
+            Route::Unlisted { .. } => (None, Arc::from(action)),
         };
-        let interface = match route {
-            Route::Listed { interface, .. } => Some(interface.id),
-            Route::Unlisted { .. } => None,
-        };
+        // One header value for the id, on the forwarded call and on the answer.
+        let request_id_value = forward::header_value(request_id);
         let upstream_response = forwarder
             .forward(
                 parts,
@@ -402,7 +415,7 @@ impl Gateway {
                 Identity {
                     uin,
                     owner_uin: account.owner_uin,
-                    request_id,
+                    request_id: &request_id_value,
                     forwarded_for,
                 },
                 &service.name,
@@ -425,9 +438,7 @@ impl Gateway {
         let (upstream_response, lease) = upstream_response;
         let (mut head, upstream_body) = upstream_response.into_parts();
         head.headers.retain_hop_by_hop();
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            head.headers.insert(REQUEST_ID.clone(), v);
-        }
+        head.headers.insert(REQUEST_ID.clone(), request_id_value);
         let job = MeterJob {
             sink: Arc::clone(&self.sink),
             service: service.id,

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::body::ProxyBody;
+use super::names::{RATELIMIT, RATELIMIT_POLICY, REQUEST_ID};
 use crate::auth::AuthError;
 use crate::entitlement::Limit;
 
@@ -60,10 +61,6 @@ pub enum Refusal {
     /// A bug: something validated config promised did not hold.
     Internal(String),
 }
-
-static REQUEST_ID: HeaderName = HeaderName::from_static(super::forward::HEADER_REQUEST_ID);
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The vendor's message for `RequestLimitExceeded` (OCR errorcodes.py).
 const LIMIT_MESSAGE: &str = "请求的次数超过了频率限制。";

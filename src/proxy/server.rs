@@ -118,7 +118,6 @@ pub fn bind_shared(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::T
 pub struct Workers {
     addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<()>>,
-    done: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Workers {
@@ -138,7 +137,6 @@ impl Workers {
         let listeners = bind_shared(addr, n)?;
         let addr = listeners[0].local_addr()?;
         let mut threads = Vec::with_capacity(listeners.len());
-        let mut done = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -146,7 +144,6 @@ impl Workers {
                 .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
             let gateway = Arc::clone(&gateway);
             let stop = shutdown();
-            let (tx, rx) = tokio::sync::oneshot::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("tollgate-api-{i}"))
                 .spawn(move || {
@@ -166,19 +163,13 @@ impl Workers {
                         serve(listener, gateway, forwarder, accepted, stop, drain_timeout).await;
                     });
                     // Connections still open after the drain timeout are dropped with the
-                    // runtime, here.
+                    // runtime, here, before the thread ends.
                     drop(runtime);
-                    let _ = tx.send(());
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
             threads.push(thread);
-            done.push(rx);
         }
-        Ok(Workers {
-            addr,
-            threads,
-            done,
-        })
+        Ok(Workers { addr, threads })
     }
 
     /// The address every worker listens on.
@@ -188,9 +179,6 @@ impl Workers {
 
     /// Completes when every worker has drained and stopped.
     pub async fn stopped(self) {
-        for rx in self.done {
-            let _ = rx.await;
-        }
         for t in self.threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }

@@ -599,15 +599,20 @@ async fn a_damaged_spool_recovers_and_counts_the_damage() {
         "nothing was sealed before the kill"
     );
 
-    // Damage: corrupt the second record, tear the tail.
+    // Damage: corrupt the second record, and tear the tail where a kill in the middle of a
+    // write leaves it: right after the last record, in the segment's reserved space.
     let (_, segment) = tollgate::metering::spool::segments(&spool)
         .unwrap()
         .pop()
         .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let frame2 = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize + 8;
+    let frame_end =
+        |at: usize| at + 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let frame2 = frame_end(0);
+    let end = (0..5).fold(0, |at, _| frame_end(at));
     bytes[frame2 + 20] ^= 0x55;
-    bytes.extend_from_slice(&[9, 0, 0, 0, 1]);
+    bytes.resize(bytes.len().max(end + 5), 0);
+    bytes[end..end + 5].copy_from_slice(&[9, 0, 0, 0, 1]);
     std::fs::write(&segment, &bytes).unwrap();
 
     // Second life: recovery counts the damage, ships the intact records, numbers on.

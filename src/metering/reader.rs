@@ -1,11 +1,14 @@
 //! Reading the spool forward from a sequence number without re-reading whole segments: the
-//! reader keeps its segment and byte offset and parses only what was appended since.
+//! reader keeps its segment and byte offset and parses only what was appended since. In the
+//! active segment it reads only up to where the records end (the rest is reserved space), as
+//! the spool publishes it in its [`ActiveSegment`].
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::spool::{SpoolEntry, frame_at, segments};
+use super::spool::{ActiveSegment, SpoolEntry, frame_at, segments};
 
 pub struct SpoolReader {
     dir: PathBuf,
@@ -15,6 +18,8 @@ pub struct SpoolReader {
     /// Entries at or below this are skipped.
     after: u64,
     buf: Vec<u8>,
+    /// The writing spool's active segment, if the spool is open in this process.
+    active: Option<Arc<ActiveSegment>>,
 }
 
 impl SpoolReader {
@@ -26,7 +31,15 @@ impl SpoolReader {
             offset: 0,
             after,
             buf: Vec::new(),
+            active: None,
         }
+    }
+
+    /// Reads the active segment only up to the records `active` says were written, not into
+    /// the space reserved after them.
+    pub fn bounded_by(mut self, active: Arc<ActiveSegment>) -> SpoolReader {
+        self.active = Some(active);
+        self
     }
 
     /// Up to `max` entries above the last one read, none above `up_to` (the writer's confirmed
@@ -59,7 +72,12 @@ impl SpoolReader {
             };
             f.seek(SeekFrom::Start(self.offset))?;
             self.buf.clear();
-            f.read_to_end(&mut self.buf)?;
+            match self.active.as_ref().and_then(|a| a.written_len(first)) {
+                Some(end) => (&mut f)
+                    .take(end.saturating_sub(self.offset))
+                    .read_to_end(&mut self.buf)?,
+                None => f.read_to_end(&mut self.buf)?,
+            };
             let mut at = 0usize;
             while out.len() < max && at < self.buf.len() {
                 match frame_at(&self.buf, at) {

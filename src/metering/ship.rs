@@ -284,7 +284,8 @@ impl Shipper {
                 js: None,
             },
         };
-        let reader = SpoolReader::new(spool.dir(), sealed_seq);
+        let reader = SpoolReader::new(spool.dir(), sealed_seq)
+            .bounded_by(Arc::clone(spool.active_segment()));
         Ok(Shipper {
             spool,
             store,

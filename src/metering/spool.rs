@@ -1,35 +1,44 @@
-//! The durable local spool: every usage record is written (`write(2)`) before the response that
-//! earned it is allowed to complete, so a SIGKILL loses no call whose answer the client got.
+//! The durable local spool: every usage record is in the page cache (copied into the mapped
+//! active segment) before the response that earned it is allowed to complete, so a SIGKILL
+//! loses no call whose answer the client got.
 //!
 //! Layout: `segment-<first seq, 20 digits>.log` files of frames
 //! `[len: u32 LE][crc32c: u32 LE][seq: u64 LE][payload: len − 8 bytes]`, the CRC covering seq
 //! and payload. Sequence numbers are per gateway instance, monotonic, assigned by whichever
 //! call is writing (one at a time), and never reused or renumbered.
 //!
-//! Group commit without a handoff (leader/follower): the call that finds no write in
-//! progress becomes the leader and writes, in one `write(2)`, its own record and everything
-//! other calls queued meanwhile, looping until the queue is empty; a call that finds a write in
-//! progress queues its record and waits for its ticket, which the leader completes. No call
-//! ever waits on the writer's lock (followers only push to a queue), the common uncontended
-//! call costs one `write(2)` as a plain file append would, and sequence numbers follow file
-//! order because only the leader assigns them. An earlier design handed every record to a
-//! writer thread (later a task); the extra wake-ups on the way in and out cost the gateway 10%
-//! of its throughput in the side-by-side benchmark, against 4% for a direct write.
-//! `fdatasync` runs on its own interval (`fsync_interval_ms`) on a syncer thread that only
-//! clones the descriptor under the lock, so it never blocks writers; `write(2)` alone already
-//! survives SIGKILL, fsync is for power loss.
+//! The active segment is preallocated and mapped (`segment::MappedSegment`): a record is a copy
+//! into the page cache, not a `write(2)`, which took the spool's cost per billable call from
+//! about 5 µs to about 2 µs (loadtest/RESULTS.md). Its reserved tail reads as zeros until
+//! written; a segment is truncated to its records when the spool rolls past it or closes, and
+//! recovery cuts the zero tail a killed gateway leaves. Rolling happens before a group of
+//! records would not fit, so a frame never spans two segments.
 //!
-//! Recovery on open truncates only a torn tail (an incomplete frame at the end of the newest
-//! segment), skips and counts corrupt frames (resynchronising on the next valid frame), and
-//! continues numbering after the highest sequence seen.
+//! Group commit without a handoff (leader/follower): the call that finds no write in
+//! progress becomes the leader and appends its own record and everything other calls queued
+//! meanwhile, looping until the queue is empty; a call that finds a write in progress queues
+//! its record and waits for its ticket, which the leader completes. No call ever waits on the
+//! writer's lock (followers only push to a queue), and sequence numbers follow file order
+//! because only the leader assigns them. An earlier design handed every record to a writer
+//! thread (later a task); the extra wake-ups on the way in and out cost the gateway 10% of its
+//! throughput in the side-by-side benchmark, against 4% for a direct write.
+//! `fdatasync` runs on its own interval (`fsync_interval_ms`) on a syncer thread that only
+//! clones the descriptor under the lock, so it never blocks writers; the page cache alone
+//! already survives SIGKILL, fsync is for power loss.
+//!
+//! Recovery on open cuts a torn tail (an incomplete frame after the last valid one of the
+//! newest segment) and any zero tail left by preallocation, skips and counts corrupt frames
+//! (resynchronising on the next valid frame), and continues numbering after the highest
+//! sequence seen.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::segment::MappedSegment;
 use super::{SinkError, Ticket, UsageRecord, UsageSink};
 
 const HEADER: usize = 16;
@@ -40,7 +49,8 @@ const MAX_FRAME: u32 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
-    /// Roll to a new segment beyond this size.
+    /// The size of a segment: its disk blocks are reserved when it is opened, and the spool
+    /// rolls to a new one before a group of records would not fit.
     pub segment_bytes: u64,
     /// `fdatasync` at most this often (zero: after every write).
     pub fsync_interval: Duration,
@@ -55,7 +65,8 @@ pub struct SpoolStats {
     pub written_seq: AtomicU64,
     /// Highest sequence covered by an `fdatasync`.
     pub durable_seq: AtomicU64,
-    /// Bytes of segments on disk.
+    /// Bytes of records in the segments on disk (the active segment's reserved tail is not
+    /// counted: it is at most one `segment_bytes` more).
     pub bytes: AtomicU64,
     /// Corrupt frames skipped at recovery.
     pub corrupt_frames: AtomicU64,
@@ -78,13 +89,41 @@ struct Job {
 /// What the leader owns while it writes (and the syncer briefly, to clone the descriptor).
 struct WriterState {
     next_seq: u64,
-    file: File,
-    segment_len: u64,
-    buf: Vec<u8>,
+    /// The first sequence of the active segment (its name).
+    segment_first: u64,
+    /// The active segment; `None` once the spool is closed.
+    segment: Option<MappedSegment>,
     /// Some write since the last fdatasync.
     unsynced: bool,
     /// Segments rolled since the last sync: synced by the syncer before it syncs the current one.
     rolled: Vec<File>,
+}
+
+/// Where the active segment's records end, for readers of the spool's files: beyond it the
+/// segment's reserved tail reads as zeros.
+#[derive(Debug, Default)]
+pub struct ActiveSegment {
+    first_seq: AtomicU64,
+    len: AtomicU64,
+}
+
+impl ActiveSegment {
+    /// The bytes written to the segment whose first sequence is `first_seq`, if it is the
+    /// active one (other segments end where their files end). The writer publishes the length
+    /// before `SpoolStats::written_seq`, and truncates a segment before another becomes the
+    /// active one, so a reader that loaded `written_seq` first finds every record up to it.
+    pub fn written_len(&self, first_seq: u64) -> Option<u64> {
+        (self.first_seq.load(Ordering::Acquire) == first_seq)
+            .then(|| self.len.load(Ordering::Acquire))
+    }
+
+    fn publish(&self, first_seq: u64, len: u64) {
+        if self.first_seq.load(Ordering::Relaxed) != first_seq {
+            self.len.store(0, Ordering::Release);
+            self.first_seq.store(first_seq, Ordering::Release);
+        }
+        self.len.store(len, Ordering::Release);
+    }
 }
 
 struct Shared {
@@ -96,6 +135,7 @@ struct Shared {
     /// Records queued by followers while a leader writes. Held only to push or take.
     queue: Mutex<Vec<Job>>,
     state: Mutex<WriterState>,
+    active: Arc<ActiveSegment>,
     observe_fsync: Option<FsyncObserver>,
     closed: AtomicBool,
 }
@@ -148,9 +188,10 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// True if a valid frame starts anywhere in `bytes[from..]`.
-fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
-    (from..bytes.len().saturating_sub(HEADER - 1)).any(|at| frame_at(bytes, at).is_some())
+/// True if a valid frame starts anywhere in `bytes[from..until]`.
+fn valid_frame_after(bytes: &[u8], from: usize, until: usize) -> bool {
+    (from..until.min(bytes.len().saturating_sub(HEADER - 1)))
+        .any(|at| frame_at(bytes, at).is_some())
 }
 
 /// The valid frame starting at `at`, as (entry, end offset).
@@ -176,11 +217,25 @@ pub(crate) fn frame_at(bytes: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
     ))
 }
 
-/// Parses the frames of one segment's bytes: valid entries, the offset after the last valid
-/// frame, and how many corrupt regions were skipped (each resynchronised on the next valid
-/// frame). Bytes after the last valid frame are a torn tail if they are an incomplete frame,
-/// corrupt otherwise; either way `end < bytes.len()` reports them.
-fn parse_frames(bytes: &[u8]) -> (Vec<SpoolEntry>, usize, u64) {
+/// One segment's bytes, parsed.
+struct Parsed {
+    entries: Vec<SpoolEntry>,
+    /// The offset after the last valid frame.
+    good_end: usize,
+    /// The offset after the last non-zero byte: a segment's reserved tail is zeros, and no
+    /// valid frame starts with a zero length. Bytes in `good_end..data_end` are a torn or
+    /// corrupt tail.
+    data_end: usize,
+    /// Corrupt regions skipped (each resynchronised on the next valid frame), and a corrupt
+    /// tail.
+    corrupt: u64,
+}
+
+/// Parses the frames of one segment's bytes. Bytes after the last valid frame are the
+/// reserved tail if they are zeros, a torn tail if they are an incomplete frame, corrupt
+/// otherwise.
+fn parse_frames(bytes: &[u8]) -> Parsed {
+    let data_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut entries = Vec::new();
     let mut corrupt = 0;
     let mut at = 0;
@@ -192,15 +247,19 @@ fn parse_frames(bytes: &[u8]) -> (Vec<SpoolEntry>, usize, u64) {
             good_end = end;
             continue;
         }
+        if at >= data_end {
+            // Only zeros from here: space reserved and never written.
+            break;
+        }
         // Not a valid frame here. If no valid frame follows, this is the tail: torn (a
-        // plausible header whose frame runs past the end, or fewer bytes than a header) or
-        // corrupt garbage.
-        if !valid_frame_after(bytes, at + 1) {
+        // plausible header whose frame runs past the written data, or fewer bytes than a
+        // header) or corrupt garbage.
+        if !valid_frame_after(bytes, at + 1, data_end) {
             let header_ok = bytes.get(at..at + 4).is_some_and(|h| {
                 let len = u32::from_le_bytes(h.try_into().expect("4 bytes"));
-                (8..=MAX_FRAME).contains(&len) && at + 8 + len as usize > bytes.len()
+                (8..=MAX_FRAME).contains(&len) && at + 8 + len as usize > data_end
             });
-            let torn = header_ok || bytes.len() - at < HEADER;
+            let torn = header_ok || data_end - at < HEADER;
             if !torn {
                 corrupt += 1;
             }
@@ -213,7 +272,12 @@ fn parse_frames(bytes: &[u8]) -> (Vec<SpoolEntry>, usize, u64) {
             at += 1;
         }
     }
-    (entries, good_end, corrupt)
+    Parsed {
+        entries,
+        good_end,
+        data_end,
+        corrupt,
+    }
 }
 
 /// Reads every valid entry of the spool in `dir` with `seq > after`, in order.
@@ -232,9 +296,9 @@ pub fn read_after(dir: &Path, after: u64, up_to: u64) -> std::io::Result<Vec<Spo
         }
         let mut bytes = Vec::new();
         File::open(path)?.read_to_end(&mut bytes)?;
-        let (entries, _, _) = parse_frames(&bytes);
         out.extend(
-            entries
+            parse_frames(&bytes)
+                .entries
                 .into_iter()
                 .filter(|e| e.seq > after && e.seq <= up_to),
         );
@@ -246,8 +310,8 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Recovers the spool in `dir`: truncates a torn tail, counts corrupt frames, finds the
-/// highest sequence.
+/// Recovers the spool in `dir`: truncates a torn tail and the reserved zero tail a killed
+/// gateway leaves, counts corrupt frames, finds the highest sequence.
 pub fn recover(dir: &Path) -> std::io::Result<Recovery> {
     let segs = segments(dir)?;
     let mut r = Recovery {
@@ -257,20 +321,24 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovery> {
     for (i, (_, path)) in segs.iter().enumerate() {
         let mut bytes = Vec::new();
         File::open(path)?.read_to_end(&mut bytes)?;
-        let (entries, good_end, corrupt) = parse_frames(&bytes);
-        r.records += entries.len() as u64;
-        r.corrupt_frames += corrupt;
-        if let Some(last) = entries.iter().map(|e| e.seq).max() {
+        let parsed = parse_frames(&bytes);
+        r.records += parsed.entries.len() as u64;
+        r.corrupt_frames += parsed.corrupt;
+        if let Some(last) = parsed.entries.iter().map(|e| e.seq).max() {
             r.max_seq = r.max_seq.max(last);
         }
         let newest = i + 1 == segs.len();
-        if newest && good_end < bytes.len() {
-            // Only the newest segment can have a torn tail; cut it so appends follow valid
-            // frames. Corrupt frames before `good_end` stay (they are skipped on every read).
+        let only_zeros_after = parsed.data_end <= parsed.good_end;
+        if parsed.good_end < bytes.len() && (newest || only_zeros_after) {
+            // Only the newest segment can have a torn tail (records are appended to the
+            // active segment only); cut it so appends follow valid frames. Any segment can
+            // have a reserved zero tail (a kill while it was active, or between opening the
+            // next one and truncating it). Corrupt frames before `good_end` stay (they are
+            // skipped on every read).
             let f = OpenOptions::new().write(true).open(path)?;
-            f.set_len(good_end as u64)?;
+            f.set_len(parsed.good_end as u64)?;
             f.sync_all()?;
-            r.torn_bytes += (bytes.len() - good_end) as u64;
+            r.torn_bytes += parsed.data_end.saturating_sub(parsed.good_end) as u64;
         }
     }
     Ok(r)
@@ -308,26 +376,29 @@ impl Spool {
             .map(|m| m.len())
             .sum();
         stats.bytes.store(bytes, Ordering::SeqCst);
-        let (file, segment_len) = match segments(&config.dir)?.last() {
-            Some((_, path)) => {
-                let f = OpenOptions::new().append(true).open(path)?;
-                let len = f.metadata()?.len();
-                (f, len)
-            }
-            None => create_segment(&config.dir, next_seq)?,
-        };
+        // Appends continue in the newest segment (recovery left it ending on a valid frame).
+        let segment_first = segments(&config.dir)?
+            .last()
+            .map_or(next_seq, |(first, _)| *first);
+        let segment = MappedSegment::open(
+            &config.dir.join(segment_name(segment_first)),
+            config.segment_bytes,
+        )?;
+        fsync_dir(&config.dir)?;
+        let active = Arc::new(ActiveSegment::default());
+        active.publish(segment_first, segment.len());
         let shared = Arc::new(Shared {
             accepting: AtomicBool::new(bytes < config.max_bytes),
             writing: AtomicBool::new(false),
             queue: Mutex::new(Vec::new()),
             state: Mutex::new(WriterState {
                 next_seq,
-                file,
-                segment_len,
-                buf: Vec::with_capacity(64 * 1024),
+                segment_first,
+                segment: Some(segment),
                 unsynced: false,
                 rolled: Vec::new(),
             }),
+            active,
             stats,
             observe_fsync,
             closed: AtomicBool::new(false),
@@ -352,6 +423,11 @@ impl Spool {
 
     pub fn stats(&self) -> &Arc<SpoolStats> {
         &self.shared.stats
+    }
+
+    /// Where the active segment's records end (for a [`super::reader::SpoolReader`]).
+    pub fn active_segment(&self) -> &Arc<ActiveSegment> {
+        &self.shared.active
     }
 
     pub fn recovery(&self) -> &Recovery {
@@ -451,15 +527,6 @@ impl UsageSink for Spool {
     }
 }
 
-fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<(File, u64)> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(segment_name(first_seq)))?;
-    fsync_dir(dir)?;
-    Ok((f, 0))
-}
-
 impl Shared {
     fn submit(&self, payloads: Vec<Vec<u8>>) -> Ticket {
         if self.closed.load(Ordering::SeqCst) {
@@ -533,52 +600,37 @@ impl Shared {
         }
     }
 
-    /// Frames and writes `own` then `jobs` in one `write(2)`.
+    /// Frames `own` then `jobs` into the active segment (rolling first if they would not
+    /// fit): once this returns, they are in the page cache.
     fn write(
         &self,
         st: &mut WriterState,
         own: Option<&[Vec<u8>]>,
         jobs: &[Job],
     ) -> Result<(), SinkError> {
-        if st.segment_len >= self.config.segment_bytes {
-            match create_segment(&self.config.dir, st.next_seq) {
-                Ok((f, len)) => {
-                    let old = std::mem::replace(&mut st.file, f);
-                    if st.unsynced {
-                        st.rolled.push(old);
-                    }
-                    st.segment_len = len;
-                }
-                Err(e) => return Err(SinkError(format!("cannot roll the spool segment: {e}"))),
-            }
-        }
-        st.buf.clear();
+        let payloads = || {
+            own.into_iter()
+                .flatten()
+                .chain(jobs.iter().flat_map(|j| j.payloads.iter()))
+        };
+        let added: u64 = payloads().map(|p| (HEADER + p.len()) as u64).sum();
+        self.make_room(st, added)?;
+        let segment = st.segment.as_mut().expect("make_room checked it is open");
         let mut seq = st.next_seq;
-        let all = own
-            .into_iter()
-            .flatten()
-            .chain(jobs.iter().flat_map(|j| j.payloads.iter()));
-        for p in all {
+        for p in payloads() {
             let len = (8 + p.len()) as u32;
             let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), p);
-            st.buf.extend_from_slice(&len.to_le_bytes());
-            st.buf.extend_from_slice(&crc.to_le_bytes());
-            st.buf.extend_from_slice(&seq.to_le_bytes());
-            st.buf.extend_from_slice(p);
+            let frame = segment.append(HEADER + p.len());
+            frame[0..4].copy_from_slice(&len.to_le_bytes());
+            frame[4..8].copy_from_slice(&crc.to_le_bytes());
+            frame[8..16].copy_from_slice(&seq.to_le_bytes());
+            frame[HEADER..].copy_from_slice(p);
             seq += 1;
         }
-        if let Err(e) = st.file.write_all(&st.buf) {
-            // A partial write leaves a torn frame; cut it so the next write follows a valid
-            // frame, and keep the numbers unused (they were never acknowledged).
-            let _ = st.file.set_len(st.segment_len);
-            let _ = st.file.seek(SeekFrom::End(0));
-            return Err(SinkError(format!("spool write failed: {e}")));
-        }
         st.next_seq = seq;
-        st.segment_len += st.buf.len() as u64;
         st.unsynced = true;
+        self.active.publish(st.segment_first, segment.len());
         self.stats.written_seq.store(seq - 1, Ordering::Release);
-        let added = st.buf.len() as u64;
         let bytes = self.stats.bytes.fetch_add(added, Ordering::SeqCst) + added;
         if bytes >= self.config.max_bytes && self.accepting.swap(false, Ordering::SeqCst) {
             tracing::error!(
@@ -588,6 +640,45 @@ impl Shared {
                 "spool reached its disk bound: refusing new calls until batches are shipped"
             );
         }
+        Ok(())
+    }
+
+    /// Makes sure the active segment can take `need` more bytes: rolls to a new segment when
+    /// the active one has reached `segment_bytes` or lacks the room. A new segment reserves
+    /// `segment_bytes`, or `need` if a group of records is larger.
+    fn make_room(&self, st: &mut WriterState, need: u64) -> Result<(), SinkError> {
+        let Some(segment) = &mut st.segment else {
+            return Err(SinkError("the spool is closed".into()));
+        };
+        if segment.len() < self.config.segment_bytes && segment.remaining() >= need {
+            return Ok(());
+        }
+        let capacity = self.config.segment_bytes.max(need);
+        if segment.len() == 0 {
+            // Nothing in it yet: the same file, reserved larger.
+            let path = self.config.dir.join(segment_name(st.segment_first));
+            *segment = MappedSegment::open(&path, capacity)
+                .map_err(|e| SinkError(format!("cannot grow the spool segment: {e}")))?;
+            return Ok(());
+        }
+        let path = self.config.dir.join(segment_name(st.next_seq));
+        let next = MappedSegment::open(&path, capacity)
+            .and_then(|s| fsync_dir(&self.config.dir).map(|()| s))
+            .map_err(|e| SinkError(format!("cannot roll the spool segment: {e}")))?;
+        let old = std::mem::replace(segment, next);
+        // Truncated before the new segment is published as the active one (readers rely on
+        // it: see `ActiveSegment::written_len`).
+        match old.finish() {
+            Ok(file) if st.unsynced => st.rolled.push(file),
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                first_seq = st.segment_first,
+                "cannot truncate a rolled spool segment (recovery will)"
+            ),
+        }
+        st.segment_first = st.next_seq;
+        self.active.publish(st.segment_first, 0);
         Ok(())
     }
 
@@ -601,7 +692,7 @@ impl Shared {
         let result = rolled
             .iter()
             .try_for_each(File::sync_data)
-            .and_then(|()| st.file.sync_data());
+            .and_then(|()| st.segment.as_ref().map_or(Ok(()), |s| s.file().sync_data()));
         self.synced(result, st.next_seq - 1, started);
         st.unsynced = false;
     }
@@ -642,12 +733,13 @@ impl Shared {
                     continue;
                 }
                 let mut files: Vec<File> = std::mem::take(&mut st.rolled);
-                match st.file.try_clone() {
-                    Ok(f) => files.push(f),
-                    Err(e) => {
+                match st.segment.as_ref().map(|s| s.file().try_clone()) {
+                    Some(Ok(f)) => files.push(f),
+                    Some(Err(e)) => {
                         tracing::error!(error = %e, "cannot clone the spool descriptor to sync it");
                         continue;
                     }
+                    None => {}
                 }
                 st.unsynced = false;
                 (files, st.next_seq - 1)
@@ -667,7 +759,8 @@ impl Shared {
         }
     }
 
-    /// Writes anything still queued and syncs (at close).
+    /// Writes anything still queued, syncs, and truncates the active segment to its records
+    /// (at close; later writes fail as the spool is closed).
     fn final_sync(&self) {
         while self
             .writing
@@ -679,13 +772,20 @@ impl Shared {
         self.lead(None);
         let mut st = self.state.lock().expect("not poisoned");
         self.sync_locked(&mut st);
+        if let Some(segment) = st.segment.take()
+            && let Err(e) = segment.finish().and_then(|f| f.sync_all())
+        {
+            tracing::error!(error = %e, "cannot truncate the active spool segment (recovery will)");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metering::reader::SpoolReader;
     use proptest::prelude::*;
+    use std::io::Write;
 
     fn config(dir: &Path) -> SpoolConfig {
         SpoolConfig {
@@ -780,7 +880,9 @@ mod tests {
         f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 6, 0]).unwrap();
         drop(f);
         let spool = Spool::open(config(dir.path()), 0).unwrap();
-        assert_eq!(spool.recovery().torn_bytes, 10);
+        // The torn bytes counted are those up to the tail's last non-zero byte (a segment's
+        // reserved space is zeros, so a trailing zero is not told apart from it).
+        assert_eq!(spool.recovery().torn_bytes, 9);
         assert_eq!(spool.recovery().corrupt_frames, 0);
         assert_eq!(spool.recovery().max_seq, 5);
         append_blocking(&spool, vec![b"after".to_vec()]);
@@ -884,5 +986,106 @@ mod tests {
         assert!(!spool.accepting());
         spool.release(u64::MAX).unwrap();
         assert!(spool.accepting());
+    }
+    /// A gateway killed while a segment is active leaves the segment's reserved zero tail:
+    /// recovery cuts it without calling it damage, keeps every record, and numbering goes on.
+    #[test]
+    fn a_killed_spool_recovers_its_records_and_cuts_the_reserved_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.segment_bytes = 1 << 20;
+        let spool = Spool::open(c.clone(), 0).unwrap();
+        append_blocking(&spool, (0..50u8).map(|i| vec![i; 30]).collect());
+        let (_, seg) = segments(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            1 << 20,
+            "reserved while active"
+        );
+        // As SIGKILL leaves it: no close, no truncation (the mapping is leaked, never touched
+        // again).
+        std::mem::forget(spool);
+        let spool = Spool::open(c, 0).unwrap();
+        assert_eq!(
+            spool.recovery(),
+            &Recovery {
+                segments: 1,
+                records: 50,
+                max_seq: 50,
+                corrupt_frames: 0,
+                torn_bytes: 0,
+            }
+        );
+        append_blocking(&spool, vec![b"after".to_vec()]);
+        drop(spool);
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            50 * 46 + 21,
+            "exact once closed"
+        );
+        let all = read_after(dir.path(), 0, u64::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=51).collect::<Vec<_>>()
+        );
+        assert_eq!(all[50].payload, b"after");
+    }
+
+    /// A kill in the middle of copying a frame into the mapping leaves its first bytes and
+    /// then zeros: a torn tail, cut, and counted up to its last non-zero byte.
+    #[test]
+    fn a_frame_torn_inside_the_reserved_space_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(config(dir.path()), 0).unwrap();
+        append_blocking(&spool, vec![vec![7; 20], vec![8; 20]]);
+        drop(spool);
+        let (_, seg) = segments(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&seg).unwrap();
+        assert_eq!(bytes.len(), 72);
+        // A third frame's header and half its payload, then the reserved zeros.
+        let mut torn = 36u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[1, 2, 3, 4, 3, 0, 0, 0, 0, 0, 0, 0]);
+        torn.extend_from_slice(&[9; 10]);
+        bytes.extend_from_slice(&torn);
+        bytes.resize(4096, 0);
+        fs::write(&seg, &bytes).unwrap();
+        let spool = Spool::open(config(dir.path()), 0).unwrap();
+        assert_eq!(spool.recovery().torn_bytes, torn.len() as u64);
+        assert_eq!(spool.recovery().corrupt_frames, 0);
+        assert_eq!(spool.recovery().max_seq, 2);
+        append_blocking(&spool, vec![b"third".to_vec()]);
+        drop(spool);
+        let all = read_after(dir.path(), 0, u64::MAX).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(all[2].payload, b"third");
+    }
+
+    /// The sealer's reader, while the spool is open and its active segment has reserved space:
+    /// it reads every record once, in order, across rolls, never the zeros after them.
+    #[test]
+    fn a_bounded_reader_follows_the_open_spool_across_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(config(dir.path()), 0).unwrap();
+        let mut reader =
+            SpoolReader::new(dir.path(), 0).bounded_by(Arc::clone(spool.active_segment()));
+        let mut seen = Vec::new();
+        for round in 0..30u8 {
+            append_blocking(
+                &spool,
+                (0..round % 7 + 1).map(|i| vec![round, i, 1]).collect(),
+            );
+            // A group larger than a whole segment, now and then.
+            if round % 10 == 9 {
+                append_blocking(&spool, vec![vec![round; 5000]]);
+            }
+            let written = spool.stats().written_seq.load(Ordering::Acquire);
+            seen.extend(reader.read(written, usize::MAX).unwrap());
+            assert_eq!(seen.last().map(|e| e.seq), Some(written));
+        }
+        assert!(segments(dir.path()).unwrap().len() > 3);
+        let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        drop(spool);
+        assert_eq!(seen, read_after(dir.path(), 0, u64::MAX).unwrap());
     }
 }

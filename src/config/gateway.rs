@@ -135,6 +135,7 @@ struct RawMetering {
     max_spool_bytes: Option<u64>,
     seal_interval_ms: Option<u64>,
     max_batch_records: Option<usize>,
+    max_batch_counts: Option<usize>,
     ship_to: Option<RawShipTo>,
     batch_dir: Option<String>,
     nats_url: Option<String>,
@@ -453,19 +454,24 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
                         m.seal_interval_ms,
                         1000,
                     )?),
-                    // A count is ~150 bytes of JSON at most: 2,000 records stay well under the
+                    max_batch_records: positive(
+                        "metering.max_batch_records",
+                        m.max_batch_records.map(|v| v as u64),
+                        100_000,
+                    )? as usize,
+                    // A count is ~150 bytes of JSON at most: 2,000 counts stay well under the
                     // 1 MB default max_payload of nats-server.
-                    max_batch_records: match m.max_batch_records {
+                    max_batch_counts: match m.max_batch_counts {
                         Some(n) if n > 5_000 => {
                             return Err(err(
-                                "metering.max_batch_records",
+                                "metering.max_batch_counts",
                                 format!(
                                     "{n} could make a batch larger than NATS's default 1 MB max_payload; use at most 5000"
                                 ),
                             ));
                         }
                         other => {
-                            positive("metering.max_batch_records", other.map(|v| v as u64), 2_000)?
+                            positive("metering.max_batch_counts", other.map(|v| v as u64), 2_000)?
                                 as usize
                         }
                     },

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::record;
 use super::spool::SpoolEntry;
 
 /// One count: units (and calls) of one billing item through one interface in one minute.
@@ -55,48 +56,37 @@ pub struct Batch {
 /// (owner, billing item, interface, minute) of a count, borrowed from the spool's bytes.
 type CountKey<'a> = (u64, Cow<'a, str>, Cow<'a, str>, i64);
 
-/// A spool record as the sealer reads it: every field of [`UsageRecord`] checked, strings
-/// borrowed from the spool's bytes (`crate::metering::UsageRecord` is its owned form).
-#[derive(Deserialize)]
-#[allow(dead_code)] // request_id, uin and service are read only to be validated
-struct RecordView<'a> {
-    #[serde(borrow)]
-    request_id: Cow<'a, str>,
-    owner_uin: u64,
-    uin: u64,
-    #[serde(borrow)]
-    service: Cow<'a, str>,
-    #[serde(borrow)]
-    action: Cow<'a, str>,
-    #[serde(borrow)]
-    billing_item: Cow<'a, str>,
-    units: u32,
-    time_unix_ms: i64,
-}
-
 impl Batch {
     pub fn id(gateway_id: &str, batch_seq: u64) -> String {
         format!("{gateway_id}-{batch_seq:012}")
     }
 
-    /// Aggregates spool entries into the batch that follows `prev_cumulative_units`.
+    /// Aggregates the longest prefix of `entries` that makes at most `max_counts` counts into
+    /// the batch that follows `prev_cumulative_units`; returns it and the length of that prefix
+    /// (at least one entry). What bounds a batch's size on the wire is its counts, not its
+    /// records: thousands of calls of one account through one interface in one minute are one
+    /// count.
     pub fn seal(
         gateway_id: &str,
         batch_seq: u64,
         entries: &[SpoolEntry],
         prev_cumulative_units: u64,
-    ) -> Batch {
-        // Keys borrow from the entries: a record costs a parse and a map lookup, no allocation
-        // (strings with JSON escapes, which the gateway never writes, are the exception).
+        max_counts: usize,
+    ) -> (Batch, usize) {
+        // Keys borrow from the entries: a record costs a decode and a map lookup, no allocation
+        // (JSON records of older spools with escaped strings are the exception).
         let mut counts: BTreeMap<CountKey<'_>, (u64, u64)> = BTreeMap::new();
         let mut undecodable = 0;
+        let mut taken = 0;
         for e in entries {
-            match serde_json::from_slice::<RecordView<'_>>(&e.payload) {
+            match record::decode(&e.payload) {
                 Ok(r) => {
                     let minute = r.time_unix_ms.div_euclid(60_000) * 60;
-                    let c = counts
-                        .entry((r.owner_uin, r.billing_item, r.action, minute))
-                        .or_default();
+                    let key = (r.owner_uin, r.billing_item, r.action, minute);
+                    if taken > 0 && counts.len() >= max_counts && !counts.contains_key(&key) {
+                        break;
+                    }
+                    let c = counts.entry(key).or_default();
                     c.0 += u64::from(r.units);
                     c.1 += 1;
                 }
@@ -105,7 +95,9 @@ impl Batch {
                     tracing::error!(seq = e.seq, error = %err, "undecodable spool record");
                 }
             }
+            taken += 1;
         }
+        let entries = &entries[..taken];
         let counts: Vec<Count> = counts
             .into_iter()
             .map(
@@ -120,7 +112,7 @@ impl Batch {
             )
             .collect();
         let units = counts.iter().map(|c| c.units).sum();
-        Batch {
+        let batch = Batch {
             batch_id: Batch::id(gateway_id, batch_seq),
             gateway_id: gateway_id.to_owned(),
             batch_seq,
@@ -131,7 +123,8 @@ impl Batch {
             cumulative_units: prev_cumulative_units + units,
             undecodable,
             counts,
-        }
+        };
+        (batch, taken)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -275,7 +268,7 @@ mod tests {
         };
         SpoolEntry {
             seq,
-            payload: serde_json::to_vec(&r).unwrap(),
+            payload: record::to_payload(&r),
         }
     }
 
@@ -291,7 +284,8 @@ mod tests {
                 payload: b"garbage".to_vec(),
             },
         ];
-        let b = Batch::seal("gw-a", 7, &entries, 100);
+        let (b, taken) = Batch::seal("gw-a", 7, &entries, 100, usize::MAX);
+        assert_eq!(taken, 5);
         assert_eq!(b.batch_id, "gw-a-000000000007");
         assert_eq!(
             (
@@ -308,8 +302,59 @@ mod tests {
         assert_eq!(b.counts[0].units, 3, "two big-ticket records in minute 1");
         // A replay rebuilds the same bytes.
         assert_eq!(
-            Batch::seal("gw-a", 7, &entries, 100).to_bytes(),
+            Batch::seal("gw-a", 7, &entries, 100, usize::MAX)
+                .0
+                .to_bytes(),
             b.to_bytes()
         );
+    }
+
+    /// A batch ends before the record that would make one count too many; the next batch
+    /// starts with it, and the two together hold every record once.
+    #[test]
+    fn a_batch_is_bounded_by_its_counts_not_its_records() {
+        let mut entries: Vec<SpoolEntry> = (0..1000)
+            .map(|i| {
+                entry(
+                    i + 1,
+                    1 + i % 2,
+                    "ocr.general_basic",
+                    "GeneralBasicOCR",
+                    60_000,
+                    1,
+                )
+            })
+            .collect();
+        entries.push(entry(
+            1001,
+            3,
+            "ocr.general_basic",
+            "GeneralBasicOCR",
+            60_000,
+            1,
+        ));
+        entries.push(entry(
+            1002,
+            1,
+            "ocr.general_basic",
+            "GeneralBasicOCR",
+            60_000,
+            1,
+        ));
+        let (first, taken) = Batch::seal("gw-a", 1, &entries, 0, 2);
+        assert_eq!(taken, 1000, "a thousand records of two counts");
+        assert_eq!(
+            (first.counts.len(), first.records, first.last_seq),
+            (2, 1000, 1000)
+        );
+        let (second, rest) = Batch::seal("gw-a", 2, &entries[taken..], first.cumulative_units, 2);
+        assert_eq!(rest, 2);
+        assert_eq!(
+            (second.first_seq, second.last_seq, second.records),
+            (1001, 1002, 2)
+        );
+        assert_eq!(second.cumulative_units, 1002);
+        // One count too many for a bound of one: the first record is always taken.
+        assert_eq!(Batch::seal("gw-a", 3, &entries[1000..], 0, 1).1, 1);
     }
 }

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod file;
 pub mod reader;
+pub mod record;
 pub(crate) mod segment;
 pub mod ship;
 pub mod spool;

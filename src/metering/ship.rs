@@ -48,7 +48,10 @@ pub struct ShipConfig {
     pub destination: Destination,
     /// Seal at least this often when there is anything to seal.
     pub seal_interval: Duration,
+    /// Spool records the sealer holds in memory at once (a batch never spans two reads).
     pub max_batch_records: usize,
+    /// Counts a batch holds at most: what bounds its size on the wire.
+    pub max_batch_counts: usize,
     /// Publishes awaiting their ack at once.
     pub max_in_flight: usize,
     /// How often running totals are published for reconciliation.
@@ -301,8 +304,9 @@ impl Shipper {
         })
     }
 
-    /// Seals what the spool holds beyond the last sealed sequence, in batches of at most
-    /// `max_batch_records`. Returns how many batches were sealed.
+    /// Seals what the spool holds beyond the last sealed sequence, reading at most
+    /// `max_batch_records` records at a time, into batches of at most `max_batch_counts`
+    /// counts. Returns how many batches were sealed.
     pub fn seal(&mut self) -> std::io::Result<usize> {
         let written = self.spool.stats().written_seq.load(Ordering::Acquire);
         let mut n = 0;
@@ -311,19 +315,24 @@ impl Shipper {
             if entries.is_empty() {
                 break;
             }
-            let batch = Batch::seal(
-                &self.config.gateway_id,
-                self.next_batch_seq,
-                &entries,
-                self.sealed_cumulative,
-            );
-            self.store.write_pending(&batch)?;
-            self.sealed_seq = batch.last_seq;
-            self.sealed_cumulative = batch.cumulative_units;
-            self.next_batch_seq += 1;
-            self.metrics.sealed.inc();
-            self.queue.push_back((batch, Instant::now()));
-            n += 1;
+            let mut rest = &entries[..];
+            while !rest.is_empty() {
+                let (batch, taken) = Batch::seal(
+                    &self.config.gateway_id,
+                    self.next_batch_seq,
+                    rest,
+                    self.sealed_cumulative,
+                    self.config.max_batch_counts,
+                );
+                rest = &rest[taken..];
+                self.store.write_pending(&batch)?;
+                self.sealed_seq = batch.last_seq;
+                self.sealed_cumulative = batch.cumulative_units;
+                self.next_batch_seq += 1;
+                self.metrics.sealed.inc();
+                self.queue.push_back((batch, Instant::now()));
+                n += 1;
+            }
         }
         Ok(n)
     }

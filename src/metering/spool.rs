@@ -511,10 +511,7 @@ impl Drop for Spool {
 
 impl UsageSink for Spool {
     fn submit(&self, records: &[UsageRecord]) -> Ticket {
-        let payloads = records
-            .iter()
-            .map(|r| serde_json::to_vec(r).expect("a usage record serializes"))
-            .collect();
+        let payloads = records.iter().map(super::record::to_payload).collect();
         self.shared.submit(payloads)
     }
 

@@ -85,8 +85,9 @@ pub struct Modes {
 #[derive(Debug, Clone)]
 pub struct Group {
     pub id: GroupId,
-    /// The catalog id, e.g. `bda.segment` or `ocr.GeneralBasicOCR`; also the metrics label.
-    pub name: Box<str>,
+    /// The catalog id, e.g. `bda.segment` or `ocr.GeneralBasicOCR`; also the metrics label
+    /// (shared: a limit refusal names it without copying it).
+    pub name: Arc<str>,
     pub title: Box<str>,
     pub key: GroupKey,
     pub service: ServiceId,
@@ -158,7 +159,7 @@ pub struct Service {
     pub actions: FxHashMap<Box<str>, InterfaceId>,
     pub unlisted_item: BillingItemId,
     /// Metrics label for the groups of unlisted actions: `<service>.unlisted`.
-    pub unlisted_label: Box<str>,
+    pub unlisted_label: Arc<str>,
 }
 
 /// The 混贴票据 rule: recognised invoices of `big_types` count against `big`, others `small`.

@@ -256,7 +256,7 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
                     format!("group key collides with group {other:?}; rename one of them"),
                 ));
             }
-            if group_by_name.insert(g.name.clone(), g.id).is_some() {
+            if group_by_name.insert(Box::from(&*g.name), g.id).is_some() {
                 return Err(err(key, format!("duplicate group {:?}", g.name)));
             }
             let id = g.id;

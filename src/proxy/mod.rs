@@ -299,14 +299,14 @@ impl Gateway {
         let (group_ref, group_label, group_limit) = match route {
             Route::Listed { group, .. } => (
                 GroupRef::Listed(group.id.0 as usize),
-                &*group.name,
+                &group.name,
                 group.limit,
             ),
             Route::Unlisted { service, .. } => {
                 snapshot.metrics.unlisted_calls[usize::from(service.id.0)].inc();
                 (
                     GroupRef::Unlisted(usize::from(service.id.0)),
-                    &*service.unlisted_label,
+                    &service.unlisted_label,
                     crate::catalog::GroupLimit::Rate {
                         qps: catalog.default_qps,
                     },
@@ -375,7 +375,7 @@ impl Gateway {
             Decision::OverLimit { retry_after_nanos } => {
                 group_metrics.over_limit.inc();
                 return Err(Refusal::OverLimit {
-                    group: group_label.into(),
+                    group: Arc::clone(group_label),
                     limit,
                     retry_after: retry_after_nanos.map(Duration::from_nanos),
                 });

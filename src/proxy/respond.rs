@@ -5,7 +5,7 @@
 //! `{"Response":{"Error":{"Code":…,"Message":…},"RequestId":…}}` (TC_API.md section 2). Every
 //! error the gateway makes itself goes through [`Refusal::into_response`].
 
-use std::io::Write as _;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,51 +85,16 @@ impl Refusal {
         }
     }
 
+    /// The message of the answer (for logs; the answer itself streams it, see [`Message`]).
     pub fn message(&self) -> String {
-        match self {
-            Refusal::UnsupportedProtocol => {
-                "HTTP(S) 请求协议错误，只支持 GET 和 POST 请求。 (only GET and POST are supported)"
-                    .into()
-            }
-            Refusal::MissingAction => {
-                "The request is missing the required parameter `X-TC-Action`.".into()
-            }
-            Refusal::UnknownService(s) => {
-                format!("The service `{s}` of the credential scope is not served by this gateway.")
-            }
-            Refusal::TooLarge { limit } => {
-                format!("The request body is larger than {limit} bytes.")
-            }
-            Refusal::BadRequestBody(e) => format!("The request body could not be read: {e}"),
-            Refusal::Auth(e) => e.to_string(),
-            Refusal::AccountState { message, .. } => message.clone(),
-            Refusal::OverLimit { group, limit, .. } => match limit {
-                Limit::Rate(q) => format!("{LIMIT_MESSAGE} (group {group}: {q} QPS)"),
-                Limit::Concurrency(n) => {
-                    format!("{LIMIT_MESSAGE} (group {group}: {n} calls in flight)")
-                }
-            },
-            Refusal::UpstreamUnavailable(e) => {
-                format!("The recognition backend is unavailable: {e}")
-            }
-            Refusal::UpstreamTimeout(d) => format!(
-                "The recognition backend did not answer within {} ms.",
-                d.as_millis()
-            ),
-            Refusal::UpstreamFailed(e) => format!("The recognition backend failed: {e}"),
-            Refusal::Draining => "The gateway is shutting down; retry on another instance.".into(),
-            Refusal::MeteringUnavailable => {
-                "The gateway cannot record usage right now (metering backlog at its bound); retry later or on another instance.".into()
-            }
-            Refusal::Internal(e) => format!("Internal error: {e}"),
-        }
+        Message(self).to_string()
     }
 
     /// The vendor-format answer, with rate-limit headers for limit errors.
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::Full(Full::new(error_body(
             self.code(),
-            &self.message(),
+            &Message(&self),
             request_id,
         ))));
         *resp.status_mut() = StatusCode::OK;
@@ -145,18 +110,35 @@ impl Refusal {
         } = &self
         {
             // RateLimit header fields (draft-ietf-httpapi-ratelimit-headers): the policy and
-            // the current state of the quota the call hit.
+            // the current state of the quota the call hit. Under overload this is the most
+            // frequent answer, so the values are assembled from slices, without `format!`.
             let retry_secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-            let mut policy = Vec::with_capacity(group.len() + 24);
-            let _ = match limit {
-                Limit::Rate(q) => write!(policy, "\"{group}\";q={q};w=1"),
-                Limit::Concurrency(n) => write!(policy, "\"{group}\";q={n}"),
+            let mut n = itoa::Buffer::new();
+            let quoted = || {
+                let mut v = Vec::with_capacity(group.len() + 24);
+                v.push(b'"');
+                v.extend_from_slice(group.as_bytes());
+                v.push(b'"');
+                v
             };
+            let mut policy = quoted();
+            match limit {
+                Limit::Rate(q) => {
+                    policy.extend_from_slice(b";q=");
+                    policy.extend_from_slice(n.format(*q).as_bytes());
+                    policy.extend_from_slice(b";w=1");
+                }
+                Limit::Concurrency(c) => {
+                    policy.extend_from_slice(b";q=");
+                    policy.extend_from_slice(n.format(*c).as_bytes());
+                }
+            }
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(policy)) {
                 h.insert(RATELIMIT_POLICY.clone(), v);
             }
-            let mut state = Vec::with_capacity(group.len() + 16);
-            let _ = write!(state, "\"{group}\";r=0;t={retry_secs}");
+            let mut state = quoted();
+            state.extend_from_slice(b";r=0;t=");
+            state.extend_from_slice(n.format(retry_secs).as_bytes());
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
                 h.insert(RATELIMIT.clone(), v);
             }
@@ -166,15 +148,83 @@ impl Refusal {
     }
 }
 
-/// `{"Response":{"Error":{"Code":code,"Message":message},"RequestId":request_id}}`.
-pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
-    let mut buf = Vec::with_capacity(96 + code.len() + message.len() + request_id.len());
+/// The message of a refusal, written piece by piece where it is written to (the answer's
+/// JSON, escaped on the way; a log line), never formatted into a `String` first.
+pub struct Message<'a>(pub &'a Refusal);
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Refusal::UnsupportedProtocol => f.write_str(
+                "HTTP(S) 请求协议错误，只支持 GET 和 POST 请求。 (only GET and POST are supported)",
+            ),
+            Refusal::MissingAction => {
+                f.write_str("The request is missing the required parameter `X-TC-Action`.")
+            }
+            Refusal::UnknownService(s) => write!(
+                f,
+                "The service `{s}` of the credential scope is not served by this gateway."
+            ),
+            Refusal::TooLarge { limit } => {
+                write!(f, "The request body is larger than {limit} bytes.")
+            }
+            Refusal::BadRequestBody(e) => write!(f, "The request body could not be read: {e}"),
+            Refusal::Auth(e) => fmt::Display::fmt(e, f),
+            Refusal::AccountState { message, .. } => f.write_str(message),
+            Refusal::OverLimit { group, limit, .. } => {
+                let mut n = itoa::Buffer::new();
+                f.write_str(LIMIT_MESSAGE)?;
+                f.write_str(" (group ")?;
+                f.write_str(group)?;
+                f.write_str(": ")?;
+                match limit {
+                    Limit::Rate(q) => {
+                        f.write_str(n.format(*q))?;
+                        f.write_str(" QPS)")
+                    }
+                    Limit::Concurrency(c) => {
+                        f.write_str(n.format(*c))?;
+                        f.write_str(" calls in flight)")
+                    }
+                }
+            }
+            Refusal::UpstreamUnavailable(e) => {
+                write!(f, "The recognition backend is unavailable: {e}")
+            }
+            Refusal::UpstreamTimeout(d) => write!(
+                f,
+                "The recognition backend did not answer within {} ms.",
+                d.as_millis()
+            ),
+            Refusal::UpstreamFailed(e) => write!(f, "The recognition backend failed: {e}"),
+            Refusal::Draining => {
+                f.write_str("The gateway is shutting down; retry on another instance.")
+            }
+            Refusal::MeteringUnavailable => f.write_str(
+                "The gateway cannot record usage right now (metering backlog at its bound); retry later or on another instance.",
+            ),
+            Refusal::Internal(e) => write!(f, "Internal error: {e}"),
+        }
+    }
+}
+
+/// `{"Response":{"Error":{"Code":code,"Message":message},"RequestId":request_id}}`, every
+/// string escaped as JSON.
+pub fn error_body(code: &str, message: &dyn fmt::Display, request_id: &str) -> Bytes {
+    use serde::Serializer as _;
+    let mut buf = Vec::with_capacity(160 + code.len() + request_id.len());
     buf.extend_from_slice(br#"{"Response":{"Error":{"Code":"#);
-    serde_json::to_writer(&mut buf, code).expect("writing to a Vec cannot fail");
-    buf.extend_from_slice(br#","Message":"#);
-    serde_json::to_writer(&mut buf, message).expect("writing to a Vec cannot fail");
-    buf.extend_from_slice(br#"},"RequestId":"#);
-    serde_json::to_writer(&mut buf, request_id).expect("writing to a Vec cannot fail");
+    let mut json = serde_json::Serializer::new(&mut buf);
+    json.serialize_str(code)
+        .expect("writing to a Vec cannot fail");
+    json.into_inner().extend_from_slice(br#","Message":"#);
+    let mut json = serde_json::Serializer::new(&mut buf);
+    json.collect_str(message)
+        .expect("writing to a Vec cannot fail");
+    json.into_inner().extend_from_slice(br#"},"RequestId":"#);
+    let mut json = serde_json::Serializer::new(&mut buf);
+    json.serialize_str(request_id)
+        .expect("writing to a Vec cannot fail");
     buf.extend_from_slice(b"}}");
     Bytes::from(buf)
 }
@@ -213,8 +263,51 @@ mod tests {
 
     #[test]
     fn messages_are_escaped() {
-        let b = error_body("InternalError", "a \"quoted\"\nline", "r");
+        let b = error_body("InternalError", &"a \"quoted\"\nline", "r");
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["Response"]["Error"]["Message"], "a \"quoted\"\nline");
+    }
+
+    /// The JSON body, the message and the headers of each kind of limit refusal, exactly.
+    #[tokio::test]
+    async fn limit_refusals_render_exactly() {
+        let check = |limit: Limit, retry_ms: Option<u64>, body: &str, policy: &str, state: &str| {
+            let r = Refusal::OverLimit {
+                group: "bda.segment".into(),
+                limit,
+                retry_after: retry_ms.map(Duration::from_millis),
+            };
+            let message = r.message();
+            let resp = r.into_response("r-1");
+            assert_eq!(resp.headers()["ratelimit-policy"], policy);
+            assert_eq!(resp.headers()["ratelimit"], state);
+            assert_eq!(resp.headers()["x-tollgate-request-id"], "r-1");
+            (message, resp, body.to_owned())
+        };
+        for (message, resp, expected) in [
+            check(
+                Limit::Rate(20),
+                Some(2_500),
+                "请求的次数超过了频率限制。 (group bda.segment: 20 QPS)",
+                "\"bda.segment\";q=20;w=1",
+                "\"bda.segment\";r=0;t=3",
+            ),
+            check(
+                Limit::Concurrency(10),
+                None,
+                "请求的次数超过了频率限制。 (group bda.segment: 10 calls in flight)",
+                "\"bda.segment\";q=10",
+                "\"bda.segment\";r=0;t=1",
+            ),
+        ] {
+            assert_eq!(message, expected);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                std::str::from_utf8(&body).unwrap(),
+                format!(
+                    r#"{{"Response":{{"Error":{{"Code":"RequestLimitExceeded","Message":"{expected}"}},"RequestId":"r-1"}}}}"#
+                )
+            );
+        }
     }
 }

@@ -61,7 +61,7 @@ pub struct SpoolConfig {
 /// Counters the spool exposes (wired to Prometheus by the caller).
 #[derive(Debug, Default)]
 pub struct SpoolStats {
-    /// Highest sequence whose `write(2)` completed.
+    /// Highest sequence in the page cache (copied into the mapped segment).
     pub written_seq: AtomicU64,
     /// Highest sequence covered by an `fdatasync`.
     pub durable_seq: AtomicU64,

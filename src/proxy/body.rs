@@ -17,7 +17,6 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use prometheus::IntGauge;
 
 use crate::admission::Permit;
@@ -25,7 +24,8 @@ use crate::billing::{self, Outcome, Scanner};
 use crate::catalog::{InterfaceId, ServiceId};
 use crate::metering::{SinkError, Ticket, UsageRecord, UsageSink};
 use crate::metrics::GroupMetrics;
-use crate::proxy::forward::Lease;
+use crate::proxy::forward::UpstreamBody;
+use crate::proxy::http1::ExchangeError;
 use crate::proxy::{GroupRef, Snapshot};
 
 /// Decrements a gauge when dropped.
@@ -87,10 +87,8 @@ enum Phase {
 
 /// An upstream body being streamed to the client and scanned for billing.
 pub struct MeteredBody {
-    inner: Incoming,
-    /// The upstream connection, back to its pool once `inner` is dropped (fields drop in
-    /// order).
-    _lease: Lease,
+    /// The answer, read from the upstream connection it holds.
+    inner: UpstreamBody,
     scanner: Scanner,
     job: Option<MeterJob>,
     phase: Phase,
@@ -100,15 +98,13 @@ pub struct MeteredBody {
 
 impl MeteredBody {
     pub fn new(
-        inner: Incoming,
-        lease: Lease,
+        inner: UpstreamBody,
         job: MeterJob,
         permit: Option<HeldPermit>,
         in_flight: GaugeGuard,
     ) -> Self {
         MeteredBody {
             inner,
-            _lease: lease,
             scanner: Scanner::new(),
             job: Some(job),
             phase: Phase::Streaming,
@@ -185,12 +181,12 @@ fn report_sink_failure(snapshot: &Snapshot, records: &[UsageRecord], e: &SinkErr
 
 impl Body for MeteredBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         let this = &mut *self;
         loop {
             match &mut this.phase {
@@ -269,12 +265,12 @@ pub enum ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ProxyBody::Metered(b) => Pin::new(&mut **b).poll_frame(cx),

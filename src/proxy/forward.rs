@@ -1,27 +1,28 @@
 //! Forwarding admitted calls to the recognition backend of their service: pooled keep-alive
 //! connections, connect and response-head timeouts, the caller's identity as headers.
 //!
-//! Only this module talks to upstreams.
+//! Only this module (with `http1`, its HTTP/1.1 codec) talks to upstreams.
 //!
 //! Each API worker has its own [`Forwarder`] (see `server`), so its pool is used by one thread
-//! only: a checkout is a pop from a vector, the connection's task runs on the same event loop
-//! as the calls it carries, and a connection goes back to the pool when the answer it carried
-//! has been streamed to the client (the [`Lease`] travels with the response body). hyper's
-//! `client::conn::http1` does the HTTP; this module only keeps the connections.
+//! only: a checkout is a pop from a vector, and a connection is read and written by the call
+//! that holds it, in that call's task ([`http1`]). The connection goes back to the pool when
+//! the answer it carried has been read to its end: the [`Lease`] travels inside the
+//! [`UpstreamBody`] that streams the answer to the client.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, Response};
+use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
+
+use super::http1::{BodyState, Conn, ExchangeError};
 
 use crate::auth::tc3::Signer;
 use crate::config::gateway::{Settings, Upstream};
@@ -64,7 +65,7 @@ pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
 /// Idle keep-alive connections to one upstream, newest last.
 struct Pool {
     authority: String,
-    idle: Vec<(SendRequest<Full<Bytes>>, Instant)>,
+    idle: Vec<(Conn, Instant)>,
 }
 
 struct Pools {
@@ -89,64 +90,79 @@ impl Pools {
         }
     }
 
-    /// A ready idle connection of pool `slot`, if one is left. Connections idle too long, or
-    /// closed by the backend, are dropped on the way.
-    async fn checkout(&self, slot: usize) -> Option<SendRequest<Full<Bytes>>> {
-        loop {
-            let (mut sender, _) = {
-                let mut pools = self.by_upstream.lock().expect("not poisoned");
-                let pool = &mut pools[slot];
-                let taken = pool.idle.pop()?;
-                if taken.1.elapsed() > self.idle_timeout {
-                    // The newest is stale, so all are.
-                    pool.idle.clear();
-                    return None;
-                }
-                taken
-            };
-            if sender.is_closed() {
-                continue;
+    /// The newest idle connection of pool `slot` that is still open, if one is left.
+    /// Connections idle too long, or closed by the backend, are dropped on the way.
+    fn checkout(&self, slot: usize) -> Option<Conn> {
+        let mut pools = self.by_upstream.lock().expect("not poisoned");
+        let pool = &mut pools[slot];
+        while let Some((conn, since)) = pool.idle.pop() {
+            if since.elapsed() > self.idle_timeout {
+                // The newest is stale, so all are.
+                pool.idle.clear();
+                return None;
             }
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            // Back in the pool a moment before its connection noticed the end of the answer
-            // it carried: ready at the connection task's next turn, or closed.
-            if let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_millis(100), sender.ready()).await
-            {
-                return Some(sender);
+            if conn.idle_and_open() {
+                return Some(conn);
             }
         }
+        None
     }
 
-    fn checkin(&self, slot: usize, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, slot: usize, conn: Conn) {
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
         if pool.idle.len() >= self.max_idle {
             // Keep the newest: the oldest is the likeliest to have been closed by the backend.
             pool.idle.remove(0);
         }
-        pool.idle.push((sender, Instant::now()));
+        pool.idle.push((conn, Instant::now()));
     }
 }
 
-/// An upstream connection lent to one call. It goes back to its pool when dropped, which the
-/// response body does after the answer has been read to its end (or given up, in which case
-/// hyper closes the connection and the pool drops it).
-pub struct Lease {
+/// The body of a backend's answer, read from its connection as the client takes it. The
+/// connection goes back to its pool as soon as the last byte of the answer is in (a client
+/// slow to take the last frame does not hold it), if the answer's framing and the backend
+/// allow another call on it; a body dropped before its end closes the connection.
+pub struct UpstreamBody {
+    state: BodyState,
+    keep_alive: bool,
+    conn: Option<Conn>,
     pools: Arc<Pools>,
     slot: usize,
-    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pools.checkin(self.slot, sender);
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = std::task::ready!(conn.poll_body(cx, &mut this.state));
+        if this.state.is_end()
+            && !matches!(next, Some(Err(_)))
+            && let Some(conn) = this.conn.take()
+            && this.keep_alive
+            && conn.clean()
+        {
+            this.pools.checkin(this.slot, conn);
+        }
+        Poll::Ready(next.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state.is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }
@@ -171,6 +187,8 @@ fn dropped_on_forward(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            // The body is sent whole, with the call: nothing to wait for.
+            | "expect"
             // The scanner reads the answer as sent; ask the backend not to compress it.
             | "accept-encoding"
     ) || name.as_str().starts_with("x-tollgate-")
@@ -203,8 +221,8 @@ impl Forwarder {
         }
     }
 
-    /// A new keep-alive connection to `upstream`, its task running on this worker.
-    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
+    /// A new keep-alive connection to `upstream`.
+    async fn connect(&self, upstream: &Upstream) -> Result<Conn, ForwardError> {
         let host = upstream.uri.host().unwrap_or("");
         let port = upstream.uri.port_u16().unwrap_or(80);
         let stream = match tokio::time::timeout(
@@ -230,21 +248,11 @@ impl Forwarder {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ForwardError::Connect(error_chain(&e)))?;
-        let authority = upstream.authority.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %authority, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
-    /// Sends a call upstream and waits for the response head. The [`Lease`] holds the
-    /// connection until the answer has been read; drop it with (after) the body.
+    /// Sends a call upstream and waits for the response head. The answer's body streams
+    /// from the connection, which it holds until the answer has been read.
     pub async fn forward(
         &self,
         parts: Parts,
@@ -253,7 +261,7 @@ impl Forwarder {
         identity: Identity<'_>,
         service: &str,
         now_unix_seconds: i64,
-    ) -> Result<(Response<Incoming>, Lease), ForwardError> {
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         let Parts {
             method,
             uri,
@@ -309,61 +317,84 @@ impl Forwarder {
             headers.insert(TC_TIMESTAMP.clone(), HeaderValue::from(now_unix_seconds));
             headers.remove(&TC_CONTENT_SHA256);
         }
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = method;
-        // Origin form ("/", or the path and query the client sent).
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-
         let slot = self.pools.slot(&upstream.authority);
         let exchange = async {
-            let mut req = req;
-            // A pooled connection the backend closed just before the call was written gives
-            // the call back untouched: it goes on a new connection. Any other failure is final
-            // (the call may have reached the backend).
-            while let Some(mut sender) = self.pools.checkout(slot).await {
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, sender)),
-                    Err(mut e) => match e.take_message() {
-                        Some(back) => req = back,
-                        None => return Err(ForwardError::Failed(error_chain(e.error()))),
-                    },
-                }
-            }
-            let mut sender = self.connect(upstream).await?;
-            match sender.send_request(req).await {
-                Ok(resp) => Ok((resp, sender)),
-                Err(e) => Err(ForwardError::Failed(error_chain(&e))),
-            }
-        };
-        match tokio::time::timeout(self.response_timeout, exchange).await {
-            Err(_) => Err(ForwardError::Timeout(self.response_timeout)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok((resp, sender))) => Ok((
-                resp,
-                Lease {
-                    pools: Arc::clone(&self.pools),
-                    slot,
-                    sender: Some(sender),
+            // A pooled connection the backend closed just as the call was written fails the
+            // write: nothing reached the backend whole, so the call goes on a new connection.
+            // Once written, any failure is final (the call may have reached the backend).
+            let mut conn = match self.pools.checkout(slot) {
+                Some(pooled) => match pooled_send(pooled, &method, &uri, &headers, &body).await {
+                    Some(conn) => conn,
+                    None => {
+                        self.fresh_send(upstream, &method, &uri, &headers, &body)
+                            .await?
+                    }
                 },
-            )),
+                None => {
+                    self.fresh_send(upstream, &method, &uri, &headers, &body)
+                        .await?
+                }
+            };
+            let head = conn
+                .read_head(&method)
+                .await
+                .map_err(|e| ForwardError::Failed(e.to_string()))?;
+            Ok::<_, ForwardError>((head, conn))
+        };
+        let (head, conn) = match tokio::time::timeout(self.response_timeout, exchange).await {
+            Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
+            Ok(result) => result?,
+        };
+        let mut response = Response::new(UpstreamBody {
+            state: head.body,
+            keep_alive: head.keep_alive,
+            conn: Some(conn),
+            pools: Arc::clone(&self.pools),
+            slot,
+        });
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// Writes a call on a new connection.
+    async fn fresh_send(
+        &self,
+        upstream: &Upstream,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<Conn, ForwardError> {
+        let mut conn = self.connect(upstream).await?;
+        conn.send(method, uri, headers, body)
+            .await
+            .map_err(|e| ForwardError::Failed(e.to_string()))?;
+        Ok(conn)
+    }
+}
+
+/// Writes a call on a pooled connection; `None` if the write failed (the backend had closed
+/// the connection).
+async fn pooled_send(
+    mut conn: Conn,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Option<Conn> {
+    match conn.send(method, uri, headers, body).await {
+        Ok(()) => Some(conn),
+        Err(e) => {
+            tracing::debug!(error = %e, "a pooled upstream connection was closed: retrying on a new one");
+            None
         }
     }
 }
 
 pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -375,6 +406,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use http::Request;
 
     /// A raw HTTP/1.1 backend: answers every request with "ok", counts connections, and
     /// closes each connection after `per_connection` answers (0: never). It echoes the
@@ -452,7 +484,7 @@ mod tests {
         let (parts, ()) = req.body(()).unwrap().into_parts();
         let forwarded_for = forwarded_for("10.1.2.3:4567".parse().unwrap());
         let request_id = HeaderValue::from_static("req-1");
-        let (resp, lease) = f
+        let resp = f
             .forward(
                 parts,
                 Bytes::from_static(b"{}"),
@@ -468,7 +500,6 @@ mod tests {
             )
             .await?;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        drop(lease);
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod http1;
 pub mod respond;
 pub mod server;
 
@@ -435,7 +436,6 @@ impl Gateway {
         })?;
 
         // Meter: stream the answer through the scanner; usage is decided at its end.
-        let (upstream_response, lease) = upstream_response;
         let (mut head, upstream_body) = upstream_response.into_parts();
         head.headers.retain_hop_by_hop();
         head.headers.insert(REQUEST_ID.clone(), request_id_value);
@@ -452,7 +452,7 @@ impl Gateway {
             http_status: head.status.as_u16(),
             snapshot: Arc::clone(&snapshot),
         };
-        let body = MeteredBody::new(upstream_body, lease, job, permit, in_flight);
+        let body = MeteredBody::new(upstream_body, job, permit, in_flight);
         Ok(Response::from_parts(
             head,
             ProxyBody::Metered(Box::new(body)),

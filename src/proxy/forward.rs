@@ -447,13 +447,16 @@ mod tests {
                                 .filter(|l| l.starts_with("x-") || l.starts_with("host:"))
                                 .collect::<Vec<_>>()
                                 .join("\n");
+                            // A call with `x-close` is answered with `connection: close`.
+                            let close = head.contains("\nx-close:");
                             let reply = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{echo}",
-                                echo.len()
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{}\r\n{echo}",
+                                echo.len(),
+                                if close { "connection: close\r\n" } else { "" }
                             );
                             s.write_all(reply.as_bytes()).await.unwrap();
                             answered += 1;
-                            if per_connection > 0 && answered == per_connection {
+                            if close || (per_connection > 0 && answered == per_connection) {
                                 return;
                             }
                         }
@@ -540,6 +543,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(connections.load(Ordering::SeqCst), 10);
+    }
+
+    /// A backend that says it closes the connection is taken at its word, at once: no call
+    /// is ever written to the closed connection, however soon the next one comes.
+    #[tokio::test]
+    async fn an_answer_with_connection_close_is_the_connections_last() {
+        let (addr, connections) = backend(0).await;
+        let (f, up) = (forwarder(), upstream(addr));
+        for _ in 0..10 {
+            call(&f, &up, &[("x-close", "1")]).await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 10);
+        call(&f, &up, &[]).await.unwrap();
+        call(&f, &up, &[]).await.unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 11);
     }
 
     #[tokio::test]

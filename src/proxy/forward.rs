@@ -286,6 +286,8 @@ impl Forwarder {
                 headers.remove(header::CONTENT_LENGTH);
             }
         }
+        // Room for the identity and forwarding headers below: one allocation at most.
+        headers.reserve(6);
         if let Some(host) = headers.remove(header::HOST) {
             headers.insert(FORWARDED_HOST.clone(), host);
         }

@@ -245,7 +245,8 @@ impl Conn {
                 *span = (name, name + h.name.len(), value, value + h.value.len());
             }
             let bytes = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(n);
+            // Room for the headers the gateway adds to an answer (its request id).
+            let mut headers = HeaderMap::with_capacity(n + 2);
             for &(name_start, name_end, value_start, value_end) in &spans[..n] {
                 let name = HeaderName::from_bytes(&bytes[name_start..name_end])
                     .map_err(|_| ExchangeError::Malformed("invalid header name"))?;

@@ -99,6 +99,8 @@ impl Refusal {
         ))));
         *resp.status_mut() = StatusCode::OK;
         let h = resp.headers_mut();
+        // Room for every header a refusal carries (hyper adds two more): one allocation.
+        h.reserve(8);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(REQUEST_ID.clone(), v);

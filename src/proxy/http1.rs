@@ -471,31 +471,35 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
-    /// A connection to a backend that answers the first call with `answer`, written in pieces
-    /// of `piece` bytes, and then keeps the connection open.
-    async fn exchange(answer: &'static [u8], piece: usize) -> (Conn, Head) {
+    /// A connection on which a call (`method`, no headers, a small body unless GET) was sent
+    /// to a backend that answers it with `answer`, written in pieces of `piece` bytes, and then
+    /// closes the connection if `close`, or keeps it open.
+    async fn answered(method: Method, answer: &'static [u8], piece: usize, close: bool) -> Conn {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await.unwrap();
+            let _ = s.read(&mut [0u8; 4096]).await.unwrap();
             for p in answer.chunks(piece) {
                 s.write_all(p).await.unwrap();
                 s.flush().await.unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            if !close {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
         });
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        conn.send(
-            &Method::POST,
-            &"/".parse().unwrap(),
-            &HeaderMap::new(),
-            b"{}",
-        )
-        .await
-        .unwrap();
+        let body: &[u8] = if method == Method::GET { b"" } else { b"{}" };
+        conn.send(&method, &"/?a=1".parse().unwrap(), &HeaderMap::new(), body)
+            .await
+            .unwrap();
+        conn
+    }
+
+    /// The head of `answer` to a POST, and the connection to read its body from.
+    async fn exchange(answer: &'static [u8], piece: usize) -> (Conn, Head) {
+        let mut conn = answered(Method::POST, answer, piece, false).await;
         let head = conn.read_head(&Method::POST).await.unwrap();
         (conn, head)
     }
@@ -537,14 +541,10 @@ mod tests {
         for (answer, body, keep_alive) in cases {
             for piece in [answer.len(), 1] {
                 let (mut conn, mut head) = exchange(answer, piece).await;
-                assert_eq!(
-                    head.keep_alive,
-                    keep_alive,
-                    "{}",
-                    String::from_utf8_lossy(answer)
-                );
+                let shown = String::from_utf8_lossy(answer);
+                assert_eq!(head.keep_alive, keep_alive, "{shown}");
                 assert_eq!(body_of(&mut conn, &mut head.body).await.unwrap(), body);
-                assert!(head.body.is_end() && conn.clean());
+                assert!(head.body.is_end() && conn.clean(), "{shown}");
             }
         }
     }
@@ -565,24 +565,8 @@ mod tests {
     /// An answer without a length runs to the close and never goes back to a pool.
     #[tokio::test]
     async fn a_close_delimited_body_ends_with_the_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let _ = s.read(&mut [0u8; 4096]).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
-                .await
-                .unwrap();
-        });
-        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        conn.send(
-            &Method::GET,
-            &"/?a=1".parse().unwrap(),
-            &HeaderMap::new(),
-            b"",
-        )
-        .await
-        .unwrap();
+        let answer = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        let mut conn = answered(Method::GET, answer, answer.len(), true).await;
         let mut head = conn.read_head(&Method::GET).await.unwrap();
         assert!(!head.keep_alive);
         assert_eq!(
@@ -599,28 +583,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX",
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let _ = s.read(&mut [0u8; 4096]).await.unwrap();
-                s.write_all(answer).await.unwrap();
-            });
-            let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-            conn.send(
-                &Method::POST,
-                &"/".parse().unwrap(),
-                &HeaderMap::new(),
-                b"{}",
-            )
-            .await
-            .unwrap();
+            let mut conn = answered(Method::POST, answer, answer.len(), true).await;
             let mut head = conn.read_head(&Method::POST).await.unwrap();
-            assert!(
-                body_of(&mut conn, &mut head.body).await.is_err(),
-                "{}",
-                String::from_utf8_lossy(answer)
-            );
+            let body = body_of(&mut conn, &mut head.body).await;
+            assert!(body.is_err(), "{}", String::from_utf8_lossy(answer));
         }
         for (answer, expected) in [
             (
@@ -633,23 +599,9 @@ mod tests {
             ),
             (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "upgrade"),
             (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1 response head"),
+            (b"HTTP/1.1 200 OK\r\nContent-Le", "closed the connection"),
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let _ = s.read(&mut [0u8; 4096]).await.unwrap();
-                s.write_all(answer).await.unwrap();
-            });
-            let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-            conn.send(
-                &Method::POST,
-                &"/".parse().unwrap(),
-                &HeaderMap::new(),
-                b"{}",
-            )
-            .await
-            .unwrap();
+            let mut conn = answered(Method::POST, answer, answer.len(), true).await;
             match conn.read_head(&Method::POST).await {
                 Err(e) => assert!(e.to_string().contains(expected), "{e}"),
                 Ok(_) => panic!("accepted {}", String::from_utf8_lossy(answer)),
@@ -692,5 +644,20 @@ mod tests {
             body.len()
         );
         assert_eq!(String::from_utf8(got.await.unwrap()).unwrap(), expected);
+    }
+
+    /// A pooled connection is usable only while nothing is waiting on it: the backend's FIN
+    /// (its keep-alive timeout) makes it unusable.
+    #[tokio::test]
+    async fn an_idle_connection_the_backend_closed_is_seen_as_closed() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (mut open, mut head) = exchange(answer, answer.len()).await;
+        body_of(&mut open, &mut head.body).await.unwrap();
+        let mut closed = answered(Method::POST, answer, answer.len(), true).await;
+        let mut head = closed.read_head(&Method::POST).await.unwrap();
+        body_of(&mut closed, &mut head.body).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(open.idle_and_open());
+        assert!(!closed.idle_and_open());
     }
 }

@@ -470,7 +470,7 @@ Tollgate demo is up. Call it with the official Python SDK:
             print(i, e.code)   # RequestLimitExceeded after the 20 QPS burst
     PY
 
-Metrics: http://{ADMIN}/metrics   usage records: data/usage.jsonl   stop: Ctrl-C
+Metrics: http://{ADMIN}/metrics   usage: spooled in data/spool/, sealed into data/batches/   stop: Ctrl-C
 "#;
 
 fn main() -> std::process::ExitCode {

@@ -354,8 +354,9 @@ impl Forwarder {
             pools: Arc::clone(&self.pools),
             slot,
         });
+        // The status and headers go on; the version does not (it is hop-by-hop: the gateway
+        // answers its clients in HTTP/1.1 whatever its backend speaks).
         *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
         Ok(response)
     }

@@ -72,17 +72,26 @@ impl SpoolReader {
             };
             f.seek(SeekFrom::Start(self.offset))?;
             self.buf.clear();
-            match self.active.as_ref().and_then(|a| a.written_len(first)) {
+            // The active segment is read up to its records; any other is final (the writer
+            // truncated it before another became active) and is read to its end.
+            let active_end = self.active.as_ref().and_then(|a| a.written_len(first));
+            match active_end {
                 Some(end) => (&mut f)
                     .take(end.saturating_sub(self.offset))
                     .read_to_end(&mut self.buf)?,
                 None => f.read_to_end(&mut self.buf)?,
             };
             let mut at = 0usize;
-            while out.len() < max && at < self.buf.len() {
+            let mut stopped = false;
+            while at < self.buf.len() {
+                if out.len() >= max {
+                    stopped = true;
+                    break;
+                }
                 match frame_at(&self.buf, at) {
                     Some((entry, end)) => {
                         if entry.seq > up_to {
+                            stopped = true;
                             break;
                         }
                         if entry.seq > self.after {
@@ -105,9 +114,22 @@ impl SpoolReader {
             if out.len() >= max {
                 return Ok(out);
             }
-            // At the end of this segment: move on if a newer one exists and holds more.
+            // At the end of this segment: move on if a newer one exists and holds more. A final
+            // segment read to its end is left even when numbers are missing before the next
+            // one (frames lost to corruption, counted by recovery): waiting for them would
+            // stall sealing forever.
+            let read_whole = active_end.is_none() && !stopped;
             match segs.iter().find(|(f, _)| *f > first) {
-                Some(next) if self.after < up_to && next.0 <= self.after + 1 => {
+                Some(next) if self.after < up_to && (next.0 <= self.after + 1 || read_whole) => {
+                    if next.0 > self.after + 1 {
+                        tracing::warn!(
+                            missing_from = self.after + 1,
+                            missing_to = next.0 - 1,
+                            segment = first,
+                            "spool records missing at the end of a segment (corrupt or lost): sealing goes on after them"
+                        );
+                        self.after = next.0 - 1;
+                    }
                     self.segment = Some(next.clone());
                     self.offset = 0;
                 }

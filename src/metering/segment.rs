@@ -39,18 +39,25 @@ pub(crate) struct MappedSegment {
 }
 
 impl MappedSegment {
-    /// Opens `path` (creating it if needed), keeps its present content (its file size is taken
-    /// as what was written, as recovery leaves it), reserves disk blocks for `capacity` bytes
-    /// (at least the present size) and maps them.
-    pub(crate) fn open(path: &Path, capacity: u64) -> io::Result<MappedSegment> {
+    /// Opens `path` (creating it if needed) whose first `written` bytes are records (0 for a
+    /// new segment; what recovery left for the newest one), reserves disk blocks for
+    /// `capacity` bytes (at least `written`) and maps them. Whatever the file held beyond
+    /// `written` (the zeros of an earlier reservation) is space to append to.
+    pub(crate) fn open(path: &Path, capacity: u64, written: u64) -> io::Result<MappedSegment> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let len = file.metadata()?.len();
-        let capacity = capacity.max(len).max(1);
+        let size = file.metadata()?.len();
+        if size < written {
+            return Err(io::Error::other(format!(
+                "{} holds {size} bytes, fewer than the {written} written",
+                path.display()
+            )));
+        }
+        let capacity = capacity.max(size).max(1);
         reserve(&file, capacity)?;
         let capacity = usize::try_from(capacity)
             .map_err(|_| io::Error::other("segment capacity exceeds the address space"))?;
@@ -63,7 +70,7 @@ impl MappedSegment {
         Ok(MappedSegment {
             file,
             map,
-            len: len as usize,
+            len: written as usize,
         })
     }
 
@@ -77,12 +84,13 @@ impl MappedSegment {
         (self.map.len() - self.len) as u64
     }
 
-    /// The next `n` bytes, to be filled by the caller, and counted as written. Panics if `n`
-    /// exceeds [`MappedSegment::remaining`] (the spool rolls segments before that).
-    pub(crate) fn append(&mut self, n: usize) -> &mut [u8] {
+    /// The next `n` bytes, to be filled by the caller, and counted as written; `None` if
+    /// fewer than `n` remain (the spool rolls segments before that: this is its check).
+    pub(crate) fn append(&mut self, n: usize) -> Option<&mut [u8]> {
         let at = self.len;
-        self.len += n;
-        &mut self.map[at..at + n]
+        let end = at.checked_add(n).filter(|&end| end <= self.map.len())?;
+        self.len = end;
+        Some(&mut self.map[at..end])
     }
 
     /// The file, to `fdatasync` it (which writes back pages dirtied through the mapping).
@@ -122,19 +130,33 @@ mod tests {
     fn appends_land_in_the_file_and_finish_cuts_the_reserved_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.log");
-        let mut s = MappedSegment::open(&path, 4096).unwrap();
+        let mut s = MappedSegment::open(&path, 4096, 0).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096, "reserved");
-        s.append(5).copy_from_slice(b"hello");
+        s.append(5).unwrap().copy_from_slice(b"hello");
         assert_eq!((s.len(), s.remaining()), (5, 4091));
+        assert!(
+            s.append(4092).is_none(),
+            "no room: refused, nothing counted"
+        );
+        assert_eq!(s.len(), 5);
         // Visible to readers of the file before any sync or unmap: the page cache is shared.
         assert_eq!(&std::fs::read(&path).unwrap()[..6], b"hello\0");
         drop(s.finish().unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
         // Reopened, the content is kept and appends follow it.
-        let mut s = MappedSegment::open(&path, 16).unwrap();
+        let mut s = MappedSegment::open(&path, 16, 5).unwrap();
         assert_eq!((s.len(), s.remaining()), (5, 11));
-        s.append(6).copy_from_slice(b" world");
+        s.append(6).unwrap().copy_from_slice(b" world");
         drop(s.finish().unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        // A file reserved before (a roll that failed half-way) is empty space, not records.
+        let reserved = dir.path().join("r.log");
+        drop(MappedSegment::open(&reserved, 4096, 0).unwrap());
+        let s = MappedSegment::open(&reserved, 8192, 0).unwrap();
+        assert_eq!((s.len(), s.remaining()), (0, 8192));
+        assert!(
+            MappedSegment::open(&path, 16, 99).is_err(),
+            "more written than the file holds"
+        );
     }
 }

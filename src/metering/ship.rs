@@ -287,8 +287,7 @@ impl Shipper {
                 js: None,
             },
         };
-        let reader = SpoolReader::new(spool.dir(), sealed_seq)
-            .bounded_by(Arc::clone(spool.active_segment()));
+        let reader = Self::reader_of(&spool, sealed_seq);
         Ok(Shipper {
             spool,
             store,
@@ -308,8 +307,23 @@ impl Shipper {
     /// `max_batch_records` records at a time, into batches of at most `max_batch_counts`
     /// counts. Returns how many batches were sealed.
     pub fn seal(&mut self) -> std::io::Result<usize> {
-        let written = self.spool.stats().written_seq.load(Ordering::Acquire);
         let mut n = 0;
+        let result = self.seal_into(&mut n);
+        if result.is_err() {
+            // The reader may have moved past records no batch holds yet (read, then the batch
+            // could not be written): read again from the last sealed sequence next time, or
+            // those records would never be sealed.
+            self.reader = Self::reader_of(&self.spool, self.sealed_seq);
+        }
+        result.map(|()| n)
+    }
+
+    fn reader_of(spool: &Spool, after: u64) -> SpoolReader {
+        SpoolReader::new(spool.dir(), after).bounded_by(Arc::clone(spool.active_segment()))
+    }
+
+    fn seal_into(&mut self, n: &mut usize) -> std::io::Result<()> {
+        let written = self.spool.stats().written_seq.load(Ordering::Acquire);
         while self.sealed_seq < written {
             let entries = self.reader.read(written, self.config.max_batch_records)?;
             if entries.is_empty() {
@@ -331,10 +345,10 @@ impl Shipper {
                 self.next_batch_seq += 1;
                 self.metrics.sealed.inc();
                 self.queue.push_back((batch, Instant::now()));
-                n += 1;
+                *n += 1;
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Publishes up to `max_in_flight` queued batches concurrently and ships the acknowledged
@@ -573,5 +587,107 @@ impl Shipper {
                 "stopped with batches still to ship; they stay sealed on disk"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metering::spool::SpoolConfig;
+    use crate::metering::{UsageRecord, UsageSink};
+    use std::fs;
+    use std::path::Path;
+
+    fn shipper(spool: &Arc<Spool>, batches: &Path) -> Shipper {
+        let counter = |name: &str| IntCounter::new(name, "test").unwrap();
+        let gauge = |name: &str| IntGauge::new(name, "test").unwrap();
+        Shipper::open(
+            Arc::clone(spool),
+            ShipConfig {
+                gateway_id: "gw-test".into(),
+                destination: Destination::LocalDir(batches.to_path_buf()),
+                seal_interval: Duration::from_secs(1),
+                max_batch_records: 100,
+                max_batch_counts: 2000,
+                max_in_flight: 4,
+                totals_interval: Duration::from_secs(10),
+            },
+            ShipMetrics {
+                sealed: counter("sealed"),
+                published: counter("published"),
+                duplicates: counter("duplicates"),
+                publish_errors: counter("publish_errors"),
+                publish_seconds: Histogram::with_opts(prometheus::HistogramOpts::new(
+                    "publish_seconds",
+                    "test",
+                ))
+                .unwrap(),
+                pending_batches: gauge("pending_batches"),
+                unshipped_records: gauge("unshipped_records"),
+                oldest_unshipped_seconds: gauge("oldest_unshipped_seconds"),
+                spool_bytes: gauge("spool_bytes"),
+                spool_full: gauge("spool_full"),
+                totals_source: Arc::new(|| (0, 0, 0)),
+            },
+        )
+        .unwrap()
+    }
+
+    fn record(i: u32) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("r-{i}"),
+            owner_uin: 1,
+            uin: 1,
+            service: "ocr".into(),
+            action: "GeneralBasicOCR".into(),
+            billing_item: "ocr.general_basic".into(),
+            units: 1,
+            time_unix_ms: 1_796_000_000_000,
+        }
+    }
+
+    /// A batch that cannot be written leaves its records to the next attempt: none is skipped,
+    /// and the next batch starts where the last sealed one ended.
+    #[test]
+    fn a_failed_seal_leaves_every_record_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let spool = Arc::new(
+            Spool::open(
+                SpoolConfig {
+                    dir: spool_dir.clone(),
+                    segment_bytes: 1 << 20,
+                    fsync_interval: Duration::from_millis(50),
+                    max_bytes: 1 << 30,
+                },
+                0,
+            )
+            .unwrap(),
+        );
+        let mut s = shipper(&spool, &dir.path().join("batches"));
+        let submit = |from: u32, to: u32| {
+            let records: Vec<UsageRecord> = (from..to).map(record).collect();
+            assert!(matches!(
+                spool.submit(&records),
+                crate::metering::Ticket::Done(Ok(()))
+            ));
+        };
+        submit(0, 250);
+        // The pending directory made unwritable: a file where it was.
+        let pending = spool_dir.join("pending");
+        fs::remove_dir(&pending).unwrap();
+        fs::write(&pending, b"not a directory").unwrap();
+        assert!(s.seal().is_err());
+        fs::remove_file(&pending).unwrap();
+        fs::create_dir(&pending).unwrap();
+        submit(250, 260);
+        assert_eq!(s.seal().unwrap(), 3, "100 + 100 + 60 records");
+        let sealed: Vec<(u64, u64)> = s
+            .queue
+            .iter()
+            .map(|(b, _)| (b.first_seq, b.last_seq))
+            .collect();
+        assert_eq!(sealed, vec![(1, 100), (101, 200), (201, 260)]);
+        assert_eq!(s.queue.iter().map(|(b, _)| b.units).sum::<u64>(), 260);
     }
 }

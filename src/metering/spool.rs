@@ -138,6 +138,9 @@ struct Shared {
     active: Arc<ActiveSegment>,
     observe_fsync: Option<FsyncObserver>,
     closed: AtomicBool,
+    /// `spool.lock`, locked (`flock`) while this spool is open: a second gateway on the same
+    /// directory would renumber records and truncate the segment this one has mapped.
+    _lock: File,
 }
 
 /// One record read back from the spool.
@@ -359,6 +362,17 @@ impl Spool {
         observe_fsync: Option<FsyncObserver>,
     ) -> std::io::Result<Spool> {
         fs::create_dir_all(&config.dir)?;
+        let lock = File::create(config.dir.join("spool.lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::other(format!(
+                    "the spool at {} is in use by another gateway process (metering.spool_dir)",
+                    config.dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let recovery = recover(&config.dir)?;
         let next_seq = recovery.max_seq.max(floor) + 1;
         let stats = Arc::new(SpoolStats::default());
@@ -377,12 +391,14 @@ impl Spool {
             .sum();
         stats.bytes.store(bytes, Ordering::SeqCst);
         // Appends continue in the newest segment (recovery left it ending on a valid frame).
-        let segment_first = segments(&config.dir)?
-            .last()
-            .map_or(next_seq, |(first, _)| *first);
+        let (segment_first, written) = match segments(&config.dir)?.last() {
+            Some((first, path)) => (*first, fs::metadata(path)?.len()),
+            None => (next_seq, 0),
+        };
         let segment = MappedSegment::open(
             &config.dir.join(segment_name(segment_first)),
             config.segment_bytes,
+            written,
         )?;
         fsync_dir(&config.dir)?;
         let active = Arc::new(ActiveSegment::default());
@@ -402,6 +418,7 @@ impl Spool {
             stats,
             observe_fsync,
             closed: AtomicBool::new(false),
+            _lock: lock,
             config,
         });
         let syncer = {
@@ -459,17 +476,30 @@ impl Spool {
     /// made `shipped_seq` durable first (a segment is never deleted ahead of its cursor).
     pub fn release(&self, shipped_seq: u64) -> std::io::Result<u64> {
         let segs = segments(&self.shared.config.dir)?;
+        // Never the active segment, nor one the writer is rolling away from (it becomes
+        // releasable once truncated and a newer one is active): their files still hold the
+        // reserved space, not just records.
+        let active_first = self.shared.active.first_seq.load(Ordering::Acquire);
         let mut freed = 0;
         for w in segs.windows(2) {
-            let ((_, path), (next_first, _)) = (&w[0], &w[1]);
-            if next_first - 1 <= shipped_seq {
+            let ((first, path), (next_first, _)) = (&w[0], &w[1]);
+            if *first < active_first && next_first - 1 <= shipped_seq {
                 freed += fs::metadata(path).map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(path)?;
             }
         }
         if freed > 0 {
             fsync_dir(&self.shared.config.dir)?;
-            let left = self.shared.stats.bytes.fetch_sub(freed, Ordering::SeqCst) - freed;
+            // Saturating: a segment whose truncation failed frees more than its records.
+            let left = self
+                .shared
+                .stats
+                .bytes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                    Some(b.saturating_sub(freed))
+                })
+                .expect("the closure always returns Some")
+                .saturating_sub(freed);
             if left < self.shared.config.max_bytes * 9 / 10
                 && !self.shared.accepting.swap(true, Ordering::SeqCst)
             {
@@ -613,11 +643,19 @@ impl Shared {
         let added: u64 = payloads().map(|p| (HEADER + p.len()) as u64).sum();
         self.make_room(st, added)?;
         let segment = st.segment.as_mut().expect("make_room checked it is open");
+        if segment.remaining() < added {
+            // make_room's promise broken: refuse the group whole rather than write part of it.
+            return Err(SinkError(
+                "the spool segment has no room for the records".into(),
+            ));
+        }
         let mut seq = st.next_seq;
         for p in payloads() {
             let len = (8 + p.len()) as u32;
             let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), p);
-            let frame = segment.append(HEADER + p.len());
+            let frame = segment
+                .append(HEADER + p.len())
+                .expect("room for the whole group was checked above");
             frame[0..4].copy_from_slice(&len.to_le_bytes());
             frame[4..8].copy_from_slice(&crc.to_le_bytes());
             frame[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -654,12 +692,13 @@ impl Shared {
         if segment.len() == 0 {
             // Nothing in it yet: the same file, reserved larger.
             let path = self.config.dir.join(segment_name(st.segment_first));
-            *segment = MappedSegment::open(&path, capacity)
+            *segment = MappedSegment::open(&path, capacity, 0)
                 .map_err(|e| SinkError(format!("cannot grow the spool segment: {e}")))?;
             return Ok(());
         }
+        // A file left reserved by a roll that failed half-way is empty space: written 0.
         let path = self.config.dir.join(segment_name(st.next_seq));
-        let next = MappedSegment::open(&path, capacity)
+        let next = MappedSegment::open(&path, capacity, 0)
             .and_then(|s| fsync_dir(&self.config.dir).map(|()| s))
             .map_err(|e| SinkError(format!("cannot roll the spool segment: {e}")))?;
         let old = std::mem::replace(segment, next);
@@ -999,9 +1038,19 @@ mod tests {
             1 << 20,
             "reserved while active"
         );
-        // As SIGKILL leaves it: no close, no truncation (the mapping is leaked, never touched
-        // again).
-        std::mem::forget(spool);
+        // As SIGKILL leaves it: the files as they are now, no close, no truncation.
+        let killed = tempfile::tempdir().unwrap();
+        for e in fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                fs::copy(&p, killed.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        drop(spool);
+        let dir = killed;
+        c.dir = dir.path().to_path_buf();
+        let seg = dir.path().join(seg.file_name().unwrap());
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 1 << 20);
         let spool = Spool::open(c, 0).unwrap();
         assert_eq!(
             spool.recovery(),
@@ -1084,5 +1133,104 @@ mod tests {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
         drop(spool);
         assert_eq!(seen, read_after(dir.path(), 0, u64::MAX).unwrap());
+    }
+
+    /// A first group of records larger than a whole segment, on a fresh spool and on a spool
+    /// reopened with an empty newest segment: the segment is reserved larger, nothing panics,
+    /// every record reads back.
+    #[test]
+    fn a_group_larger_than_a_segment_fits_an_empty_one() {
+        for reopen_empty in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            if reopen_empty {
+                // A previous life killed just after reserving its next segment (all zeros).
+                let spool = Spool::open(config(dir.path()), 0).unwrap();
+                append_blocking(&spool, vec![vec![1; 4000], vec![2; 10]]);
+                drop(spool);
+                fs::write(dir.path().join(segment_name(3)), vec![0u8; 4096]).unwrap();
+            }
+            let spool = Spool::open(config(dir.path()), 0).unwrap();
+            let big = vec![vec![7; 3000], vec![8; 3000]];
+            append_blocking(&spool, big.clone());
+            append_blocking(&spool, vec![b"after".to_vec()]);
+            drop(spool);
+            let got: Vec<Vec<u8>> = read_after(dir.path(), 0, u64::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.payload)
+                .collect();
+            assert_eq!(&got[got.len() - 3..got.len() - 1], &big[..]);
+            assert_eq!(got.last().unwrap(), b"after");
+        }
+    }
+
+    /// The sealer's reader does not wait forever for numbers lost at the end of a final
+    /// segment (a corrupt last frame): it goes on with the next segment.
+    #[test]
+    fn the_reader_goes_past_a_corrupt_end_of_a_final_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(config(dir.path()), 0).unwrap();
+        for i in 0..30u8 {
+            append_blocking(&spool, vec![vec![i; 500]]);
+        }
+        drop(spool);
+        let segs = segments(dir.path()).unwrap();
+        assert!(segs.len() > 2);
+        // Flip a byte of the first segment's last frame.
+        let mut bytes = fs::read(&segs[0].1).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        fs::write(&segs[0].1, &bytes).unwrap();
+        let lost = segs[1].0 - 1;
+        let spool = Spool::open(config(dir.path()), 0).unwrap();
+        assert_eq!(spool.recovery().corrupt_frames, 1);
+        let mut reader =
+            SpoolReader::new(dir.path(), 0).bounded_by(Arc::clone(spool.active_segment()));
+        let written = spool.stats().written_seq.load(Ordering::Acquire);
+        let mut seqs = Vec::new();
+        for _ in 0..5 {
+            seqs.extend(
+                reader
+                    .read(written, usize::MAX)
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq),
+            );
+        }
+        let expected: Vec<u64> = (1..=30).filter(|&s| s != lost).collect();
+        assert_eq!(seqs, expected);
+    }
+
+    /// Releasing never deletes the active segment, and the byte count never wraps.
+    #[test]
+    fn release_spares_the_active_segment_and_saturates() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(config(dir.path()), 0).unwrap();
+        for i in 0..20u8 {
+            append_blocking(&spool, vec![vec![i; 500]]);
+        }
+        spool.release(u64::MAX).unwrap();
+        let left = segments(dir.path()).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            left[0].0,
+            spool.active_segment().first_seq.load(Ordering::Acquire)
+        );
+        assert!(spool.stats().bytes.load(Ordering::SeqCst) < 4096);
+    }
+
+    /// Two spools on one directory would renumber each other's records: the second is refused
+    /// while the first is open, and opens once it is closed.
+    #[test]
+    fn a_spool_directory_has_one_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(config(dir.path()), 0).unwrap();
+        let err = Spool::open(config(dir.path()), 0).err().unwrap();
+        assert!(
+            err.to_string().contains("in use by another gateway"),
+            "{err}"
+        );
+        drop(first);
+        Spool::open(config(dir.path()), 0).unwrap();
     }
 }

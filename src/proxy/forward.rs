@@ -62,6 +62,9 @@ pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
     header_value(&peer.ip().to_string())
 }
 
+/// A pooled connection idle longer than this is checked with a system call before reuse.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Idle keep-alive connections to one upstream, newest last.
 struct Pool {
     authority: String,
@@ -101,7 +104,15 @@ impl Pools {
                 pool.idle.clear();
                 return None;
             }
-            if conn.idle_and_open() {
+            // The event loop's view of the socket is enough for a connection idle a moment;
+            // one idle longer gets a look at the kernel's (a backend's keep-alive timeout
+            // closes only connections idle that long, and its FIN may not have been seen yet).
+            let looked = if since.elapsed() > RECHECK_IDLE_AFTER {
+                conn.peek_open()
+            } else {
+                conn.idle_and_open()
+            };
+            if looked {
                 return Some(conn);
             }
         }
@@ -109,6 +120,10 @@ impl Pools {
     }
 
     fn checkin(&self, slot: usize, conn: Conn) {
+        if self.max_idle == 0 {
+            // Pooling turned off (`proxy.pool_max_idle_per_host = 0`): closed here.
+            return;
+        }
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
         if pool.idle.len() >= self.max_idle {
@@ -271,6 +286,20 @@ impl Forwarder {
         // The client's headers go on, edited in place, minus hop-by-hop ones and any identity
         // header a client made up. A client's Content-Length stays true: the body is forwarded
         // byte for byte.
+        // Headers the client's `Connection` names are hop-by-hop too (RFC 9110 section 7.6.1).
+        // (`keep-alive` and `close`, the usual tokens, name nothing left to remove.)
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
         if headers.keys().any(dropped_on_forward) {
             let chunked = headers.contains_key(header::TRANSFER_ENCODING);
             let names: Vec<HeaderName> = headers
@@ -288,6 +317,7 @@ impl Forwarder {
         }
         // Room for the identity and forwarding headers below: one allocation at most.
         headers.reserve(6);
+        headers.remove(&FORWARDED_HOST);
         if let Some(host) = headers.remove(header::HOST) {
             headers.insert(FORWARDED_HOST.clone(), host);
         }
@@ -563,6 +593,19 @@ mod tests {
         assert_eq!(connections.load(Ordering::SeqCst), 11);
     }
 
+    /// `proxy.pool_max_idle_per_host = 0`: no pooling, every call on a new connection.
+    #[tokio::test]
+    async fn a_pool_of_size_zero_pools_nothing() {
+        let (addr, connections) = backend(0).await;
+        let mut settings = Settings::embedded();
+        settings.pool_max_idle_per_host = 0;
+        let (f, up) = (Forwarder::new(&settings), upstream(addr));
+        for _ in 0..3 {
+            call(&f, &up, &[]).await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
     #[tokio::test]
     async fn identity_headers_replace_any_a_client_sent() {
         let (addr, _) = backend(0).await;
@@ -574,6 +617,8 @@ mod tests {
                 ("x-tollgate-uin", "1"),
                 ("x-tollgate-owner-uin", "1"),
                 ("connection", "keep-alive, x-custom"),
+                ("x-custom", "hop-by-hop: named by Connection"),
+                ("x-forwarded-host", "made-up.example"),
                 ("x-tc-action", "GeneralBasicOCR"),
             ],
         )
@@ -591,13 +636,14 @@ mod tests {
         // (the backend lower-cases what it echoes)
         assert!(lines.contains(&"x-tc-action: generalbasicocr"), "{echo}");
         assert!(lines.contains(&format!("host: {addr}").as_str()), "{echo}");
-        assert_eq!(
-            lines
-                .iter()
-                .filter(|l| l.starts_with("x-tollgate-uin"))
-                .count(),
-            1
-        );
+        for name in ["x-tollgate-uin", "x-forwarded-host"] {
+            assert_eq!(
+                lines.iter().filter(|l| l.starts_with(name)).count(),
+                1,
+                "{echo}"
+            );
+        }
+        assert!(!echo.contains("x-custom"), "{echo}");
     }
 
     #[tokio::test]

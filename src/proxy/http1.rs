@@ -137,6 +137,19 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::idle_and_open`], asking the kernel (one `recv` with `MSG_PEEK`) rather
+    /// than the event loop, whose view may not include a FIN that arrived since its last turn.
+    pub fn peek_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.io).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+
     /// Writes a call: its head (`headers` as they are, with the body's `Content-Length`) and
     /// its body, in one vectored write when the socket takes it whole.
     pub async fn send(
@@ -255,6 +268,11 @@ impl Conn {
                 headers.append(name, value);
             }
             let (body, mut keep_alive) = framing(method, status, &headers)?;
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                // The body is decoded here; a Content-Length beside Transfer-Encoding must not
+                // frame the answer the client gets.
+                headers.remove(header::CONTENT_LENGTH);
+            }
             keep_alive &= version == Version::HTTP_11 && !has_token(&headers, "close");
             return Ok(Some(Head {
                 status,
@@ -298,6 +316,13 @@ impl Conn {
                     }
                 }
                 BodyState::Chunked(chunk) => match chunk {
+                    // A chunk-size line starts with a hex digit (httparse alone would take an
+                    // empty line for a last chunk and end the body early).
+                    Chunk::Size if self.buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                        return Poll::Ready(Some(Err(ExchangeError::Malformed(
+                            "invalid chunk size",
+                        ))));
+                    }
                     Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
                         Ok(httparse::Status::Complete((used, size))) => {
                             self.buf.advance(used);
@@ -420,7 +445,9 @@ fn framing(
         return Ok((BodyState::Done, true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Chunked must be the last coding; anything else runs until the connection closes.
+        // Chunked must be the last coding; anything else runs until the connection closes. A
+        // Content-Length beside it is a framing conflict (RFC 9112 section 6.3): the caller
+        // removes it and does not reuse the connection.
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -429,7 +456,10 @@ fn framing(
             .map(str::trim)
             .rfind(|c| !c.is_empty());
         return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => (BodyState::Chunked(Chunk::Size), true),
+            Some(c) if c.eq_ignore_ascii_case("chunked") => (
+                BodyState::Chunked(Chunk::Size),
+                !headers.contains_key(header::CONTENT_LENGTH),
+            ),
             _ => (BodyState::UntilClose, false),
         });
     }
@@ -549,6 +579,20 @@ mod tests {
         }
     }
 
+    /// Transfer-Encoding and Content-Length together: the chunked framing wins, the length is
+    /// dropped from the answer, and the connection is not trusted with another call.
+    #[tokio::test]
+    async fn a_length_beside_chunked_framing_is_dropped() {
+        let (mut conn, mut head) = exchange(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            7,
+        )
+        .await;
+        assert!(!head.headers.contains_key("content-length"));
+        assert!(!head.keep_alive);
+        assert_eq!(body_of(&mut conn, &mut head.body).await.unwrap(), b"ok");
+    }
+
     #[tokio::test]
     async fn headers_are_kept_and_the_head_is_parsed_once_complete() {
         let (_, head) = exchange(
@@ -582,6 +626,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX",
+            // An empty chunk-size line is not a last chunk.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n\r\n",
         ] {
             let mut conn = answered(Method::POST, answer, answer.len(), true).await;
             let mut head = conn.read_head(&Method::POST).await.unwrap();
@@ -657,7 +703,7 @@ mod tests {
         let mut head = closed.read_head(&Method::POST).await.unwrap();
         body_of(&mut closed, &mut head.body).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(open.idle_and_open());
-        assert!(!closed.idle_and_open());
+        assert!(open.idle_and_open() && open.peek_open());
+        assert!(!closed.idle_and_open() && !closed.peek_open());
     }
 }

@@ -313,34 +313,19 @@ mod tests {
     /// starts with it, and the two together hold every record once.
     #[test]
     fn a_batch_is_bounded_by_its_counts_not_its_records() {
-        let mut entries: Vec<SpoolEntry> = (0..1000)
-            .map(|i| {
-                entry(
-                    i + 1,
-                    1 + i % 2,
-                    "ocr.general_basic",
-                    "GeneralBasicOCR",
-                    60_000,
-                    1,
-                )
-            })
-            .collect();
-        entries.push(entry(
-            1001,
-            3,
-            "ocr.general_basic",
-            "GeneralBasicOCR",
-            60_000,
-            1,
-        ));
-        entries.push(entry(
-            1002,
-            1,
-            "ocr.general_basic",
-            "GeneralBasicOCR",
-            60_000,
-            1,
-        ));
+        let call = |seq, owner| {
+            entry(
+                seq,
+                owner,
+                "ocr.general_basic",
+                "GeneralBasicOCR",
+                60_000,
+                1,
+            )
+        };
+        let mut entries: Vec<SpoolEntry> = (0..1000).map(|i| call(i + 1, 1 + i % 2)).collect();
+        entries.push(call(1001, 3));
+        entries.push(call(1002, 1));
         let (first, taken) = Batch::seal("gw-a", 1, &entries, 0, 2);
         assert_eq!(taken, 1000, "a thousand records of two counts");
         assert_eq!(

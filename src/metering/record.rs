@@ -19,19 +19,12 @@ use super::UsageRecord;
 /// The tag of a postcard-encoded record.
 const POSTCARD_V1: u8 = 0x01;
 
-/// Appends the payload of `record` to `out`.
-pub fn encode(record: &UsageRecord, out: &mut Vec<u8>) {
-    out.push(POSTCARD_V1);
-    // Only a writer error could fail, and a Vec does not fail.
-    let encoded = postcard::to_extend(record, std::mem::take(out));
-    *out = encoded.expect("a usage record encodes into a Vec");
-}
-
-/// The payload of `record`.
+/// The payload of `record`: its tag, then the record.
 pub fn to_payload(record: &UsageRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
-    encode(record, &mut out);
-    out
+    out.push(POSTCARD_V1);
+    // Only a writer error could fail, and a Vec does not fail.
+    postcard::to_extend(record, out).expect("a usage record encodes into a Vec")
 }
 
 /// A spool record as the sealer reads it: every field of [`UsageRecord`] decoded (and so

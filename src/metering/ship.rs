@@ -307,22 +307,22 @@ impl Shipper {
     /// `max_batch_records` records at a time, into batches of at most `max_batch_counts`
     /// counts. Returns how many batches were sealed.
     pub fn seal(&mut self) -> std::io::Result<usize> {
-        let mut n = 0;
-        let result = self.seal_into(&mut n);
+        let result = self.seal_into();
         if result.is_err() {
             // The reader may have moved past records no batch holds yet (read, then the batch
             // could not be written): read again from the last sealed sequence next time, or
             // those records would never be sealed.
             self.reader = Self::reader_of(&self.spool, self.sealed_seq);
         }
-        result.map(|()| n)
+        result
     }
 
     fn reader_of(spool: &Spool, after: u64) -> SpoolReader {
         SpoolReader::new(spool.dir(), after).bounded_by(Arc::clone(spool.active_segment()))
     }
 
-    fn seal_into(&mut self, n: &mut usize) -> std::io::Result<()> {
+    fn seal_into(&mut self) -> std::io::Result<usize> {
+        let mut n = 0;
         let written = self.spool.stats().written_seq.load(Ordering::Acquire);
         while self.sealed_seq < written {
             let entries = self.reader.read(written, self.config.max_batch_records)?;
@@ -345,10 +345,10 @@ impl Shipper {
                 self.next_batch_seq += 1;
                 self.metrics.sealed.inc();
                 self.queue.push_back((batch, Instant::now()));
-                *n += 1;
+                n += 1;
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Publishes up to `max_in_flight` queued batches concurrently and ships the acknowledged

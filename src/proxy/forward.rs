@@ -5,9 +5,9 @@
 //!
 //! Each API worker has its own [`Forwarder`] (see `server`), so its pool is used by one thread
 //! only: a checkout is a pop from a vector, and a connection is read and written by the call
-//! that holds it, in that call's task ([`http1`]). The connection goes back to the pool when
-//! the answer it carried has been read to its end: the [`Lease`] travels inside the
-//! [`UpstreamBody`] that streams the answer to the client.
+//! that holds it, in that call's task ([`http1`]). The connection travels inside the
+//! [`UpstreamBody`] that streams the answer to the client, and goes back to the pool when the
+//! answer has been read to its end.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,7 +22,7 @@ use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::http1::{BodyState, Conn, ExchangeError};
+use super::http1::{self, BodyState, Conn, ExchangeError};
 
 use crate::auth::tc3::Signer;
 use crate::config::gateway::{Settings, Upstream};
@@ -288,12 +288,7 @@ impl Forwarder {
         // byte for byte.
         // Headers the client's `Connection` names are hop-by-hop too (RFC 9110 section 7.6.1).
         // (`keep-alive` and `close`, the usual tokens, name nothing left to remove.)
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        let named: Vec<HeaderName> = http1::connection_tokens(&headers)
             .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -354,14 +349,12 @@ impl Forwarder {
             // A pooled connection the backend closed just as the call was written fails the
             // write: nothing reached the backend whole, so the call goes on a new connection.
             // Once written, any failure is final (the call may have reached the backend).
-            let mut conn = match self.pools.checkout(slot) {
-                Some(pooled) => match pooled_send(pooled, &method, &uri, &headers, &body).await {
-                    Some(conn) => conn,
-                    None => {
-                        self.fresh_send(upstream, &method, &uri, &headers, &body)
-                            .await?
-                    }
-                },
+            let pooled = match self.pools.checkout(slot) {
+                Some(conn) => pooled_send(conn, &method, &uri, &headers, &body).await,
+                None => None,
+            };
+            let mut conn = match pooled {
+                Some(conn) => conn,
                 None => {
                     self.fresh_send(upstream, &method, &uri, &headers, &body)
                         .await?

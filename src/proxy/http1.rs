@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -54,7 +54,6 @@ pub enum ExchangeError {
 /// An answer's head, and how its body is framed.
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     pub body: BodyState,
     /// The connection may carry another call once the body has been read to its end.
@@ -242,11 +241,8 @@ impl Conn {
                 self.buf.advance(len);
                 continue;
             }
-            let version = if parsed.version == Some(1) {
-                Version::HTTP_11
-            } else {
-                Version::HTTP_10
-            };
+            // Only HTTP/1.1 keeps a connection open by default; HTTP/1.0 is not reused.
+            let http_11 = parsed.version == Some(1);
             // Header values are slices of the head's bytes, which are split off and shared
             // by the values rather than copied.
             let base = self.buf.as_ptr() as usize;
@@ -273,10 +269,10 @@ impl Conn {
                 // frame the answer the client gets.
                 headers.remove(header::CONTENT_LENGTH);
             }
-            keep_alive &= version == Version::HTTP_11 && !has_token(&headers, "close");
+            keep_alive &=
+                http_11 && !connection_tokens(&headers).any(|t| t.eq_ignore_ascii_case("close"));
             return Ok(Some(Head {
                 status,
-                version,
                 headers,
                 body,
                 keep_alive,
@@ -485,14 +481,14 @@ fn framing(
     })
 }
 
-/// True if a `Connection` header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+/// The tokens the `Connection` headers of `headers` list, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 #[cfg(test)]

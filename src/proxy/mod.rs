@@ -212,7 +212,7 @@ impl Gateway {
                 if let Refusal::Auth(_) = &refusal {
                     self.metrics.auth_failures.with_label_values(&[code]).inc();
                 }
-                tracing::debug!(%request_id, code, message = %refusal.message(), "refused");
+                tracing::debug!(%request_id, code, message = %respond::Message(&refusal), "refused");
                 refusal.into_response(request_id)
             }
         };

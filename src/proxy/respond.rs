@@ -123,17 +123,16 @@ impl Refusal {
                 v.push(b'"');
                 v
             };
+            // A rate is per one-second window; a concurrency limit has no window.
+            let (quota, window) = match *limit {
+                Limit::Rate(q) => (q, true),
+                Limit::Concurrency(c) => (c, false),
+            };
             let mut policy = quoted();
-            match limit {
-                Limit::Rate(q) => {
-                    policy.extend_from_slice(b";q=");
-                    policy.extend_from_slice(n.format(*q).as_bytes());
-                    policy.extend_from_slice(b";w=1");
-                }
-                Limit::Concurrency(c) => {
-                    policy.extend_from_slice(b";q=");
-                    policy.extend_from_slice(n.format(*c).as_bytes());
-                }
+            policy.extend_from_slice(b";q=");
+            policy.extend_from_slice(n.format(quota).as_bytes());
+            if window {
+                policy.extend_from_slice(b";w=1");
             }
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(policy)) {
                 h.insert(RATELIMIT_POLICY.clone(), v);

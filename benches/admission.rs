@@ -152,7 +152,7 @@ fn request_path_stage(c: &mut Criterion) {
     c.bench_function("admission/request_path_stage", |b| {
         b.iter(|| {
             now += 10_000_000; // 100 calls/s: admitted
-            let route = catalog.route(ocr, black_box("GeneralBasicOCR"));
+            let route = catalog.route(ocr, black_box("GeneralBasicOCR")).unwrap();
             let tollgate::catalog::Route::Listed { group, .. } = route else {
                 unreachable!()
             };

@@ -82,7 +82,12 @@ fn classification(c: &mut Criterion) {
     c.bench_function("classify/service_and_action", |b| {
         b.iter(|| {
             let svc = catalog.service_by_name(black_box("ocr")).unwrap();
-            black_box(catalog.route(svc, black_box("MixedInvoiceOCR")).group_key())
+            black_box(
+                catalog
+                    .route(svc, black_box("MixedInvoiceOCR"))
+                    .expect("listed")
+                    .group_key(),
+            )
         })
     });
 }

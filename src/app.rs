@@ -237,7 +237,10 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         server::worker_count(settings.workers),
         Arc::clone(&gateway),
         &stopped,
-        settings.drain_timeout,
+        server::Drain {
+            idle_grace: settings.idle_grace,
+            timeout: settings.drain_timeout,
+        },
     )?;
     let api_addr = workers.local_addr();
     tasks.push(tokio::spawn(workers.stopped()));

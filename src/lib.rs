@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod entitlement;
+pub mod http_server;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;

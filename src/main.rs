@@ -276,29 +276,21 @@ async fn serve_consumer_metrics(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<tollgate::settlement::consumer::ConsumerMetrics>,
 ) {
-    use hyper::service::service_fn;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = std::sync::Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = match req.uri().path() {
-                    "/metrics" => metrics.render(),
-                    _ => "ok\n".to_owned(),
-                };
-                async move {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from(body)),
-                    ))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    tollgate::http_server::serve(
+        listener,
+        "consumer-admin",
+        move |req: http::Request<hyper::body::Incoming>| {
+            let body = match req.uri().path() {
+                "/metrics" => metrics.render(),
+                _ => "ok\n".to_owned(),
+            };
+            async move {
+                tollgate::http_server::text(http::StatusCode::OK, body, "text/plain; version=0.0.4")
+            }
+        },
+        std::future::pending(),
+    )
+    .await;
 }
 
 fn run_quote(what: QuoteWhat, dir: &Option<PathBuf>) -> anyhow::Result<()> {

@@ -68,6 +68,17 @@ pub struct Metrics {
     pub batch_publish_errors: IntCounter,
     pub batch_publish_seconds: Histogram,
     pub batches_pending: IntGauge,
+    /// Request bytes buffered now, gateway-wide (bodies being read or forwarded).
+    pub request_buffered_bytes: IntGauge,
+    /// Calls whose body was refused: reason = too_large | timeout | buffer_full | failed.
+    pub request_body_refusals: IntCounterVec,
+    /// Upstream answers abandoned because their body stalled (proxy.response_idle_timeout_ms).
+    pub upstream_stalls: IntCounterVec,
+    /// The replay guard (auth.replay_guard): signatures held, replays refused, calls admitted
+    /// unremembered because it was full.
+    pub replay_guard_signatures: IntGauge,
+    pub replay_guard_replays: IntCounter,
+    pub replay_guard_overflow: IntCounter,
 }
 
 impl Metrics {
@@ -239,7 +250,39 @@ impl Metrics {
             "tollgate_batches_pending",
             "Sealed batches not yet acknowledged by the sink.",
         );
+        let request_buffered_bytes = gauge(
+            "tollgate_request_buffered_bytes",
+            "Request bytes buffered now by the whole gateway (bounded by proxy.max_buffered_request_bytes).",
+        );
+        let request_body_refusals = counter_vec(
+            "tollgate_request_body_refusals_total",
+            "Calls refused while their body was read, by reason (too_large, timeout, buffer_full, failed).",
+            &["reason"],
+        );
+        let upstream_stalls = counter_vec(
+            "tollgate_upstream_stalls_total",
+            "Upstream answers abandoned because their body sent nothing for proxy.response_idle_timeout_ms, by service.",
+            &["service"],
+        );
+        let replay_guard_signatures = gauge(
+            "tollgate_replay_guard_signatures",
+            "Signatures the replay guard holds (auth.replay_guard).",
+        );
+        let replay_guard_replays = counter(
+            "tollgate_replay_guard_replays_total",
+            "Calls refused because their signature was already used.",
+        );
+        let replay_guard_overflow = counter(
+            "tollgate_replay_guard_overflow_total",
+            "Calls admitted without being remembered because the replay guard was full (raise auth.replay_guard_capacity).",
+        );
         let m = Metrics {
+            request_buffered_bytes,
+            request_body_refusals,
+            upstream_stalls,
+            replay_guard_signatures,
+            replay_guard_replays,
+            replay_guard_overflow,
             spool_bytes,
             spool_max_bytes,
             spool_unshipped_records,
@@ -395,6 +438,8 @@ pub struct CatalogMetrics {
     pub groups: Vec<GroupMetrics>,
     pub unlisted: Vec<GroupMetrics>,
     pub upstream_seconds: Vec<Histogram>,
+    /// By service id.
+    pub upstream_stalls: Vec<IntCounter>,
     pub unlisted_calls: Vec<IntCounter>,
     /// Billable units by billing item id.
     pub billable_units: Vec<IntCounter>,
@@ -428,6 +473,11 @@ impl CatalogMetrics {
                 .services
                 .iter()
                 .map(|s| m.unlisted.with_label_values(&[&*s.name]))
+                .collect(),
+            upstream_stalls: catalog
+                .services
+                .iter()
+                .map(|s| m.upstream_stalls.with_label_values(&[&*s.name]))
                 .collect(),
             billable_units: catalog
                 .billing_items

@@ -77,7 +77,7 @@ fn an_admission_decision_allocates_nothing() {
     let ocr = catalog.service_by_name("ocr").unwrap();
     let wall = 1_795_000_000_000_000_000i64;
     let decide = |now: u64, uin: u64, action: &str| {
-        let route = catalog.route(ocr, action);
+        let route = catalog.route(ocr, action).unwrap();
         let Route::Listed { group, .. } = route else {
             panic!("listed")
         };

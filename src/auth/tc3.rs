@@ -18,7 +18,7 @@ pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
 /// The parts of an `Authorization: TC3-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`
 /// header, borrowed from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Authorization<'a> {
     pub secret_id: &'a str,
     /// `YYYY-MM-DD`, the UTC date of the request timestamp.

@@ -2,9 +2,12 @@
 //!
 //! `config::catalog` builds it from `config/catalog.toml`; nothing else constructs one. Every
 //! `(service, action)` classifies to an interface group (whose quota key it uses), a billing
-//! rule and, for OCR, an overlay class. Actions the catalog does not list classify as
-//! [`Route::Unlisted`]: a group of their own at the default QPS, metered against the service's
-//! `<service>.unlisted` billing item.
+//! rule and, for OCR, an overlay class. Actions are matched exactly, as the vendor does: a
+//! case variant of a listed action (`generalbasicocr`) is refused, not given a quota of its
+//! own. Well-formed actions the catalog does not list classify as [`Route::Unlisted`]: one
+//! group per service at the default QPS (however many names a client makes up, an account
+//! holds one such quota per service), metered against the service's `<service>.unlisted`
+//! billing item.
 
 use std::sync::Arc;
 
@@ -40,12 +43,10 @@ impl GroupKey {
         GroupKey(fnv1a(id.as_bytes()) & !UNLISTED_BIT)
     }
 
-    /// The key of an unlisted action's own group. The top bit keeps it apart from every
-    /// catalog group; two unlisted actions whose hashes collide would share a quota, which
-    /// errs on the side of refusing.
-    pub fn of_unlisted(service: &str, action: &str) -> GroupKey {
-        let h = fnv1a_continue(fnv1a(service.as_bytes()), b".");
-        GroupKey(fnv1a_continue(h, action.as_bytes()) | UNLISTED_BIT)
+    /// The key of the group that a service's unlisted actions share. The top bit keeps it
+    /// apart from every catalog group.
+    pub fn of_unlisted(service: &str) -> GroupKey {
+        GroupKey(fnv1a_continue(fnv1a(service.as_bytes()), b".unlisted") | UNLISTED_BIT)
     }
 }
 
@@ -157,7 +158,11 @@ pub struct Service {
     pub billable_error_codes: FxHashSet<Box<str>>,
     pub refusal_codes: RefusalCodes,
     pub actions: FxHashMap<Box<str>, InterfaceId>,
+    /// The same actions, ASCII-lower-cased: tells a case variant from an unlisted action.
+    pub actions_folded: FxHashMap<Box<str>, InterfaceId>,
     pub unlisted_item: BillingItemId,
+    /// The quota key of the group every unlisted action of this service shares.
+    pub unlisted_key: GroupKey,
     /// Metrics label for the groups of unlisted actions: `<service>.unlisted`.
     pub unlisted_label: Arc<str>,
 }
@@ -192,6 +197,28 @@ pub struct Catalog {
     pub(crate) service_by_name: FxHashMap<Box<str>, ServiceId>,
     pub(crate) item_by_key: FxHashMap<Box<str>, BillingItemId>,
     pub(crate) group_by_name: FxHashMap<Box<str>, GroupId>,
+}
+
+/// The longest action name the gateway accepts (the vendor's are under 40 characters).
+pub const MAX_ACTION_LEN: usize = 64;
+
+/// An API 3.0 action name: an ASCII letter, then letters and digits, at most
+/// [`MAX_ACTION_LEN`] in all.
+pub fn is_action_name(action: &str) -> bool {
+    let b = action.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_ACTION_LEN
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(u8::is_ascii_alphanumeric)
+}
+
+/// Why an action does not classify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Not an action name at all (empty, too long, or not letters and digits).
+    Malformed,
+    /// A case variant of this listed action: refused, as the vendor refuses it.
+    CaseVariant(Arc<str>),
 }
 
 /// What a call is, as far as quotas and billing are concerned.
@@ -254,21 +281,38 @@ impl Catalog {
         service.actions.get(action).map(|id| self.interface(*id))
     }
 
-    /// Classifies a call of `action` on `service`.
-    pub fn route<'c>(&'c self, service: &'c Service, action: &str) -> Route<'c> {
-        match service.actions.get(action) {
-            Some(id) => {
-                let interface = self.interface(*id);
-                Route::Listed {
-                    interface,
-                    group: self.group(interface.group),
-                }
-            }
-            None => Route::Unlisted {
-                service,
-                key: GroupKey::of_unlisted(&service.name, action),
-            },
+    /// Classifies a call of `action` on `service`: a listed interface, matched exactly, or
+    /// the service's group of unlisted actions.
+    pub fn route<'c>(
+        &'c self,
+        service: &'c Service,
+        action: &str,
+    ) -> Result<Route<'c>, RouteError> {
+        if let Some(id) = service.actions.get(action) {
+            let interface = self.interface(*id);
+            return Ok(Route::Listed {
+                interface,
+                group: self.group(interface.group),
+            });
         }
+        if !is_action_name(action) {
+            return Err(RouteError::Malformed);
+        }
+        // Lower-cased on the stack: this runs for every unlisted call.
+        let mut folded = [0u8; MAX_ACTION_LEN];
+        let folded = &mut folded[..action.len()];
+        folded.copy_from_slice(action.as_bytes());
+        folded.make_ascii_lowercase();
+        let folded = std::str::from_utf8(folded).expect("ASCII stays UTF-8");
+        if let Some(id) = service.actions_folded.get(folded) {
+            return Err(RouteError::CaseVariant(Arc::clone(
+                &self.interface(*id).action,
+            )));
+        }
+        Ok(Route::Unlisted {
+            service,
+            key: service.unlisted_key,
+        })
     }
 
     /// The billing items a call of this route may be counted against.
@@ -301,9 +345,28 @@ mod tests {
             GroupKey::of_group("bda.segment"),
             GroupKey::of_group("bda.segmenu")
         );
-        let unlisted = GroupKey::of_unlisted("ocr", "NewOCR");
+        let unlisted = GroupKey::of_unlisted("ocr");
         assert!(unlisted.0 & UNLISTED_BIT != 0);
-        assert!(GroupKey::of_group("ocr.NewOCR").0 & UNLISTED_BIT == 0);
-        assert_ne!(unlisted, GroupKey::of_unlisted("ocr", "OtherOCR"));
+        assert!(GroupKey::of_group("ocr.unlisted").0 & UNLISTED_BIT == 0);
+        assert_ne!(unlisted, GroupKey::of_unlisted("tiia"));
+    }
+
+    #[test]
+    fn action_names_are_letters_and_digits() {
+        for ok in ["GeneralBasicOCR", "A", "FuseFaceUltra", "V2Action9"] {
+            assert!(is_action_name(ok), "{ok}");
+        }
+        let long = "A".repeat(MAX_ACTION_LEN + 1);
+        for bad in [
+            "",
+            "9Lives",
+            "General-OCR",
+            "Ocr.Call",
+            "Ünïcode",
+            "a b",
+            &long,
+        ] {
+            assert!(!is_action_name(bad), "{bad}");
+        }
     }
 }

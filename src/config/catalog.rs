@@ -197,7 +197,9 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
                 packs_exhausted: s.refusal_codes.packs_exhausted.as_str().into(),
             },
             actions: FxHashMap::default(),
+            actions_folded: FxHashMap::default(),
             unlisted_item,
+            unlisted_key: GroupKey::of_unlisted(&s.name),
             unlisted_label: unlisted_key.into(),
         });
     }
@@ -404,9 +406,33 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
                 )?
             }
         };
+        if !crate::catalog::is_action_name(&f.action) {
+            return Err(err(
+                key("action"),
+                format!(
+                    "{:?} is not an API 3.0 action (a letter, then letters and digits, at most {} in all)",
+                    f.action,
+                    crate::catalog::MAX_ACTION_LEN
+                ),
+            ));
+        }
         let svc = &mut services[usize::from(service.0)];
         if svc.actions.insert(f.action.as_str().into(), iid).is_some() {
             return Err(err(key("action"), "duplicate interface".into()));
+        }
+        // Actions are matched exactly; a case variant of a listed action is refused, so two
+        // listed actions may not differ only by case.
+        if let Some(other) = svc
+            .actions_folded
+            .insert(f.action.to_ascii_lowercase().into(), iid)
+        {
+            return Err(err(
+                key("action"),
+                format!(
+                    "differs only by letter case from interface[{}] ({}): calls could not tell them apart",
+                    other.0, interfaces[other.0 as usize].action
+                ),
+            ));
         }
         groups[group.0 as usize].interfaces.push(iid);
         interfaces.push(Interface {
@@ -551,9 +577,23 @@ mod tests {
             }
         }
         let ocr = c.service_by_name("ocr").unwrap();
+        let unlisted = |a: &str| match c.route(ocr, a) {
+            Ok(Route::Unlisted { key, .. }) => key,
+            other => panic!("{a}: {other:?}"),
+        };
+        // Every unlisted action of a service shares one quota.
+        assert_eq!(unlisted("NotARealOCR"), unlisted("AnotherMadeUpOCR"));
+        assert_eq!(
+            c.route(ocr, "generalbasicOCR").unwrap_err(),
+            crate::catalog::RouteError::CaseVariant("GeneralBasicOCR".into())
+        );
+        assert_eq!(
+            c.route(ocr, "General-Basic").unwrap_err(),
+            crate::catalog::RouteError::Malformed
+        );
         assert!(matches!(
-            c.route(ocr, "NotARealOCR"),
-            Route::Unlisted { .. }
+            c.route(ocr, "GeneralBasicOCR"),
+            Ok(Route::Listed { .. })
         ));
     }
 

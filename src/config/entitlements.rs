@@ -231,7 +231,7 @@ pub fn load_entitlements(
                 purchased_at: instant_of(&o.purchased_at)
                     .map_err(|e| err(okey("purchased_at"), e))?,
             };
-            check_pack(&pack).map_err(|e| err(okey("qps"), e.to_string()))?;
+            check_pack(&pack).map_err(|e| err(okey(e.field()), e.to_string()))?;
             packs.push(pack);
         }
         by_purchase.sort_by_key(|(j, _)| (packs[*j].purchased_at, *j));
@@ -472,6 +472,11 @@ mod tests {
                 ),
                 "account[0].overlay[0].start",
                 "invalid type",
+            ),
+            (
+                format!("{MAIN}{}", overlay(5, "2026-03-04", "2026-03-02")),
+                "account[0] (uin 1).overlay[0].end",
+                "is before start date",
             ),
             (
                 "[[account]]\nuin = 1\nname = \"main\"\nservices = [\"ocrr\"]\n".to_string(),

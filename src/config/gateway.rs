@@ -64,6 +64,8 @@ impl Default for RawFiles {
 struct RawAuth {
     max_clock_skew_seconds: i64,
     allow_unsigned_payload: bool,
+    replay_guard: bool,
+    replay_guard_capacity: usize,
 }
 
 impl Default for RawAuth {
@@ -71,6 +73,8 @@ impl Default for RawAuth {
         RawAuth {
             max_clock_skew_seconds: 300,
             allow_unsigned_payload: true,
+            replay_guard: false,
+            replay_guard_capacity: 4_000_000,
         }
     }
 }
@@ -95,8 +99,13 @@ impl Default for RawAdmission {
 #[serde(deny_unknown_fields, default)]
 struct RawProxy {
     max_request_bytes: usize,
+    max_buffered_request_bytes: usize,
+    header_read_timeout_ms: u64,
+    request_body_idle_timeout_ms: u64,
+    request_body_timeout_ms: u64,
     connect_timeout_ms: u64,
     response_timeout_ms: u64,
+    response_idle_timeout_ms: u64,
     pool_idle_timeout_seconds: u64,
     pool_max_idle_per_host: usize,
     workers: usize,
@@ -106,8 +115,13 @@ impl Default for RawProxy {
     fn default() -> Self {
         RawProxy {
             max_request_bytes: 10 * 1024 * 1024,
+            max_buffered_request_bytes: 256 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            request_body_idle_timeout_ms: 10_000,
+            request_body_timeout_ms: 30_000,
             connect_timeout_ms: 2_000,
             response_timeout_ms: 60_000,
+            response_idle_timeout_ms: 30_000,
             pool_idle_timeout_seconds: 90,
             pool_max_idle_per_host: 1024,
             workers: 0,
@@ -178,12 +192,14 @@ impl Default for RawReload {
 #[serde(deny_unknown_fields, default)]
 struct RawShutdown {
     drain_timeout_seconds: u64,
+    idle_grace_ms: u64,
 }
 
 impl Default for RawShutdown {
     fn default() -> Self {
         RawShutdown {
             drain_timeout_seconds: 30,
+            idle_grace_ms: 1_000,
         }
     }
 }
@@ -266,11 +282,22 @@ pub struct Settings {
     pub sources: Sources,
     pub max_clock_skew_seconds: i64,
     pub allow_unsigned_payload: bool,
+    /// `auth.replay_guard`: the most signatures remembered at once, when the guard is on.
+    pub replay_guard_capacity: Option<usize>,
     pub burst_millis: u32,
     pub sweep_interval: Duration,
     pub max_request_bytes: usize,
+    /// Request bytes buffered at once by the whole gateway (bodies being read or forwarded).
+    pub max_buffered_request_bytes: usize,
+    /// A request head must arrive within this of the connection turning active.
+    pub header_read_timeout: Duration,
+    /// Request bodies: no byte for this long, or not whole within the total, is refused.
+    pub request_body_idle_timeout: Duration,
+    pub request_body_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// An upstream answer's body that sends nothing for this long is abandoned.
+    pub response_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     /// API worker threads (each its own event loop, listener and upstream pool); 0 = one per
@@ -281,6 +308,9 @@ pub struct Settings {
     pub metering: MeteringSink,
     pub reload_poll_interval: Duration,
     pub drain_timeout: Duration,
+    /// On SIGTERM, keep-alive connections stay open this long, so a call sent as the drain
+    /// starts is answered (with `Connection: close`) instead of cut.
+    pub idle_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -288,9 +318,22 @@ pub struct Settings {
 impl Settings {
     /// The upstream of `service`.
     pub fn upstream(&self, service: &str) -> Option<&Upstream> {
+        self.upstream_slot(service).map(|(_, u)| u)
+    }
+
+    /// The upstream of `service` and its index among `upstreams` (which names its connection
+    /// pool in every API worker: settings do not change while the gateway runs).
+    pub fn upstream_slot(&self, service: &str) -> Option<(usize, &Upstream)> {
+        let name = if self.upstreams.contains_key(service) {
+            service
+        } else {
+            "default"
+        };
         self.upstreams
-            .get(service)
-            .or_else(|| self.upstreams.get("default"))
+            .iter()
+            .enumerate()
+            .find(|(_, (n, _))| n.as_str() == name)
+            .map(|(i, (_, u))| (i, u))
     }
 
     /// The embedded defaults: every file compiled in, loopback listeners.
@@ -345,9 +388,40 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
     if raw.proxy.max_request_bytes == 0 {
         return Err(err("proxy.max_request_bytes", "must be positive".into()));
     }
+    if raw.proxy.max_buffered_request_bytes < raw.proxy.max_request_bytes {
+        return Err(err(
+            "proxy.max_buffered_request_bytes",
+            format!(
+                "{} is less than proxy.max_request_bytes ({}): no call of the largest size could be read",
+                raw.proxy.max_buffered_request_bytes, raw.proxy.max_request_bytes
+            ),
+        ));
+    }
+    if raw.auth.replay_guard && raw.auth.replay_guard_capacity == 0 {
+        return Err(err(
+            "auth.replay_guard_capacity",
+            "must be positive when auth.replay_guard is on".into(),
+        ));
+    }
     for (k, v) in [
+        (
+            "proxy.header_read_timeout_ms",
+            raw.proxy.header_read_timeout_ms,
+        ),
+        (
+            "proxy.request_body_idle_timeout_ms",
+            raw.proxy.request_body_idle_timeout_ms,
+        ),
+        (
+            "proxy.request_body_timeout_ms",
+            raw.proxy.request_body_timeout_ms,
+        ),
         ("proxy.connect_timeout_ms", raw.proxy.connect_timeout_ms),
         ("proxy.response_timeout_ms", raw.proxy.response_timeout_ms),
+        (
+            "proxy.response_idle_timeout_ms",
+            raw.proxy.response_idle_timeout_ms,
+        ),
         ("reload.poll_interval_ms", raw.reload.poll_interval_ms),
     ] {
         if v == 0 {
@@ -496,11 +570,20 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
         sources,
         max_clock_skew_seconds: raw.auth.max_clock_skew_seconds,
         allow_unsigned_payload: raw.auth.allow_unsigned_payload,
+        replay_guard_capacity: raw
+            .auth
+            .replay_guard
+            .then_some(raw.auth.replay_guard_capacity),
         burst_millis: raw.admission.burst_millis,
         sweep_interval: Duration::from_secs(raw.admission.sweep_interval_seconds.max(1)),
         max_request_bytes: raw.proxy.max_request_bytes,
+        max_buffered_request_bytes: raw.proxy.max_buffered_request_bytes,
+        header_read_timeout: Duration::from_millis(raw.proxy.header_read_timeout_ms),
+        request_body_idle_timeout: Duration::from_millis(raw.proxy.request_body_idle_timeout_ms),
+        request_body_timeout: Duration::from_millis(raw.proxy.request_body_timeout_ms),
         connect_timeout: Duration::from_millis(raw.proxy.connect_timeout_ms),
         response_timeout: Duration::from_millis(raw.proxy.response_timeout_ms),
+        response_idle_timeout: Duration::from_millis(raw.proxy.response_idle_timeout_ms),
         pool_idle_timeout: Duration::from_secs(raw.proxy.pool_idle_timeout_seconds),
         pool_max_idle_per_host: raw.proxy.pool_max_idle_per_host,
         workers: raw.proxy.workers,
@@ -508,6 +591,7 @@ pub fn load(source: &Source) -> Result<Settings, ConfigError> {
         metering,
         reload_poll_interval: Duration::from_millis(raw.reload.poll_interval_ms),
         drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
+        idle_grace: Duration::from_millis(raw.shutdown.idle_grace_ms),
         log_format: raw.log.format,
         log_level: raw.log.level,
     })

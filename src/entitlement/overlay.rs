@@ -98,6 +98,17 @@ pub enum InvalidPack {
     },
 }
 
+impl InvalidPack {
+    /// The field of the pack that is wrong (what a config error or an API answer names).
+    pub fn field(&self) -> &'static str {
+        match self {
+            InvalidPack::ZeroQps => "qps",
+            InvalidPack::EndBeforeStart { .. } => "end",
+            InvalidPack::StartBeforePurchase { .. } => "start",
+        }
+    }
+}
+
 /// Checks a pack on its own: positive QPS, a non-empty range, not starting before it was bought.
 pub fn check_pack(pack: &OverlayPack) -> Result<(), InvalidPack> {
     if pack.qps == 0 {

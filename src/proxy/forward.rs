@@ -1,5 +1,6 @@
 //! Forwarding admitted calls to the recognition backend of their service: pooled keep-alive
-//! connections, connect and response-head timeouts, the caller's identity as headers.
+//! connections, connect, response-head and body-idle timeouts, the caller's identity as
+//! headers.
 //!
 //! Only this module (with `http1`, its HTTP/1.1 codec) talks to upstreams.
 //!
@@ -8,7 +9,12 @@
 //! that holds it, in that call's task ([`http1`]). The connection travels inside the
 //! [`UpstreamBody`] that streams the answer to the client, and goes back to the pool when the
 //! answer has been read to its end.
+//!
+//! The forwarded call's head is written straight from the client's fields, skipping what must
+//! not go on (hop-by-hop fields, forwarding and identity fields a client made up) and adding
+//! the gateway's own: no header map is edited or copied per call.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -16,19 +22,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::Response;
+use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
+use super::hop::{self, ConnectionField};
 use super::http1::{self, BodyState, Conn, ExchangeError};
 
 use crate::auth::tc3::Signer;
 use crate::config::gateway::{Settings, Upstream};
-use crate::proxy::names::{
-    FORWARDED_FOR, FORWARDED_HOST, OWNER_UIN, REQUEST_ID, TC_CONTENT_SHA256, TC_TIMESTAMP, UIN,
-};
 
 /// Identity headers the gateway adds; any a client sent are removed first, so no client can
 /// pose as another account to the backend.
@@ -45,6 +49,14 @@ pub enum ForwardError {
     Timeout(Duration),
     #[error("{0}")]
     Failed(String),
+}
+
+/// Where a service's calls go: its upstream, and the index of that upstream's pool in every
+/// worker's [`Forwarder`] (settled when a config snapshot is built, not per call).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub slot: usize,
+    pub upstream: Upstream,
 }
 
 /// Who is calling, as told to the backend.
@@ -65,43 +77,24 @@ pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
 /// A pooled connection idle longer than this is checked with a system call before reuse.
 const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// Idle keep-alive connections to one upstream, newest last.
-struct Pool {
-    authority: String,
-    idle: Vec<(Conn, Instant)>,
-}
-
 struct Pools {
-    by_upstream: Mutex<Vec<Pool>>,
+    /// Idle keep-alive connections, newest last, one list per upstream (indexed as
+    /// `Settings::upstream_slot` numbers them).
+    by_upstream: Mutex<Vec<Vec<(Conn, Instant)>>>,
     idle_timeout: Duration,
     max_idle: usize,
 }
 
 impl Pools {
-    /// The index of `authority`'s pool (pools are only ever added, so an index stays valid).
-    fn slot(&self, authority: &str) -> usize {
-        let mut pools = self.by_upstream.lock().expect("not poisoned");
-        match pools.iter().position(|p| p.authority == authority) {
-            Some(i) => i,
-            None => {
-                pools.push(Pool {
-                    authority: authority.to_owned(),
-                    idle: Vec::new(),
-                });
-                pools.len() - 1
-            }
-        }
-    }
-
     /// The newest idle connection of pool `slot` that is still open, if one is left.
     /// Connections idle too long, or closed by the backend, are dropped on the way.
     fn checkout(&self, slot: usize) -> Option<Conn> {
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
-        while let Some((conn, since)) = pool.idle.pop() {
+        while let Some((conn, since)) = pool.pop() {
             if since.elapsed() > self.idle_timeout {
                 // The newest is stale, so all are.
-                pool.idle.clear();
+                pool.clear();
                 return None;
             }
             // The event loop's view of the socket is enough for a connection idle a moment;
@@ -126,11 +119,11 @@ impl Pools {
         }
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
-        if pool.idle.len() >= self.max_idle {
+        if pool.len() >= self.max_idle {
             // Keep the newest: the oldest is the likeliest to have been closed by the backend.
-            pool.idle.remove(0);
+            pool.remove(0);
         }
-        pool.idle.push((conn, Instant::now()));
+        pool.push((conn, Instant::now()));
     }
 }
 
@@ -138,12 +131,21 @@ impl Pools {
 /// connection goes back to its pool as soon as the last byte of the answer is in (a client
 /// slow to take the last frame does not hold it), if the answer's framing and the backend
 /// allow another call on it; a body dropped before its end closes the connection.
+///
+/// A backend that sends nothing for `proxy.response_idle_timeout_ms` while the body is
+/// incomplete ends it with [`ExchangeError::Stalled`]: the client's connection is closed,
+/// the call is not billed and its concurrency permit is freed. The timer is armed only when
+/// a read has to wait (most answers arrive whole with their head).
 pub struct UpstreamBody {
     state: BodyState,
     keep_alive: bool,
     conn: Option<Conn>,
     pools: Arc<Pools>,
     slot: usize,
+    idle_timeout: Duration,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A read returned data since the timer was last set.
+    progressed: bool,
 }
 
 impl Body for UpstreamBody {
@@ -158,7 +160,25 @@ impl Body for UpstreamBody {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        let next = std::task::ready!(conn.poll_body(cx, &mut this.state));
+        let next = match conn.poll_body(cx, &mut this.state) {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                let due = tokio::time::Instant::now() + this.idle_timeout;
+                match &mut this.idle {
+                    Some(sleep) if !this.progressed => {}
+                    Some(sleep) => sleep.as_mut().reset(due),
+                    None => this.idle = Some(Box::pin(tokio::time::sleep_until(due))),
+                }
+                this.progressed = false;
+                let sleep = this.idle.as_mut().expect("armed above");
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(ExchangeError::Stalled(this.idle_timeout))));
+                }
+                return Poll::Pending;
+            }
+        };
+        this.progressed = true;
         if this.state.is_end()
             && !matches!(next, Some(Err(_)))
             && let Some(conn) = this.conn.take()
@@ -187,53 +207,67 @@ pub struct Forwarder {
     pools: Arc<Pools>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    response_idle_timeout: Duration,
+    /// `X-Forwarded-Proto` on forwarded calls: the scheme clients used.
+    scheme: HeaderValue,
+    /// Cancelled when the drain timeout passes: calls still waiting are answered and end.
+    abort: tokio_util::sync::CancellationToken,
 }
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1) and those the gateway sets itself.
-fn dropped_on_forward(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            // The body is sent whole, with the call: nothing to wait for.
-            | "expect"
-            // The scanner reads the answer as sent; ask the backend not to compress it.
-            | "accept-encoding"
-    ) || name.as_str().starts_with("x-tollgate-")
+/// Fields of a call that never go to the backend as the client sent them: hop-by-hop ones,
+/// those the gateway sets itself, and forwarding fields only the gateway may write.
+fn dropped_on_forward(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 10] = [
+        b"host",
+        // The body is sent whole, with its own length.
+        b"content-length",
+        b"expect",
+        // The scanner reads the answer as sent; ask the backend not to compress it.
+        b"accept-encoding",
+        // Who and where the client is: the gateway says it, a client cannot.
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-real-ip",
+    ];
+    hop::is_hop_by_hop(name)
+        || NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || (name.len() >= 11 && name[..11].eq_ignore_ascii_case(b"x-tollgate-"))
 }
 
-/// Hop-by-hop headers of a response.
-pub fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// Fields a re-signed call replaces.
+fn replaced_by_resigning(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"authorization")
+        || name.eq_ignore_ascii_case(b"x-tc-timestamp")
+        || name.eq_ignore_ascii_case(b"x-tc-content-sha256")
 }
 
 impl Forwarder {
     pub fn new(settings: &Settings) -> Forwarder {
         Forwarder {
             pools: Arc::new(Pools {
-                by_upstream: Mutex::new(Vec::new()),
+                by_upstream: Mutex::new(settings.upstreams.values().map(|_| Vec::new()).collect()),
                 idle_timeout: settings.pool_idle_timeout,
                 max_idle: settings.pool_max_idle_per_host,
             }),
             connect_timeout: settings.connect_timeout,
             response_timeout: settings.response_timeout,
+            response_idle_timeout: settings.response_idle_timeout,
+            scheme: HeaderValue::from_static("http"),
+            abort: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Completes once [`Forwarder::abort`] was called.
+    pub fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.abort.cancelled()
+    }
+
+    /// Ends every call of this worker still waiting (each is answered `ServiceUnavailable`).
+    pub fn abort(&self) {
+        self.abort.cancel();
     }
 
     /// A new keep-alive connection to `upstream`.
@@ -266,102 +300,127 @@ impl Forwarder {
         Ok(Conn::new(stream))
     }
 
+    /// Writes the forwarded call's head into `head`: the client's request line and fields,
+    /// minus those that do not go on, plus the gateway's.
+    fn write_head(
+        &self,
+        head: &mut Vec<u8>,
+        parts: &Parts,
+        body: &[u8],
+        upstream: &Upstream,
+        identity: &Identity<'_>,
+        resigned: Option<(&str, i64)>,
+    ) {
+        http1::start_request(
+            head,
+            &parts.method,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        );
+        let connection = ConnectionField::of_map(&parts.headers);
+        for (name, value) in &parts.headers {
+            let name = name.as_str().as_bytes();
+            if dropped_on_forward(name)
+                || connection.names(name)
+                || (resigned.is_some() && replaced_by_resigning(name))
+            {
+                continue;
+            }
+            http1::header(head, name, value.as_bytes());
+        }
+        http1::header(head, b"host", upstream.host.as_bytes());
+        if let Some(host) = parts.headers.get(header::HOST) {
+            http1::header(head, b"x-forwarded-host", host.as_bytes());
+        }
+        http1::header(head, b"x-forwarded-for", identity.forwarded_for.as_bytes());
+        http1::header(head, b"x-forwarded-proto", self.scheme.as_bytes());
+        let mut n = itoa::Buffer::new();
+        http1::header(
+            head,
+            HEADER_UIN.as_bytes(),
+            n.format(identity.uin).as_bytes(),
+        );
+        http1::header(
+            head,
+            HEADER_OWNER_UIN.as_bytes(),
+            n.format(identity.owner_uin).as_bytes(),
+        );
+        http1::header(
+            head,
+            HEADER_REQUEST_ID.as_bytes(),
+            identity.request_id.as_bytes(),
+        );
+        if let Some((authorization, timestamp)) = resigned {
+            http1::header(head, b"authorization", authorization.as_bytes());
+            http1::header(head, b"x-tc-timestamp", n.format(timestamp).as_bytes());
+        }
+        http1::end_request(head, &parts.method, body.len());
+    }
+
     /// Sends a call upstream and waits for the response head. The answer's body streams
     /// from the connection, which it holds until the answer has been read.
     pub async fn forward(
         &self,
-        parts: Parts,
-        body: Bytes,
-        upstream: &Upstream,
+        parts: &Parts,
+        body: &Bytes,
+        target: &Target,
         identity: Identity<'_>,
         service: &str,
         now_unix_seconds: i64,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let Parts {
-            method,
-            uri,
-            mut headers,
-            ..
-        } = parts;
-        // The client's headers go on, edited in place, minus hop-by-hop ones and any identity
-        // header a client made up. A client's Content-Length stays true: the body is forwarded
-        // byte for byte.
-        // Headers the client's `Connection` names are hop-by-hop too (RFC 9110 section 7.6.1).
-        // (`keep-alive` and `close`, the usual tokens, name nothing left to remove.)
-        let named: Vec<HeaderName> = http1::connection_tokens(&headers)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-        if headers.keys().any(dropped_on_forward) {
-            let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-            let names: Vec<HeaderName> = headers
-                .keys()
-                .filter(|n| dropped_on_forward(n))
-                .cloned()
-                .collect();
-            for n in names {
-                headers.remove(n);
-            }
-            if chunked {
-                // A chunked call was read whole: hyper sets its length.
-                headers.remove(header::CONTENT_LENGTH);
-            }
-        }
-        // Room for the identity and forwarding headers below: one allocation at most.
-        headers.reserve(6);
-        headers.remove(&FORWARDED_HOST);
-        if let Some(host) = headers.remove(header::HOST) {
-            headers.insert(FORWARDED_HOST.clone(), host);
-        }
-        headers.insert(header::HOST, upstream.host.clone());
-        headers.insert(FORWARDED_FOR.clone(), identity.forwarded_for.clone());
-        headers.insert(UIN.clone(), HeaderValue::from(identity.uin));
-        headers.insert(OWNER_UIN.clone(), HeaderValue::from(identity.owner_uin));
-        headers.insert(REQUEST_ID.clone(), identity.request_id.clone());
-        if let Some((secret_id, secret_key)) = &upstream.resign {
-            // The caller's signature covered the gateway's Host; a backend that verifies TC3
-            // itself (the vendor's endpoint) needs one for its own Host.
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json");
-            let authorization = Signer {
+        let (upstream, slot) = (&target.upstream, target.slot);
+        // The caller's signature covered the gateway's Host; a backend that verifies TC3
+        // itself (the vendor's endpoint) needs one for its own Host.
+        let authorization = upstream.resign.as_ref().map(|(secret_id, secret_key)| {
+            Signer {
                 secret_id,
                 secret_key,
                 service,
                 host: &upstream.authority,
-                content_type,
-                method: method.as_str(),
-                query: uri.query().unwrap_or("").as_bytes(),
-                payload: &body,
+                content_type: parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json"),
+                method: parts.method.as_str(),
+                query: parts.uri.query().unwrap_or("").as_bytes(),
+                payload: body,
                 timestamp: now_unix_seconds,
             }
-            .authorization();
-            headers.insert(header::AUTHORIZATION, header_value(&authorization));
-            headers.insert(TC_TIMESTAMP.clone(), HeaderValue::from(now_unix_seconds));
-            headers.remove(&TC_CONTENT_SHA256);
-        }
-        let slot = self.pools.slot(&upstream.authority);
+            .authorization()
+        });
+        let resigned = authorization.as_deref().map(|a| (a, now_unix_seconds));
         let exchange = async {
             // A pooled connection the backend closed just as the call was written fails the
             // write: nothing reached the backend whole, so the call goes on a new connection.
             // Once written, any failure is final (the call may have reached the backend).
-            let pooled = match self.pools.checkout(slot) {
-                Some(conn) => pooled_send(conn, &method, &uri, &headers, &body).await,
+            let mut pooled = self.pools.checkout(slot);
+            let mut head = match &mut pooled {
+                Some(conn) => conn.take_scratch(),
+                None => Vec::with_capacity(1024),
+            };
+            self.write_head(&mut head, parts, body, upstream, &identity, resigned);
+            let mut conn = match pooled {
+                Some(mut conn) => match conn.send(&head, body).await {
+                    Ok(()) => Some(conn),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a pooled upstream connection was closed: retrying on a new one");
+                        None
+                    }
+                },
                 None => None,
             };
-            let mut conn = match pooled {
-                Some(conn) => conn,
-                None => {
-                    self.fresh_send(upstream, &method, &uri, &headers, &body)
-                        .await?
-                }
-            };
+            if conn.is_none() {
+                let mut fresh = self.connect(upstream).await?;
+                fresh
+                    .send(&head, body)
+                    .await
+                    .map_err(|e| ForwardError::Failed(e.to_string()))?;
+                conn = Some(fresh);
+            }
+            let mut conn = conn.expect("sent on one connection or the other");
+            conn.put_scratch(head);
             let head = conn
-                .read_head(&method)
+                .read_head(&parts.method)
                 .await
                 .map_err(|e| ForwardError::Failed(e.to_string()))?;
             Ok::<_, ForwardError>((head, conn))
@@ -376,46 +435,15 @@ impl Forwarder {
             conn: Some(conn),
             pools: Arc::clone(&self.pools),
             slot,
+            idle_timeout: self.response_idle_timeout,
+            idle: None,
+            progressed: false,
         });
         // The status and headers go on; the version does not (it is hop-by-hop: the gateway
         // answers its clients in HTTP/1.1 whatever its backend speaks).
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         Ok(response)
-    }
-
-    /// Writes a call on a new connection.
-    async fn fresh_send(
-        &self,
-        upstream: &Upstream,
-        method: &Method,
-        uri: &http::Uri,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<Conn, ForwardError> {
-        let mut conn = self.connect(upstream).await?;
-        conn.send(method, uri, headers, body)
-            .await
-            .map_err(|e| ForwardError::Failed(e.to_string()))?;
-        Ok(conn)
-    }
-}
-
-/// Writes a call on a pooled connection; `None` if the write failed (the backend had closed
-/// the connection).
-async fn pooled_send(
-    mut conn: Conn,
-    method: &Method,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Option<Conn> {
-    match conn.send(method, uri, headers, body).await {
-        Ok(()) => Some(conn),
-        Err(e) => {
-            tracing::debug!(error = %e, "a pooled upstream connection was closed: retrying on a new one");
-            None
-        }
     }
 }
 
@@ -515,9 +543,12 @@ mod tests {
         let request_id = HeaderValue::from_static("req-1");
         let resp = f
             .forward(
-                parts,
-                Bytes::from_static(b"{}"),
-                up,
+                &parts,
+                &Bytes::from_static(b"{}"),
+                &Target {
+                    slot: 0,
+                    upstream: up.clone(),
+                },
                 Identity {
                     uin: 7,
                     owner_uin: 9,

@@ -2,8 +2,9 @@
 //!
 //! The official SDK recognises an error only as HTTP 200 with `Content-Type: application/json`
 //! *exactly* (with `; charset=utf-8` it silently returns an empty result) and a body
-//! `{"Response":{"Error":{"Code":…,"Message":…},"RequestId":…}}` (TC_API.md section 2). Every
-//! error the gateway makes itself goes through [`Refusal::into_response`].
+//! `{"Response":{"Error":{"Code":…,"Message":…},"RequestId":…}}` (docs/api.md, "Answers").
+//! Every error the gateway makes itself goes through [`Refusal::into_response`], and every
+//! refusal's wording is here.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,29 +18,55 @@ use http_body_util::Full;
 use super::body::ProxyBody;
 use super::names::{RATELIMIT, RATELIMIT_POLICY, REQUEST_ID};
 use crate::auth::AuthError;
-use crate::entitlement::Limit;
+use crate::entitlement::{Limit, StateRefusal};
 
 /// Why the gateway answered a call itself.
 #[derive(Debug)]
 pub enum Refusal {
     /// Neither POST nor GET.
     UnsupportedProtocol,
+    /// `CONNECT`: refused like any other method, but not with a 2xx status (which would
+    /// open a tunnel).
+    Connect,
+    /// Not an API 3.0 target: only `/` (and `/?query` for GET) is one.
+    NotApiTarget,
+    /// A field that must appear once appeared twice, or was named by `Connection` (it
+    /// would be authenticated here and then dropped on the way).
+    AmbiguousHeader {
+        name: &'static str,
+        named_by_connection: bool,
+    },
     /// No `X-TC-Action`.
     MissingAction,
+    /// Not an action of the service: malformed, or a case variant of a listed one.
+    InvalidAction {
+        /// The listed action it is a case variant of.
+        listed: Option<Arc<str>>,
+    },
     /// The credential scope names a service this gateway does not serve.
     UnknownService(String),
     /// The body is larger than `proxy.max_request_bytes`.
     TooLarge {
         limit: usize,
     },
+    /// The body did not arrive in time.
+    BodyTimeout {
+        idle: bool,
+        after: Duration,
+    },
+    /// The gateway holds `proxy.max_buffered_request_bytes` of request bodies already.
+    BufferFull,
     /// The request body could not be read (the client went away or sent garbage framing).
     BadRequestBody(String),
     Auth(AuthError),
-    /// The account's state refuses the call (not activated, arrears, packs exhausted); the code
-    /// comes from the catalog's `refusal_codes` of the service.
+    /// The account's state refuses the call; the code comes from the catalog's
+    /// `refusal_codes` of the service.
     AccountState {
         code: Arc<str>,
-        message: String,
+        state: StateRefusal,
+        service: Arc<str>,
+        /// The billing item whose packs are used up (`PacksExhausted`).
+        item: Option<Arc<str>>,
     },
     /// Over the group's limit.
     OverLimit {
@@ -47,14 +74,14 @@ pub enum Refusal {
         limit: Limit,
         retry_after: Option<Duration>,
     },
-    /// The backend could not be reached.
-    UpstreamUnavailable(String),
+    /// The backend could not be reached (the detail is logged, not told to clients).
+    UpstreamUnavailable,
     /// The backend sent no response head in time.
     UpstreamTimeout(Duration),
     /// The backend connection failed mid-call.
-    UpstreamFailed(String),
-    /// The gateway is shutting down and takes no new calls.
-    Draining,
+    UpstreamFailed,
+    /// The gateway stopped (drain timeout) before the backend answered.
+    ShutDown,
     /// The usage sink cannot take records (the spool is at its disk bound): the gateway does
     /// not serve calls it could not meter.
     MeteringUnavailable,
@@ -68,18 +95,25 @@ const LIMIT_MESSAGE: &str = "请求的次数超过了频率限制。";
 impl Refusal {
     pub fn code(&self) -> &str {
         match self {
-            Refusal::UnsupportedProtocol => "UnsupportedProtocol",
+            Refusal::UnsupportedProtocol | Refusal::Connect => "UnsupportedProtocol",
+            Refusal::NotApiTarget | Refusal::BodyTimeout { .. } | Refusal::BadRequestBody(_) => {
+                "InvalidParameter"
+            }
+            Refusal::AmbiguousHeader { name, .. } if *name == "authorization" => {
+                "AuthFailure.InvalidAuthorization"
+            }
+            Refusal::AmbiguousHeader { .. } => "InvalidParameter",
             Refusal::MissingAction => "MissingParameter",
-            Refusal::UnknownService(_) => "InvalidAction",
+            Refusal::InvalidAction { .. } | Refusal::UnknownService(_) => "InvalidAction",
             Refusal::TooLarge { .. } => "RequestSizeLimitExceeded",
-            Refusal::BadRequestBody(_) => "InvalidParameter",
             Refusal::Auth(e) => e.code(),
             Refusal::AccountState { code, .. } => code,
             Refusal::OverLimit { .. } => "RequestLimitExceeded",
-            Refusal::UpstreamUnavailable(_) | Refusal::Draining | Refusal::MeteringUnavailable => {
-                "ServiceUnavailable"
-            }
-            Refusal::UpstreamTimeout(_) | Refusal::UpstreamFailed(_) | Refusal::Internal(_) => {
+            Refusal::UpstreamUnavailable
+            | Refusal::ShutDown
+            | Refusal::BufferFull
+            | Refusal::MeteringUnavailable => "ServiceUnavailable",
+            Refusal::UpstreamTimeout(_) | Refusal::UpstreamFailed | Refusal::Internal(_) => {
                 "InternalError"
             }
         }
@@ -97,7 +131,13 @@ impl Refusal {
             &Message(&self),
             request_id,
         ))));
-        *resp.status_mut() = StatusCode::OK;
+        // HTTP 200 always (the SDK reads errors only from a 200), except for CONNECT, where a
+        // 2xx would mean a tunnel.
+        *resp.status_mut() = if matches!(self, Refusal::Connect) {
+            StatusCode::METHOD_NOT_ALLOWED
+        } else {
+            StatusCode::OK
+        };
         let h = resp.headers_mut();
         // Room for every header a refusal carries (hyper adds two more): one allocation.
         h.reserve(8);
@@ -159,9 +199,33 @@ impl fmt::Display for Message<'_> {
             Refusal::UnsupportedProtocol => f.write_str(
                 "HTTP(S) 请求协议错误，只支持 GET 和 POST 请求。 (only GET and POST are supported)",
             ),
+            Refusal::Connect => f.write_str(
+                "HTTP(S) 请求协议错误，只支持 GET 和 POST 请求。 (CONNECT is not served: this is not a forward proxy)",
+            ),
+            Refusal::NotApiTarget => f.write_str(
+                "API 3.0 calls are `POST /` or `GET /?<parameters>`; this request target is not served.",
+            ),
+            Refusal::AmbiguousHeader {
+                name,
+                named_by_connection: false,
+            } => write!(f, "The header `{name}` must appear once."),
+            Refusal::AmbiguousHeader {
+                name,
+                named_by_connection: true,
+            } => write!(
+                f,
+                "The header `{name}` is part of the call and cannot be named by `Connection`."
+            ),
             Refusal::MissingAction => {
                 f.write_str("The request is missing the required parameter `X-TC-Action`.")
             }
+            Refusal::InvalidAction { listed: Some(a) } => write!(
+                f,
+                "The action is not valid; actions are case-sensitive (did you mean `{a}`?)."
+            ),
+            Refusal::InvalidAction { listed: None } => f.write_str(
+                "The action is not valid: an action is a letter followed by letters and digits.",
+            ),
             Refusal::UnknownService(s) => write!(
                 f,
                 "The service `{s}` of the credential scope is not served by this gateway."
@@ -169,9 +233,42 @@ impl fmt::Display for Message<'_> {
             Refusal::TooLarge { limit } => {
                 write!(f, "The request body is larger than {limit} bytes.")
             }
+            Refusal::BodyTimeout { idle: true, after } => write!(
+                f,
+                "The request body stopped arriving: nothing for {} ms.",
+                after.as_millis()
+            ),
+            Refusal::BodyTimeout { idle: false, after } => write!(
+                f,
+                "The request body did not arrive whole within {} ms.",
+                after.as_millis()
+            ),
+            Refusal::BufferFull => f.write_str(
+                "The gateway is holding as many request bodies as it may; retry shortly or on another instance.",
+            ),
             Refusal::BadRequestBody(e) => write!(f, "The request body could not be read: {e}"),
             Refusal::Auth(e) => fmt::Display::fmt(e, f),
-            Refusal::AccountState { message, .. } => f.write_str(message),
+            Refusal::AccountState {
+                state: StateRefusal::InArrears,
+                ..
+            } => f.write_str("The account is suspended for arrears."),
+            Refusal::AccountState {
+                state: StateRefusal::NotActivated,
+                service,
+                ..
+            } => write!(
+                f,
+                "The service {service} is not activated for this account."
+            ),
+            Refusal::AccountState {
+                state: StateRefusal::PacksExhausted(_),
+                item,
+                ..
+            } => write!(
+                f,
+                "The resource packs of {} are used up and postpaid is not enabled.",
+                item.as_deref().unwrap_or("this billing item")
+            ),
             Refusal::OverLimit { group, limit, .. } => {
                 let mut n = itoa::Buffer::new();
                 f.write_str(LIMIT_MESSAGE)?;
@@ -189,18 +286,20 @@ impl fmt::Display for Message<'_> {
                     }
                 }
             }
-            Refusal::UpstreamUnavailable(e) => {
-                write!(f, "The recognition backend is unavailable: {e}")
+            Refusal::UpstreamUnavailable => {
+                f.write_str("The recognition backend is unavailable; retry later.")
             }
             Refusal::UpstreamTimeout(d) => write!(
                 f,
                 "The recognition backend did not answer within {} ms.",
                 d.as_millis()
             ),
-            Refusal::UpstreamFailed(e) => write!(f, "The recognition backend failed: {e}"),
-            Refusal::Draining => {
-                f.write_str("The gateway is shutting down; retry on another instance.")
+            Refusal::UpstreamFailed => {
+                f.write_str("The recognition backend failed before its answer was complete.")
             }
+            Refusal::ShutDown => f.write_str(
+                "The gateway shut down before the backend answered; the call was not billed. Retry on another instance.",
+            ),
             Refusal::MeteringUnavailable => f.write_str(
                 "The gateway cannot record usage right now (metering backlog at its bound); retry later or on another instance.",
             ),

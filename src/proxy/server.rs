@@ -1,6 +1,13 @@
-//! Accepting connections: HTTP/1.1 with keep-alive, a header-read timeout, and a graceful drain
-//! on shutdown (stop accepting, let in-flight calls finish, close idle keep-alive connections,
-//! give up after the drain timeout).
+//! Accepting connections: HTTP/1.1 with keep-alive, a header-read timeout, half-closed
+//! clients answered, and a graceful drain on shutdown:
+//!
+//! 1. stop accepting; every answer from now on carries `Connection: close`;
+//! 2. keep idle keep-alive connections open for `shutdown.idle_grace_ms`, so a call a client
+//!    sent just as the drain began is answered instead of meeting a closed connection (its
+//!    answer then ends the connection);
+//! 3. close the connections still idle, let in-flight calls finish;
+//! 4. at `shutdown.drain_timeout_seconds`, answer the calls still waiting for their backend
+//!    with `ServiceUnavailable` (never a bare close), then stop.
 //!
 //! The API runs on `proxy.workers` threads, each with its own single-threaded event loop, its
 //! own listening socket on the shared port (`SO_REUSEPORT`: the kernel spreads connections
@@ -23,7 +30,19 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::Gateway;
+use super::client::{AnswerGuard, Client, ClientIo, Guarded};
 use super::forward::Forwarder;
+
+/// How a worker drains (from `[shutdown]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub idle_grace: Duration,
+    pub timeout: Duration,
+}
+
+/// After the drain timeout, calls still waiting are answered; this long is left for those
+/// answers to be written before the worker stops.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
 /// Serves the API on `listener` until `shutdown` completes, then drains. Upstream calls go
 /// through `forwarder`, whose pool belongs to the runtime this runs on.
@@ -33,13 +52,15 @@ pub async fn serve(
     forwarder: Arc<Forwarder>,
     accepted_connections: prometheus::IntCounter,
     shutdown: impl Future<Output = ()>,
-    drain_timeout: Duration,
+    drain: Drain,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(gateway.settings().header_read_timeout)
+        // (A client that shuts down its sending side after its call still gets its answer:
+        // `ClientIo` sees to that, and hyper keeps watching for clients that leave.)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
@@ -49,8 +70,7 @@ pub async fn serve(
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::http_server::accept_failed("api", &e).await;
                         continue;
                     }
                 };
@@ -58,11 +78,19 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let gateway = Arc::clone(&gateway);
                 let forwarder = Arc::clone(&forwarder);
-                let forwarded_for = super::forward::forwarded_for(peer);
+                let client = Client::new(super::forward::forwarded_for(peer));
+                let io = ClientIo::new(stream, Arc::clone(&client));
                 let service = service_fn(move |req| {
-                    Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, forwarded_for.clone())
+                    let guard = AnswerGuard(Arc::clone(&client));
+                    let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
+                    async move {
+                        let response = answer.await?;
+                        Ok::<_, std::convert::Infallible>(
+                            response.map(|body| Guarded { body, _guard: guard }),
+                        )
+                    }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = builder.serve_connection(TokioIo::new(io), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -76,10 +104,19 @@ pub async fn serve(
     drop(listener);
     gateway.start_draining();
     tracing::debug!("worker draining in-flight calls");
+    let deadline = tokio::time::Instant::now() + drain.timeout;
+    // Idle keep-alive connections stay open a moment: a call already on its way is answered
+    // (with Connection: close) rather than cut by the close.
+    if graceful.count() > 0 {
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + drain.idle_grace))
+            .await;
+    }
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("worker drained"),
-        () = tokio::time::sleep(drain_timeout) => {
-            tracing::warn!(?drain_timeout, "drain timeout: closing the remaining connections");
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(drain_timeout = ?drain.timeout, "drain timeout: answering the calls still waiting, then closing");
+            forwarder.abort();
+            tokio::time::sleep(ANSWER_GRACE).await;
         }
     }
 }
@@ -128,7 +165,7 @@ impl Workers {
         n: usize,
         gateway: Arc<Gateway>,
         shutdown: S,
-        drain_timeout: Duration,
+        drain: Drain,
     ) -> anyhow::Result<Workers>
     where
         S: Fn() -> F,
@@ -160,7 +197,7 @@ impl Workers {
                             .metrics()
                             .api_connections
                             .with_label_values(&[&i.to_string()]);
-                        serve(listener, gateway, forwarder, accepted, stop, drain_timeout).await;
+                        serve(listener, gateway, forwarder, accepted, stop, drain).await;
                     });
                     // Connections still open after the drain timeout are dropped with the
                     // runtime, here, before the thread ends.

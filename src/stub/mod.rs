@@ -26,9 +26,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -339,21 +336,21 @@ impl Body for StubBody {
 
 /// Serves the stub on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, stub: Arc<Stub>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let stub = Arc::clone(&stub);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| Arc::clone(&stub).handle(req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
+    crate::http_server::serve(
+        listener,
+        "stub",
+        move |req| {
+            let stub = Arc::clone(&stub);
+            async move {
+                match stub.handle(req).await {
+                    Ok(answer) => answer,
+                    Err(never) => match never {},
+                }
             }
-            () = &mut shutdown => break,
-        }
-    }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -208,6 +208,11 @@ impl Body for MeteredBody {
                     Some(Err(e)) => {
                         if let Some(job) = this.job.take() {
                             job.group_metrics().upstream_error.inc();
+                            if let ExchangeError::Stalled(after) = e {
+                                job.snapshot.metrics.upstream_stalls[usize::from(job.service.0)]
+                                    .inc();
+                                tracing::debug!(request_id = %job.request_id, ?after, "upstream answer stalled; call dropped, unbilled");
+                            }
                         }
                         this.phase = Phase::Done;
                         return Poll::Ready(Some(Err(e)));

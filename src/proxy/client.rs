@@ -9,19 +9,27 @@
 //! reset its connection mid-answer, whose concurrency permit would then stay held until the
 //! backend finished). [`ClientIo`] does what is right for a gateway:
 //!
-//! - a FIN that comes after the call was read whole and before any byte of its answer was
+//! - a FIN that comes once a call was read whole and before any byte of its answer was
 //!   written is a half-close: it is kept from hyper until the answer has been written, and
 //!   the call is answered (a client that had in fact left makes that write fail; until then
 //!   the call holds its permit, as the backend is still working on it anyway);
-//! - a FIN once the answer has begun (the client hangs up mid-answer), a FIN before the call
-//!   was read whole, and a reset reach hyper at once: the call is dropped, unbilled, and its
-//!   permit freed.
+//! - a FIN in the middle of a call's body, a FIN once the answer has begun (the client hangs
+//!   up mid-answer), and a reset reach hyper: the call is dropped, unbilled, and its permit
+//!   and buffered bytes freed.
+//!
+//! hyper may read the FIN just before the request path has taken the body hyper already
+//! buffered; a FIN seen while the body is not yet taken is held for at most
+//! [`BODY_GRACE`], time enough for the path to take it (it is the same task), and let
+//! through if the body does not complete.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use http::HeaderValue;
@@ -33,8 +41,10 @@ use tokio::net::TcpStream;
 pub struct Client {
     /// The client's address as an `X-Forwarded-For` value (made once per connection).
     pub forwarded_for: HeaderValue,
-    /// A call's request has been read whole and its answer is not written yet.
+    /// A call is in progress: its head has been read and its answer is not written yet.
     answering: AtomicBool,
+    /// The call's body has been read to its end.
+    body_done: AtomicBool,
     /// Some of that answer has been written.
     answer_begun: AtomicBool,
     /// The reader that saw a FIN during an answer, to wake when the answer is done.
@@ -46,24 +56,35 @@ impl Client {
         Arc::new(Client {
             forwarded_for,
             answering: AtomicBool::new(false),
+            body_done: AtomicBool::new(false),
             answer_begun: AtomicBool::new(false),
             reader: AtomicWaker::new(),
         })
     }
 
-    /// The current call's request has been read to its end: a FIN from now on is a
+    /// A call's head has been read: a FIN from now on, until its answer begins, is a
     /// half-close, and the call is answered.
-    pub fn request_read(&self) {
+    fn call_started(&self) {
         self.answer_begun.store(false, Ordering::Relaxed);
+        self.body_done.store(false, Ordering::Relaxed);
         self.answering.store(true, Ordering::Release);
     }
 
+    /// The current call's body has been read to its end.
+    pub fn body_read(&self) {
+        self.body_done.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
     /// The current call's answer is done (written, or abandoned).
-    pub fn answer_done(&self) {
+    fn answer_done(&self) {
         self.answering.store(false, Ordering::Release);
         self.reader.wake();
     }
 }
+
+/// How long a FIN read while the call's body is not yet taken waits for it to be taken.
+pub const BODY_GRACE: Duration = Duration::from_millis(50);
 
 /// The client's socket, keeping a half-close from hyper until the answer is written.
 pub struct ClientIo {
@@ -71,8 +92,10 @@ pub struct ClientIo {
     client: Arc<Client>,
     /// The client's FIN was read.
     eof: bool,
-    /// ... and is being kept from hyper until the answer is done.
+    /// ... during a call whose answer had not begun: it may be kept from hyper.
     eof_held: bool,
+    /// Armed when a FIN came before the call's body was taken.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ClientIo {
@@ -82,17 +105,34 @@ impl ClientIo {
             client,
             eof: false,
             eof_held: false,
+            grace: None,
         }
     }
 
-    /// True while a held FIN stays held (an answer is due).
-    fn hold_eof(&self, cx: &mut Context<'_>) -> bool {
-        if !self.eof_held || !self.client.answering.load(Ordering::Acquire) {
+    /// True while a FIN stays kept from hyper: an answer is due to a call read whole (or
+    /// whose body may still be taken, within the grace).
+    fn hold_eof(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.eof_held {
             return false;
         }
         self.client.reader.register(cx.waker());
-        // The answer may have ended between the load and the registration.
-        self.client.answering.load(Ordering::Acquire)
+        // Loaded after registering: a change made meanwhile wakes this task again.
+        if !self.client.answering.load(Ordering::Acquire) {
+            self.eof_held = false;
+            return false;
+        }
+        if self.client.body_done.load(Ordering::Acquire) {
+            return true;
+        }
+        let grace = self
+            .grace
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_GRACE)));
+        if grace.as_mut().poll(cx).is_ready() {
+            // The body did not complete: the client left mid-call.
+            self.eof_held = false;
+            return false;
+        }
+        true
     }
 }
 
@@ -163,10 +203,18 @@ impl AsyncWrite for ClientIo {
     }
 }
 
-/// Marks the answer done when the response body is dropped (hyper drops it once written, or
-/// when the connection fails).
+/// Marks a call in progress from its creation (when hyper hands the call over) until it is
+/// dropped with the response body (hyper drops it once written, or when the connection
+/// fails).
 #[derive(Debug)]
-pub struct AnswerGuard(pub Arc<Client>);
+pub struct AnswerGuard(Arc<Client>);
+
+impl AnswerGuard {
+    pub fn new(client: &Arc<Client>) -> AnswerGuard {
+        client.call_started();
+        AnswerGuard(Arc::clone(client))
+    }
+}
 
 impl Drop for AnswerGuard {
     fn drop(&mut self) {

@@ -385,7 +385,11 @@ impl Gateway {
         let head = match self.check_head(snapshot, parts, now_unix_nanos) {
             Ok(head) => head,
             Err(refusal) => {
-                return Err(self.refuse_unread(refusal, parts, &mut body, client).await);
+                let refused = self.refuse_unread(refusal, parts, &mut body).await;
+                if !refused.close {
+                    client.body_read();
+                }
+                return Err(refused);
             }
         };
         // Read the body: bounded in size, in time, and in the gateway's memory as a whole.
@@ -400,9 +404,9 @@ impl Gateway {
         .await
         {
             Ok(payload) => payload,
-            Err(e) => return Err(self.refuse_body(e, parts, &mut body, client).await),
+            Err(e) => return Err(self.refuse_body(e, parts, &mut body).await),
         };
-        client.request_read();
+        client.body_read();
         // Authenticate over the exact bytes received.
         let uin = self.authenticate(snapshot, &head, parts, &payload, now_unix_nanos)?;
         let account = snapshot
@@ -561,13 +565,7 @@ impl Gateway {
     /// Answers a call refused before its body was read. The body is read and dropped first
     /// (bounded, within the body deadlines), so the client is reading when the answer comes;
     /// if it cannot be read to its end, the connection closes after the answer.
-    async fn refuse_unread(
-        &self,
-        refusal: Refusal,
-        parts: &Parts,
-        body: &mut Incoming,
-        client: &client::Client,
-    ) -> Refused {
+    async fn refuse_unread(&self, refusal: Refusal, parts: &Parts, body: &mut Incoming) -> Refused {
         let expects_continue = parts
             .headers
             .get(header::EXPECT)
@@ -590,9 +588,6 @@ impl Gateway {
             .and_then(|v| v.parse::<u64>().ok());
         let drained = declared.is_none_or(|n| n <= bound)
             && request_body::discard(body, bound, self.body_deadlines).await;
-        if drained {
-            client.request_read();
-        }
         Refused {
             refusal,
             close: !drained,
@@ -600,13 +595,7 @@ impl Gateway {
     }
 
     /// Answers a call whose body could not be read.
-    async fn refuse_body(
-        &self,
-        e: BodyError,
-        parts: &Parts,
-        body: &mut Incoming,
-        client: &client::Client,
-    ) -> Refused {
+    async fn refuse_body(&self, e: BodyError, parts: &Parts, body: &mut Incoming) -> Refused {
         let (reason, refusal) = match e {
             BodyError::TooLarge { limit } => ("too_large", Refusal::TooLarge { limit }),
             BodyError::BufferFull => ("buffer_full", Refusal::BufferFull),
@@ -619,7 +608,7 @@ impl Gateway {
             .inc();
         match reason {
             // The rest of the body may still come: read and drop it (bounded).
-            "too_large" | "buffer_full" => self.refuse_unread(refusal, parts, body, client).await,
+            "too_large" | "buffer_full" => self.refuse_unread(refusal, parts, body).await,
             _ => Refused {
                 refusal,
                 close: true,

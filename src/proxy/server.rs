@@ -81,7 +81,7 @@ pub async fn serve(
                 let client = Client::new(super::forward::forwarded_for(peer));
                 let io = ClientIo::new(stream, Arc::clone(&client));
                 let service = service_fn(move |req| {
-                    let guard = AnswerGuard(Arc::clone(&client));
+                    let guard = AnswerGuard::new(&client);
                     let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
                     async move {
                         let response = answer.await?;

@@ -35,9 +35,19 @@ use crate::config::stub::{StubOutcome, StubSettings, parse_invoices, parse_outco
 #[derive(Debug, Clone, Serialize)]
 pub struct SeenCall {
     pub action: String,
+    /// Every `X-TC-Action` value received (a call should carry exactly one).
+    pub action_values: usize,
+    /// The request target.
+    pub target: String,
     pub uin: Option<String>,
     pub owner_uin: Option<String>,
     pub request_id: Option<String>,
+    /// Forwarding fields as received (a gateway sets `X-Forwarded-*` itself and passes on no
+    /// client's `Forwarded` or `X-Real-IP`).
+    pub x_forwarded_for: Option<String>,
+    pub x_forwarded_proto: Option<String>,
+    pub forwarded: Option<String>,
+    pub x_real_ip: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -130,9 +140,15 @@ impl Stub {
             }
             s.recent.push_back(SeenCall {
                 action: action.clone(),
+                action_values: req.headers().get_all("x-tc-action").iter().count(),
+                target: req.uri().to_string(),
                 uin: header("x-tollgate-uin"),
                 owner_uin: header("x-tollgate-owner-uin"),
                 request_id: Some(request_id.clone()),
+                x_forwarded_for: header("x-forwarded-for"),
+                x_forwarded_proto: header("x-forwarded-proto"),
+                forwarded: header("forwarded"),
+                x_real_ip: header("x-real-ip"),
             });
         }
         let guard = InFlight {

@@ -129,6 +129,13 @@ pub struct Builder {
     pub metering: Option<String>,
     /// `proxy.workers` (default: 0, one per CPU).
     pub workers: usize,
+    /// More `[proxy]` lines (`key = value`).
+    pub proxy_extra: String,
+    /// `[auth]` lines.
+    pub auth: String,
+    /// `[shutdown]` lines besides `drain_timeout_seconds` (default: a 50 ms idle grace, so
+    /// stopping a harness with pooled client connections does not wait a second).
+    pub shutdown: String,
 }
 
 impl Default for Builder {
@@ -142,6 +149,9 @@ impl Default for Builder {
             dead_upstream: false,
             metering: None,
             workers: 0,
+            proxy_extra: String::new(),
+            auth: String::new(),
+            shutdown: "drain_timeout_seconds = 10\nidle_grace_ms = 50\n".into(),
         }
     }
 }
@@ -257,15 +267,23 @@ response_timeout_ms = {}
 max_request_bytes = {}
 connect_timeout_ms = 500
 workers = {}
+{}
+[auth]
+{}
 [upstream.default]
 url = "http://{upstream}"
 {metering}
 [reload]
 poll_interval_ms = 100
 [shutdown]
-drain_timeout_seconds = 10
+{}
 "#,
-            b.response_timeout_ms, b.max_request_bytes, b.workers,
+            b.response_timeout_ms,
+            b.max_request_bytes,
+            b.workers,
+            b.proxy_extra,
+            b.auth,
+            b.shutdown,
         );
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();
@@ -461,6 +479,53 @@ drain_timeout_seconds = 10
         let _ = self.stub_stop.send(());
         self.dir
     }
+}
+
+/// The bytes of a request on the wire: its head as `req` has it (plus `Content-Length`
+/// unless `chunked`) and its body.
+pub fn raw_request(req: &Request<Full<Bytes>>, body: &[u8]) -> Vec<u8> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let mut raw = format!("{} {target} HTTP/1.1\r\n", req.method());
+    for (k, v) in req.headers() {
+        raw.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    raw.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut out = raw.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` from `s`: its head (lower-cased) and
+/// body. `None` if the connection ends before an answer is complete.
+pub async fn read_answer(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The vendor error code of an answer's JSON body, if it has one.
+pub fn code_of(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v["Response"]["Error"]["Code"].as_str().map(str::to_owned)
 }
 
 /// Sends one request on a client of its own (for tasks that outlive a borrow of the harness).

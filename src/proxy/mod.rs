@@ -74,6 +74,11 @@ const SINGLE_VALUED: [&str; 9] = [
     "host",
 ];
 
+/// The most body bytes read (and dropped) for a call refused before its credential was
+/// found: an SDK call with an image URL fits; a declared upload larger than this gets its
+/// answer and a closed connection.
+pub const STRANGER_DISCARD: u64 = 64 * 1024;
+
 /// The config in force plus what is resolved for it once (metric handles, each service's
 /// upstream); swapped whole on reload.
 pub struct Snapshot {
@@ -565,6 +570,13 @@ impl Gateway {
     /// Answers a call refused before its body was read. The body is read and dropped first
     /// (bounded, within the body deadlines), so the client is reading when the answer comes;
     /// if it cannot be read to its end, the connection closes after the answer.
+    ///
+    /// How much is read depends on who is calling. A call refused for its size or for the
+    /// gateway's buffer bound passed every check but the signature (a known SecretId, a
+    /// current timestamp): up to four times the largest call is read, so that its client
+    /// sees `RequestSizeLimitExceeded` rather than a reset. Anything else is a stranger's, or
+    /// a broken client's: at most [`STRANGER_DISCARD`] bytes are read for it, so that a flood
+    /// of declared bodies costs no more than their heads.
     async fn refuse_unread(&self, refusal: Refusal, parts: &Parts, body: &mut Incoming) -> Refused {
         let expects_continue = parts
             .headers
@@ -577,10 +589,13 @@ impl Gateway {
                 close: true,
             };
         }
-        // What a legitimate client may still be sending: the largest call it could make
-        // (a declared length beyond four times that is not worth reading).
-        let max = self.settings.max_request_bytes as u64;
-        let bound = (max.saturating_mul(4)).max(64 << 20);
+        let bound = match refusal {
+            Refusal::TooLarge { .. } | Refusal::BufferFull => {
+                let max = self.settings.max_request_bytes as u64;
+                max.saturating_mul(4).max(64 << 20)
+            }
+            _ => STRANGER_DISCARD,
+        };
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)

@@ -40,6 +40,9 @@ pub struct Drain {
     pub timeout: Duration,
 }
 
+/// The most a client connection's read buffer holds.
+pub const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// After the drain timeout, calls still waiting are answered; this long is left for those
 /// answers to be written before the worker stops.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
@@ -59,6 +62,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(gateway.settings().header_read_timeout)
+        // The read buffer of a connection: a request head must fit (64 KiB, as the vendor's
+        // API needs a fraction of it), and a body streams through it. hyper's default
+        // (~400 KiB) would let each connection sending a body hold that much.
+        .max_buf_size(MAX_READ_BUFFER)
         // (A client that shuts down its sending side after its call still gets its answer:
         // `ClientIo` sees to that, and hyper keeps watching for clients that leave.)
         .keep_alive(true);

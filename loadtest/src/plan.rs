@@ -122,7 +122,7 @@ pub struct GroupPlan {
     pub uin: u64,
     pub account: String,
     /// The catalog group id (`ocr.GeneralBasicOCR`, `bda.segment`), or
-    /// `<service>.unlisted:<Action>` for an action the catalog does not list.
+    /// `<service>.unlisted` for the actions the catalog does not list (they share one quota).
     pub group: String,
     pub expected: Expected,
 }
@@ -243,10 +243,16 @@ pub fn resolve(
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
         };
-        let route = catalog.route(service, &spec.action);
+        let route = catalog.route(service, &spec.action).map_err(|e| {
+            anyhow::anyhow!(
+                "stream {name}: the gateway refuses the action {:?} with InvalidAction ({e:?})",
+                spec.action
+            )
+        })?;
+        // Unlisted actions of a service share one quota per account.
         let (group_name, default) = match route {
             Route::Listed { group, .. } => (group.name.to_string(), Some(group)),
-            Route::Unlisted { .. } => (format!("{}.unlisted:{}", service.name, spec.action), None),
+            Route::Unlisted { .. } => (service.unlisted_label.to_string(), None),
         };
         let account = loaded.entitlements.account(credential.uin);
         let expected = match account {
@@ -388,7 +394,7 @@ mod tests {
                 code: "ResourceUnavailable.InArrears".into()
             }
         );
-        assert_eq!(g(6).group, "ocr.unlisted:SomeNewOCR");
+        assert_eq!(g(6).group, "ocr.unlisted");
         assert_eq!(p.streams[4].version, "2022-09-27");
         assert!(
             p.refusal_codes

@@ -29,6 +29,9 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// Credentials by SecretId, as [`Credentials::new`] takes them.
+pub type CredentialMap = FxHashMap<Box<str>, Credential>;
+
 /// Every credential, by SecretId.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {

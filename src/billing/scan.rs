@@ -407,8 +407,11 @@ impl Scanner {
 
     fn push_str_bytes(&mut self, key: bool, bytes: &[u8]) {
         if key {
-            let room = MAX_KEY.saturating_sub(self.key_len).min(bytes.len());
-            self.key[self.key_len..self.key_len + room].copy_from_slice(&bytes[..room]);
+            // A key longer than MAX_KEY is none the scanner looks for: its length is still
+            // counted (so it is known to be too long), its bytes past MAX_KEY are not kept.
+            let start = self.key_len.min(MAX_KEY);
+            let room = (MAX_KEY - start).min(bytes.len());
+            self.key[start..start + room].copy_from_slice(&bytes[..room]);
             self.key_len += bytes.len();
         } else if self.capturing() {
             let room = MAX_VALUE.saturating_sub(self.capture_len).min(bytes.len());
@@ -548,6 +551,25 @@ mod tests {
             Scanned::Error { code } => Some(code.as_str()),
             _ => None,
         }
+    }
+
+    /// Found by the `billing_scanner` fuzz target: a key longer than `MAX_KEY` whose bytes
+    /// arrive in more than one piece (a chunk boundary, or an escape) indexed past the key
+    /// buffer and panicked.
+    #[test]
+    fn a_long_key_in_pieces_is_just_a_long_key() {
+        let long = "K".repeat(MAX_KEY + 8);
+        let body = format!(r#"{{"Response": {{"{long}\n{long}": 1, "RequestId": "r"}}}}"#);
+        for cut in [10, 10 + MAX_KEY + 2, body.len() / 2] {
+            assert!(matches!(
+                scan_chunks(body.as_bytes(), &[cut]),
+                Scanned::Success { .. }
+            ));
+        }
+        // The fuzzer's own input.
+        let input = b"\x7b\x20\x0a\x22\x5c\x0a\x60\x7b\xff\xff\xff\xff\xff\xff\xff\xff\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\x63\xff\xff\x38\x0a";
+        let _ = scan_chunks(input, &[255]);
+        let _ = scan_chunks(input, &[]);
     }
 
     #[test]

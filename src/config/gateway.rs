@@ -348,8 +348,12 @@ impl Settings {
 
 /// Reads and validates `tollgate.toml`. Relative paths in it are relative to its directory.
 pub fn load(source: &Source) -> Result<Settings, ConfigError> {
-    let text = source.read()?;
-    let raw: RawSettings = parse_toml(source, &text)?;
+    parse(source, &source.read()?)
+}
+
+/// Validates the text of `tollgate.toml` read from `source`.
+pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
+    let raw: RawSettings = parse_toml(source, text)?;
     let err = |key: &str, reason: String| ConfigError::new(source, key, reason);
     let base: PathBuf = source
         .path()
@@ -606,6 +610,15 @@ mod tests {
         let s = Settings::embedded();
         assert_eq!(s.max_clock_skew_seconds, 300);
         assert!(s.upstream("ocr").is_some());
+    }
+
+    /// Found by the `config` fuzz target: an unknown field with an empty name was reported
+    /// under an empty key.
+    #[test]
+    fn an_unnamed_field_is_reported_at_the_top_level() {
+        let source = Source::File("tollgate.toml".into());
+        let e = parse(&source, "\"\" = \"\"").unwrap_err();
+        assert_eq!(e.key, "(top level)", "{e}");
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub fn parse_toml<T: DeserializeOwned>(source: &Source, text: &str) -> Result<T,
         let inner = e.into_inner();
         ConfigError::new(
             source,
-            if key == "." {
+            if key == "." || key.is_empty() {
                 "(top level)".into()
             } else {
                 key

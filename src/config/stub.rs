@@ -93,7 +93,12 @@ pub fn parse_outcome(s: &str) -> StubOutcome {
 }
 
 pub fn load(source: &Source) -> Result<StubSettings, ConfigError> {
-    let raw: RawStub = parse_toml(source, &source.read()?)?;
+    parse(source, &source.read()?)
+}
+
+/// Validates the text of a stub settings file read from `source`.
+pub fn parse(source: &Source, text: &str) -> Result<StubSettings, ConfigError> {
+    let raw: RawStub = parse_toml(source, text)?;
     let invoices =
         parse_invoices(&raw.invoices).map_err(|e| ConfigError::new(source, "invoices", e))?;
     let mut outcomes = Vec::new();

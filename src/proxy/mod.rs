@@ -849,3 +849,51 @@ pub fn group_metrics_of<'s>(snapshot: &'s Snapshot, group: &str) -> Option<&'s G
     let g = snapshot.loaded.catalog.group_by_name(group)?;
     snapshot.metrics.groups.get(g.id.0 as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that is down fails every call: one log line a second, saying how many
+    /// were held back.
+    #[test]
+    fn failure_logs_are_throttled_to_one_a_second() {
+        let t = LogThrottle::default();
+        assert_eq!(t.allow(100), Some(0));
+        for _ in 0..999 {
+            assert_eq!(t.allow(100), None);
+        }
+        assert_eq!(t.allow(101), Some(999));
+        assert_eq!(t.allow(101), None);
+        assert_eq!(t.allow(105), Some(1));
+    }
+
+    #[test]
+    fn single_valued_fields_are_checked_cheaply_and_exactly() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-tc-action", HeaderValue::from_static("A"));
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("accept", HeaderValue::from_static("b"));
+        assert!(
+            check_single_valued(&h).is_ok(),
+            "a repeated field of no concern"
+        );
+        h.append("x-tc-action", HeaderValue::from_static("B"));
+        assert!(matches!(
+            check_single_valued(&h),
+            Err(Refusal::AmbiguousHeader {
+                name: "x-tc-action",
+                named_by_connection: false
+            })
+        ));
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, Host"));
+        assert!(matches!(
+            check_single_valued(&h),
+            Err(Refusal::AmbiguousHeader {
+                name: "host",
+                named_by_connection: true
+            })
+        ));
+    }
+}

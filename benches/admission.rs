@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tollgate::admission::{Admission, LocalStore, QuotaKey, QuotaStore, Rate, gcra};
-use tollgate::catalog::GroupKey;
-use tollgate::config::{self, Sources};
-use tollgate::entitlement::{Limit, default_limit};
+use tollgate_core::catalog::GroupKey;
+use tollgate_core::config::{self, Sources};
+use tollgate_core::entitlement::{Limit, default_limit};
+use tollgate_gateway::admission::{Admission, LocalStore, QuotaKey, QuotaStore, Rate, gcra};
 
 /// What both stores implement: one rate check.
 trait Limiter: Send + Sync {
@@ -153,7 +153,7 @@ fn request_path_stage(c: &mut Criterion) {
         b.iter(|| {
             now += 10_000_000; // 100 calls/s: admitted
             let route = catalog.route(ocr, black_box("GeneralBasicOCR")).unwrap();
-            let tollgate::catalog::Route::Listed { group, .. } = route else {
+            let tollgate_core::catalog::Route::Listed { group, .. } = route else {
                 unreachable!()
             };
             let account = loaded

@@ -7,10 +7,12 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tollgate::auth::tc3::Signer;
-use tollgate::auth::{AuthRequest, Credential, Credentials, authenticate, parse_authorization};
-use tollgate::billing::Scanner;
-use tollgate::config::{self, Sources};
+use tollgate_core::config::{self, Sources};
+use tollgate_core::tc3::Signer;
+use tollgate_gateway::auth::{
+    AuthRequest, Credential, Credentials, authenticate, parse_authorization,
+};
+use tollgate_gateway::billing::Scanner;
 
 fn signature(c: &mut Criterion) {
     let body = format!(
@@ -75,7 +77,7 @@ fn signature(c: &mut Criterion) {
     });
     // The replay guard's cost per call, beside the verification it follows: a guard holding
     // 300 s of 10,000 calls/s, a new signature each call and a new second every 10,000.
-    let guard = tollgate::auth::replay::ReplayGuard::new(300, 4_000_000);
+    let guard = tollgate_gateway::auth::replay::ReplayGuard::new(300, 4_000_000);
     let hex = |n: u64, out: &mut [u8; 64]| {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for (i, b) in out[..16].iter_mut().enumerate() {

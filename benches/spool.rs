@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tollgate::metering::spool::{Spool, SpoolConfig};
+use tollgate_gateway::metering::spool::{Spool, SpoolConfig};
 
 fn record() -> Vec<u8> {
     br#"{"request_id":"6e1a1b59-2f2a-4b0e-9c2c-3c1d5b3f4a11","owner_uin":100000000001,"uin":100000000002,"service":"ocr","action":"GeneralBasicOCR","billing_item":"ocr.general_basic","units":1,"time_unix_ms":1795347128123}"#.to_vec()

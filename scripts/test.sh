@@ -78,16 +78,16 @@ fi
 "$venv/bin/python" -c 'import tencentcloud.ocr.v20181119, tencentcloud.facefusion.v20220927; print("SDK ok")'
 
 log "formatting"
-cargo fmt --check
+cargo fmt --all --check
 cargo fmt --check --manifest-path loadtest/Cargo.toml
 cargo fmt --check --manifest-path fuzz/Cargo.toml
 
 log "lints"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --manifest-path loadtest/Cargo.toml -- -D warnings
 
 log "tests"
-cargo test --all-targets
+cargo test --workspace --all-targets
 cargo test --manifest-path loadtest/Cargo.toml
 
 log "fuzz targets: corpus replay and 5 s each"

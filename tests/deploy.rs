@@ -132,7 +132,7 @@ async fn the_dashboard_and_alerts_name_only_exported_metrics() {
     );
     let mut names = exported(&h.metrics().await);
     names.extend(exported(
-        &tollgate::settlement::consumer::ConsumerMetrics::new().render(),
+        &tollgate_settlement::consumer::ConsumerMetrics::new().render(),
     ));
 
     let mut missing = vec![];
@@ -199,7 +199,9 @@ fn encode(q: &str) -> String {
 async fn a_real_prometheus_sees_the_gateway_counters() {
     let prometheus = tool("prometheus");
     let h = Harness::start(Builder {
-        clock: Some(tollgate::clock::FakeClock::at("2026-05-01T10:00:00+08:00")),
+        clock: Some(tollgate_core::clock::FakeClock::at(
+            "2026-05-01T10:00:00+08:00",
+        )),
         ..Builder::default()
     })
     .await;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Builder, Call, Harness, count_codes, eventually};
-use tollgate::clock::FakeClock;
-use tollgate::config::stub::{StubOutcome, StubSettings};
+use tollgate_core::clock::FakeClock;
+use tollgate_stub::settings::{StubOutcome, StubSettings};
 
 fn frozen(at: &str) -> Builder {
     Builder {
@@ -746,7 +746,7 @@ async fn shutdown_drains_in_flight_calls() {
     assert!(reply.is_success(), "{reply:?}");
     let _dir = stopping.await.unwrap();
     assert_eq!(
-        tollgate::metering::file::FileSink::read_all(&usage_path)
+        tollgate_gateway::metering::file::FileSink::read_all(&usage_path)
             .unwrap()
             .len(),
         1

@@ -14,7 +14,7 @@ use support::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tollgate::clock::FakeClock;
+use tollgate_core::clock::FakeClock;
 
 fn frozen(at: &str) -> Builder {
     Builder {

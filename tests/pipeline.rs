@@ -18,9 +18,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use support::servers::{Nats, Postgres, free_port, wait_for_port};
 use support::{Builder, Call, Harness, eventually};
-use tollgate::clock::FakeClock;
-use tollgate::metering::batch::read_batch_dir;
-use tollgate::settlement::consumer::{self, ConsumerConfig, ConsumerMetrics, Ledger, Source};
+use tollgate_core::clock::FakeClock;
+use tollgate_settlement::consumer::{self, ConsumerConfig, ConsumerMetrics, Ledger, Source};
+use tollgate_usage::ledger_dir::read_batch_dir;
 
 /// Adds an account whose segmentation group runs at 5,000 purchased QPS, so load tests are
 /// limited by the machine, not the quota.
@@ -505,17 +505,17 @@ async fn the_local_pipeline_and_both_ledgers_agree() {
     task.await.unwrap().unwrap();
     assert!(batches.join("applied").read_dir().unwrap().count() >= 1);
 
-    let catalog = tollgate::config::catalog::load(
-        &tollgate::config::Source::Embedded {
+    let catalog = tollgate_core::config::catalog::load(
+        &tollgate_core::config::Source::Embedded {
             name: "catalog.toml",
-            text: tollgate::config::EMBEDDED_CATALOG,
+            text: tollgate_core::config::EMBEDDED_CATALOG,
         },
-        tollgate::config::EMBEDDED_CATALOG,
+        tollgate_core::config::EMBEDDED_CATALOG,
     )
     .unwrap();
     let from_pg = ledger.usage(&catalog, 1).await.unwrap();
     let from_dir =
-        tollgate::settlement::ledger::from_batches(&catalog, 1, &read_batch_dir(&batches).unwrap())
+        tollgate_settlement::ledger::from_batches(&catalog, 1, &read_batch_dir(&batches).unwrap())
             .unwrap();
     assert_eq!(from_pg, from_dir);
     assert_eq!(from_pg.iter().map(|u| u.units).sum::<u64>(), 6);
@@ -550,7 +550,7 @@ async fn rejected_calls_never_reach_the_spool() {
             .error_code(),
         Some("AuthFailure.SecretIdNotFound")
     );
-    let records = tollgate::metering::spool::read_after(&spool, 0, u64::MAX).unwrap();
+    let records = tollgate_gateway::metering::spool::read_after(&spool, 0, u64::MAX).unwrap();
     assert_eq!(records.len(), 20);
     let h = Arc::into_inner(h).unwrap();
     let _dir = h.stop().await;
@@ -601,7 +601,7 @@ async fn a_damaged_spool_recovers_and_counts_the_damage() {
 
     // Damage: corrupt the second record, and tear the tail where a kill in the middle of a
     // write leaves it: right after the last record, in the segment's reserved space.
-    let (_, segment) = tollgate::metering::spool::segments(&spool)
+    let (_, segment) = tollgate_gateway::metering::spool::segments(&spool)
         .unwrap()
         .pop()
         .unwrap();

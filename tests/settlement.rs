@@ -8,14 +8,14 @@ use chrono::{DateTime, FixedOffset, NaiveDate};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
-use tollgate::billing::{self, Outcome, Scanner};
-use tollgate::catalog::Catalog;
-use tollgate::config::{self, Source};
-use tollgate::entitlement::overlay::{OverlayClass, OverlayPack};
-use tollgate::settlement::prices::{Price, PriceBook};
-use tollgate::settlement::quote::{self, Term};
-use tollgate::settlement::rating::{MonthStatement, PriceSource, rate_month};
-use tollgate::settlement::{Month, OwnerBilling, PurchasedPack, UsageCount, statement};
+use tollgate_core::catalog::Catalog;
+use tollgate_core::config::{self, Source};
+use tollgate_core::entitlement::overlay::{OverlayClass, OverlayPack};
+use tollgate_gateway::billing::{self, Outcome, Scanner};
+use tollgate_settlement::prices::{Price, PriceBook};
+use tollgate_settlement::quote::{self, Term};
+use tollgate_settlement::rating::{MonthStatement, PriceSource, rate_month};
+use tollgate_settlement::{Month, OwnerBilling, PurchasedPack, UsageCount, statement};
 
 struct World {
     catalog: Catalog,
@@ -31,12 +31,12 @@ fn world() -> World {
         config::EMBEDDED_CATALOG,
     )
     .unwrap();
-    let book = config::pricing::load_prices(
+    let book = tollgate_settlement::config::load_prices(
         &Source::Embedded {
             name: "pricing.toml",
-            text: config::EMBEDDED_PRICING,
+            text: tollgate_settlement::EMBEDDED_PRICING,
         },
-        config::EMBEDDED_PRICING,
+        tollgate_settlement::EMBEDDED_PRICING,
         &catalog,
     )
     .unwrap();
@@ -100,7 +100,7 @@ impl World {
     }
 }
 
-fn line<'s>(s: &'s MonthStatement, item: &str) -> &'s tollgate::settlement::rating::ItemLine {
+fn line<'s>(s: &'s MonthStatement, item: &str) -> &'s tollgate_settlement::rating::ItemLine {
     s.lines
         .iter()
         .find(|l| l.item == item)
@@ -955,7 +955,7 @@ fn the_price_book_matches_the_seed_tables() {
     );
     // Every interface that bills per call has a postpaid table.
     for f in &w.catalog.interfaces {
-        if let tollgate::catalog::UnitRule::PerCall(item) = f.units {
+        if let tollgate_core::catalog::UnitRule::PerCall(item) = f.units {
             assert!(
                 w.book.postpaid.contains_key(&item),
                 "{} has no postpaid prices",
@@ -1000,7 +1000,7 @@ proptest! {
                     id: format!("p{k}"),
                     item: w.catalog.item_by_key(items[*i]).unwrap().id,
                     size: *size,
-                    purchased_at: DateTime::from_timestamp(start + h * 3600, 0).unwrap().with_timezone(&tollgate::clock::beijing()),
+                    purchased_at: DateTime::from_timestamp(start + h * 3600, 0).unwrap().with_timezone(&tollgate_core::clock::beijing()),
                     price_paid: dec!(1),
                 })
                 .collect(),

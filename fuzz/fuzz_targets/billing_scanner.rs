@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::billing::scan::{Scanned, Scanner};
+use tollgate_gateway::billing::scan::{Scanned, Scanner};
 
 fn scan<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Scanned {
     let mut s = Scanner::new();

@@ -9,9 +9,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::catalog::{Route, RouteError};
-use tollgate::config::{Loaded, Sources, load};
-use tollgate::proxy::hop::ConnectionField;
+use tollgate_core::catalog::{Route, RouteError};
+use tollgate_core::config::{Loaded, Sources, load};
+use tollgate_gateway::proxy::hop::ConnectionField;
 
 fn loaded() -> &'static Loaded {
     static L: OnceLock<std::sync::Arc<Loaded>> = OnceLock::new();
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let (head, rest) = data.split_at(data.len().min(1));
     let action = String::from_utf8_lossy(rest);
     if let Ok(auth) = std::str::from_utf8(rest) {
-        let _ = tollgate::auth::parse_authorization(auth);
+        let _ = tollgate_gateway::auth::parse_authorization(auth);
     }
     let fields = [(&b"connection"[..], rest)];
     let c = ConnectionField::of(fields.iter().copied());
@@ -39,12 +39,12 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Route::Unlisted { key, .. }) => {
             assert_eq!(key, service.unlisted_key);
-            assert!(tollgate::catalog::is_action_name(&action));
+            assert!(tollgate_core::catalog::is_action_name(&action));
         }
         Err(RouteError::CaseVariant(listed)) => {
             assert!(listed.eq_ignore_ascii_case(&action));
             assert_ne!(&*listed, &*action);
         }
-        Err(RouteError::Malformed) => assert!(!tollgate::catalog::is_action_name(&action)),
+        Err(RouteError::Malformed) => assert!(!tollgate_core::catalog::is_action_name(&action)),
     }
 });

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::config::{self, Loaded, Source, Sources};
+use tollgate_core::config::{self, Loaded, Source, Sources};
 
 fn loaded() -> &'static Loaded {
     static L: OnceLock<std::sync::Arc<Loaded>> = OnceLock::new();
@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!e.key.is_empty(), "{e}");
     };
     match which % 6 {
-        0 => config::gateway::parse(&source, text).err().map(check),
+        0 => tollgate_gateway::settings::parse(&source, text)
+            .err()
+            .map(check),
         1 => config::catalog::load(&source, text).err().map(check),
         2 => config::entitlements::load_entitlements(&source, text, &l.catalog)
             .err()
@@ -37,8 +39,10 @@ fuzz_target!(|data: &[u8]| {
         3 => config::entitlements::load_credentials(&source, text, &l.entitlements)
             .err()
             .map(check),
-        4 => config::stub::parse(&source, text).err().map(check),
-        _ => config::pricing::load_prices(&source, text, &l.catalog)
+        4 => tollgate_stub::settings::parse(&source, text)
+            .err()
+            .map(check),
+        _ => tollgate_settlement::config::load_prices(&source, text, &l.catalog)
             .err()
             .map(check),
     };

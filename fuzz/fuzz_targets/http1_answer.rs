@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use tollgate::proxy::http1::{BodyState, Decoded, at_close, decode_body, parse_head};
+use tollgate_gateway::proxy::http1::{BodyState, Decoded, at_close, decode_body, parse_head};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the read size (1..=256) and the method.
@@ -33,12 +33,12 @@ fuzz_target!(|data: &[u8]| {
             },
             Err(_) => return,
         }
-        if buf.len() > tollgate::proxy::http1::MAX_HEAD_BYTES {
+        if buf.len() > tollgate_gateway::proxy::http1::MAX_HEAD_BYTES {
             return;
         }
     };
     for (name, _) in &head.headers {
-        assert!(!tollgate::proxy::hop::is_hop_by_hop(
+        assert!(!tollgate_gateway::proxy::hop::is_hop_by_hop(
             name.as_str().as_bytes()
         ));
     }

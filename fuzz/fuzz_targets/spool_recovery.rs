@@ -7,7 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::metering::{record, spool};
+use tollgate_gateway::metering::spool;
+use tollgate_usage::record;
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -6,8 +6,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::auth::tc3::Signer;
-use tollgate::auth::{AuthRequest, Credential, Credentials, authenticate, parse_authorization};
+use tollgate_core::tc3::Signer;
+use tollgate_gateway::auth::{
+    AuthRequest, Credential, Credentials, authenticate, parse_authorization,
+};
 
 const NOW: i64 = 1_795_347_128;
 
@@ -23,8 +25,8 @@ fn credentials() -> Credentials {
     Credentials::new(m)
 }
 
-fn rustc_hash_map() -> tollgate::auth::CredentialMap {
-    tollgate::auth::CredentialMap::default()
+fn rustc_hash_map() -> tollgate_gateway::auth::CredentialMap {
+    tollgate_gateway::auth::CredentialMap::default()
 }
 
 fuzz_target!(|data: &[u8]| {

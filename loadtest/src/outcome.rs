@@ -1,7 +1,7 @@
 //! What one answer means for the report.
 //!
 //! The gateway answers every call with HTTP 200 and the vendor's JSON shape. The body is read
-//! through Tollgate's own streaming scanner (`tollgate::billing::Scanner`), which extracts
+//! through Tollgate's own streaming scanner (`tollgate_gateway::billing::Scanner`), which extracts
 //! `Response.Error.Code` without buffering or allocating.
 //!
 //! - **admitted**: a success, or any error code that came from the backend (the call passed
@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tollgate::billing::{Scanned, Scanner};
+use tollgate_gateway::billing::{Scanned, Scanner};
 
 /// The code of the gateway's over-limit answer.
 pub const LIMIT_CODE: &str = "RequestLimitExceeded";

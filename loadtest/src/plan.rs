@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
-use tollgate::admission::Rate;
-use tollgate::catalog::Route;
-use tollgate::config::{self, EMBEDDED_CATALOG, Loaded, Source, Sources, gateway};
-use tollgate::entitlement::{Limit, StateRefusal, default_limit};
+use tollgate_core::catalog::Route;
+use tollgate_core::config::{self, EMBEDDED_CATALOG, Loaded, Source, Sources};
+use tollgate_core::entitlement::{Limit, StateRefusal, default_limit};
+use tollgate_gateway::admission::Rate;
+use tollgate_gateway::settings as gateway;
 
 use crate::scenario::{Load, Scenario};
 

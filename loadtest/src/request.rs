@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
-use tollgate::auth::tc3::Signer;
+use tollgate_core::tc3::Signer;
 
 use crate::plan::StreamPlan;
 
@@ -159,7 +159,7 @@ pub fn unix_seconds() -> i64 {
 mod tests {
     use super::*;
     use crate::scenario::Load;
-    use tollgate::auth::tc3::{SignedRequest, parse_authorization, signing_key, verify};
+    use tollgate_core::tc3::{SignedRequest, parse_authorization, signing_key, verify};
 
     fn stream() -> StreamPlan {
         StreamPlan {

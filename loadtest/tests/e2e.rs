@@ -1,17 +1,18 @@
-//! End to end: a real gateway (`tollgate::app::start`) in front of the stub backend, both
+//! End to end: a real gateway (`tollgate_gateway::app::start`) in front of the stub backend, both
 //! in-process on ephemeral ports with the demo accounts, driven by the generator; the report
 //! must count a 20-QPS overload the way GCRA admits it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tollgate::app::{self, Options, Running};
-use tollgate::config::stub::StubSettings;
-use tollgate::config::{self, Source, gateway};
+use tollgate_core::config::{self, Source};
+use tollgate_gateway::app::{self, Options, Running};
+use tollgate_gateway::settings as gateway;
 use tollgate_loadtest::plan::{self, Expected, GatewayConfig, Overrides};
 use tollgate_loadtest::report::{self, Verdict, margin};
 use tollgate_loadtest::runner::{self, RunOptions};
 use tollgate_loadtest::scenario::Scenario;
+use tollgate_stub::settings::StubSettings;
 
 struct Servers {
     running: Running,
@@ -23,9 +24,9 @@ struct Servers {
 async fn start() -> Servers {
     let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stub = stub_listener.local_addr().unwrap();
-    tokio::spawn(tollgate::stub::serve(
+    tokio::spawn(tollgate_stub::serve(
         stub_listener,
-        tollgate::stub::Stub::new(StubSettings::default()),
+        tollgate_stub::Stub::new(StubSettings::default()),
         std::future::pending(),
     ));
     let dir = tempfile::tempdir().unwrap();

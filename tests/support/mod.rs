@@ -1,7 +1,7 @@
 //! A small in-process harness: a stub backend and a gateway on ephemeral loopback ports, with
 //! their config files in a temp dir, and a signing client. Each test file `mod support;`s it.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 pub mod servers;
 
@@ -18,15 +18,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tempfile::TempDir;
-use tollgate::app::{self, Options, Running};
-use tollgate::auth::tc3::Signer;
-use tollgate::clock::{Clock, FakeClock, SystemClock};
-use tollgate::config::Source;
-use tollgate::config::gateway;
-use tollgate::config::stub::StubSettings;
-use tollgate::metering::UsageRecord;
-use tollgate::metering::file::FileSink;
-use tollgate::stub::Stub;
+use tollgate_core::clock::{Clock, FakeClock, SystemClock};
+use tollgate_core::config::Source;
+use tollgate_core::tc3::Signer;
+use tollgate_gateway::app::{self, Options, Running};
+use tollgate_gateway::metering::file::FileSink;
+use tollgate_gateway::settings;
+use tollgate_stub::Stub;
+use tollgate_stub::settings::StubSettings;
+use tollgate_usage::UsageRecord;
 
 /// Test accounts. Every credential's key is `<secret_id>-secret-key`.
 pub const ENTITLEMENTS: &str = r#"
@@ -227,7 +227,7 @@ impl Harness {
         let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stub_addr = stub_listener.local_addr().unwrap();
         let (stub_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(tollgate::stub::serve(
+        tokio::spawn(tollgate_stub::serve(
             stub_listener,
             Stub::new(b.stub),
             async {
@@ -245,7 +245,7 @@ impl Harness {
         };
         std::fs::write(
             dir.path().join("catalog.toml"),
-            tollgate::config::EMBEDDED_CATALOG,
+            tollgate_core::config::EMBEDDED_CATALOG,
         )
         .unwrap();
         std::fs::write(dir.path().join("entitlements.toml"), &b.entitlements).unwrap();
@@ -287,7 +287,7 @@ poll_interval_ms = 100
         );
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();
-        let settings = gateway::load(&Source::File(settings_path)).unwrap();
+        let settings = settings::load(&Source::File(settings_path)).unwrap();
         let clock: Arc<dyn Clock> = match &b.clock {
             Some(c) => c.clone(),
             None => SystemClock::shared(),

@@ -2,7 +2,7 @@
 //! a PostgreSQL cluster, each on an ephemeral port in a temp dir, killed when dropped. The
 //! shared services on the machine's standard ports are never touched.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpStream;
 use std::path::PathBuf;

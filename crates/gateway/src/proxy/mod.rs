@@ -1,0 +1,900 @@
+//! The request path: classify → authenticate → gate → admit → forward → meter.
+//!
+//! [`Gateway::handle`] runs the phases in order, each a function with one job returning what
+//! the next needs; any phase may end the call with a [`Refusal`], which `respond` turns into
+//! the vendor's error. Everything the head alone settles (method, target, single-valued
+//! fields, service, action, timestamp, SecretId, declared length) is checked before a byte of
+//! the body is read, so a stranger's call costs nothing but its connection. Admission is
+//! synchronous and never awaits I/O; a refused call never reaches metering (only
+//! [`body::MeteredBody`] creates usage records, and it exists only for forwarded calls).
+
+pub mod body;
+pub mod client;
+pub mod forward;
+pub mod hop;
+pub mod http1;
+pub mod request_body;
+pub mod respond;
+pub mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::admission::{Admission, Decision, QuotaKey};
+use crate::auth::replay::{ReplayGuard, Seen};
+use crate::auth::{self, AuthError, Prechecked, Signed, parse_authorization};
+use crate::metering::UsageSink;
+use crate::metrics::{CatalogMetrics, GroupMetrics, Metrics};
+use crate::settings::Settings;
+use body::{GaugeGuard, HeldPermit, MeterJob, MeteredBody, ProxyBody};
+use forward::{Forwarder, Identity};
+use request_body::{BodyError, Budget, Deadlines, Held};
+pub use respond::Refusal;
+use tollgate_core::catalog::{GroupLimit, Route, RouteError, Service};
+use tollgate_core::clock::Clock;
+use tollgate_core::config::Loaded;
+use tollgate_core::entitlement::{Account, Limit, default_limit};
+
+/// The header names the request path reads or writes, parsed once (a `&str` name is parsed on
+/// every lookup).
+pub(crate) mod names {
+    use http::header::HeaderName;
+
+    use super::forward::HEADER_REQUEST_ID;
+
+    pub(crate) static TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
+    pub(crate) static TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
+    pub(crate) static TC_CONTENT_SHA256: HeaderName =
+        HeaderName::from_static("x-tc-content-sha256");
+    pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+    pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+}
+use names::{REQUEST_ID, TC_ACTION, TC_CONTENT_SHA256, TC_TIMESTAMP};
+
+/// The fields of an API 3.0 call that must appear once: the gateway authenticates and routes
+/// on them, so a second value (or a `Connection` naming one, which would have it dropped on
+/// the way to the backend) could make the backend see another call than the one checked.
+const SINGLE_VALUED: [&str; 9] = [
+    "authorization",
+    "x-tc-action",
+    "x-tc-version",
+    "x-tc-timestamp",
+    "x-tc-region",
+    "x-tc-content-sha256",
+    "x-tc-token",
+    "content-type",
+    "host",
+];
+
+/// The most body bytes read (and dropped) for a call refused before its credential was
+/// found: an SDK call with an image URL fits; a declared upload larger than this gets its
+/// answer and a closed connection.
+pub const STRANGER_DISCARD: u64 = 64 * 1024;
+
+/// The config in force plus what is resolved for it once (metric handles, each service's
+/// upstream); swapped whole on reload.
+pub struct Snapshot {
+    pub loaded: Arc<Loaded>,
+    pub metrics: CatalogMetrics,
+    pub generation: u64,
+    /// Each service's upstream and its pool slot, by service id.
+    upstreams: Vec<Option<forward::Target>>,
+    usage_records: prometheus::IntCounter,
+    usage_record_failures: prometheus::IntCounter,
+}
+
+/// Which group's metric handles a call uses: a catalog group, or a service's unlisted actions.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupRef {
+    Listed(usize),
+    Unlisted(usize),
+}
+
+impl Snapshot {
+    pub fn group_metrics(&self, group: GroupRef) -> &GroupMetrics {
+        match group {
+            GroupRef::Listed(i) => &self.metrics.groups[i],
+            GroupRef::Unlisted(i) => &self.metrics.unlisted[i],
+        }
+    }
+
+    fn metering_records(&self, n: usize) {
+        self.usage_records.inc_by(n as u64);
+    }
+
+    fn metering_failures(&self, n: usize) {
+        self.usage_record_failures.inc_by(n as u64);
+    }
+}
+
+/// A refusal, and whether the connection must close after it (the call's body was not read
+/// to its end).
+pub struct Refused {
+    pub refusal: Refusal,
+    pub close: bool,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused {
+            refusal,
+            close: false,
+        }
+    }
+}
+
+/// What the head of a call settles, before its body is read.
+struct Head<'a> {
+    pre: Prechecked<'a>,
+    service: &'a Service,
+    route: Route<'a>,
+    /// `X-TC-Action` as sent (an unlisted action's name goes into its usage record).
+    action: &'a str,
+    /// The declared `Content-Length`; `None` for a chunked body.
+    declared: Option<u64>,
+}
+
+/// The quota a call counts against: its group's metric handles, label and default limit.
+struct GroupView<'a> {
+    group_ref: GroupRef,
+    label: &'a Arc<str>,
+    default: GroupLimit,
+}
+
+/// A log line at most once a second, with how many were held back meanwhile: a backend that
+/// is down fails every call, and a line per call would bury the log (the calls are counted).
+#[derive(Default)]
+struct LogThrottle {
+    last_second: AtomicI64,
+    held_back: AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(held back since the last line)` if a line may be written at `now_second`.
+    fn allow(&self, now_second: i64) -> Option<u64> {
+        let last = self.last_second.load(Ordering::Relaxed);
+        if now_second > last
+            && self
+                .last_second
+                .compare_exchange(last, now_second, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// The gateway: shared by every connection.
+pub struct Gateway {
+    settings: Arc<Settings>,
+    snapshot: ArcSwap<Snapshot>,
+    admission: Admission,
+    clock: Arc<dyn Clock>,
+    sink: Arc<dyn UsageSink>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    generation: AtomicU64,
+    /// Request bytes buffered at once, gateway-wide (`proxy.max_buffered_request_bytes`).
+    budget: Arc<Budget>,
+    body_deadlines: Deadlines,
+    /// `auth.replay_guard`, when on.
+    replay_guard: Option<ReplayGuard>,
+    upstream_failure_log: LogThrottle,
+    /// `tollgate_gateway_errors_total{code="RequestLimitExceeded"}`, resolved once: under
+    /// overload it is the most frequent answer.
+    limit_errors: prometheus::IntCounter,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Arc<Settings>,
+        loaded: Arc<Loaded>,
+        admission: Admission,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn UsageSink>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Gateway> {
+        let snapshot = Self::snapshot_of(&settings, &metrics, loaded, 1);
+        metrics.config_generation.set(1);
+        let limit_errors = metrics.errors.with_label_values(&["RequestLimitExceeded"]);
+        Arc::new(Gateway {
+            limit_errors,
+            budget: Budget::new(settings.max_buffered_request_bytes),
+            body_deadlines: Deadlines {
+                idle: settings.request_body_idle_timeout,
+                total: settings.request_body_timeout,
+            },
+            replay_guard: settings
+                .replay_guard_capacity
+                .map(|capacity| ReplayGuard::new(settings.max_clock_skew_seconds, capacity)),
+            upstream_failure_log: LogThrottle::default(),
+            settings,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            admission,
+            clock,
+            sink,
+            metrics,
+            draining: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    fn snapshot_of(
+        settings: &Settings,
+        metrics: &Metrics,
+        loaded: Arc<Loaded>,
+        generation: u64,
+    ) -> Snapshot {
+        Snapshot {
+            metrics: CatalogMetrics::new(metrics, &loaded.catalog),
+            upstreams: loaded
+                .catalog
+                .services
+                .iter()
+                .map(|s| {
+                    settings
+                        .upstream_slot(&s.name)
+                        .map(|(slot, u)| forward::Target {
+                            slot,
+                            upstream: u.clone(),
+                        })
+                })
+                .collect(),
+            loaded,
+            generation,
+            usage_records: metrics.usage_records.clone(),
+            usage_record_failures: metrics.usage_record_failures.clone(),
+        }
+    }
+
+    /// Puts a newly loaded config in force. Quota state is keyed by (UIN, group key), not by
+    /// config generation, so no bucket is reset.
+    pub fn apply(&self, loaded: Arc<Loaded>) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.snapshot.store(Arc::new(Self::snapshot_of(
+            &self.settings,
+            &self.metrics,
+            loaded,
+            generation,
+        )));
+        self.metrics.config_generation.set(generation as i64);
+        generation
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Starts the drain: readiness turns false, and every answer from now on carries
+    /// `Connection: close`, so each client connection ends after the call it is carrying.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// False while the usage sink refuses records (the spool's disk bound).
+    pub fn metering_accepting(&self) -> bool {
+        self.sink.accepting()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && self.sink.healthy()
+    }
+
+    /// Brings the gauges read on a scrape up to date.
+    pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.quota_entries
+            .set(self.admission.store().n_entries() as i64);
+        // Read live: the shipper may be blocked on an unreachable broker.
+        m.spool_full.set(i64::from(!self.sink.accepting()));
+        m.request_buffered_bytes.set(self.budget.held() as i64);
+        if let Some(g) = &self.replay_guard {
+            m.replay_guard_signatures.set(g.held() as i64);
+        }
+    }
+
+    /// Handles one call, forwarding through `forwarder` (the pool of the worker the call
+    /// arrived on). Never fails: every problem becomes a vendor-format answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        forwarder: Arc<Forwarder>,
+        req: Request<Incoming>,
+        client: Arc<client::Client>,
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let in_flight = GaugeGuard::inc(&self.metrics.requests_in_flight);
+        // The vendor's RequestId shape, formatted on the stack (most calls never need it owned).
+        let mut id_buf = uuid::Uuid::encode_buffer();
+        let request_id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_buf);
+        let snapshot = self.snapshot.load_full();
+        let (parts, body) = req.into_parts();
+        let served = tokio::select! {
+            biased;
+            served = self.serve(&snapshot, &forwarder, &parts, body, &client, request_id, in_flight) => served,
+            // The drain timeout passed with this call still waiting: it gets an answer, not a
+            // bare close.
+            () = forwarder.aborted() => Err(Refused { refusal: Refusal::ShutDown, close: true }),
+        };
+        let mut response = match served {
+            Ok(resp) => resp,
+            Err(Refused { refusal, close }) => {
+                let code = refusal.code();
+                if let Refusal::OverLimit { .. } = &refusal {
+                    self.limit_errors.inc();
+                } else {
+                    self.metrics.errors.with_label_values(&[code]).inc();
+                }
+                if let Refusal::Auth(_) = &refusal {
+                    self.metrics.auth_failures.with_label_values(&[code]).inc();
+                }
+                tracing::debug!(%request_id, code, message = %respond::Message(&refusal), "refused");
+                let mut response = refusal.into_response(request_id);
+                if close {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+        };
+        if self.draining.load(Ordering::Relaxed) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(response)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn serve(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        forwarder: &Forwarder,
+        parts: &Parts,
+        mut body: Incoming,
+        client: &client::Client,
+        request_id: &str,
+        in_flight: GaugeGuard,
+    ) -> Result<Response<ProxyBody>, Refused> {
+        let now_unix_nanos = self.clock.unix_nanos();
+        // Classify, and check what needs no body: a stranger's body is never read into memory.
+        let head = match self.check_head(snapshot, parts, now_unix_nanos) {
+            Ok(head) => head,
+            Err(refusal) => {
+                let refused = self.refuse_unread(refusal, parts, &mut body).await;
+                if !refused.close {
+                    client.body_read();
+                }
+                return Err(refused);
+            }
+        };
+        // Read the body: bounded in size, in time, and in the gateway's memory as a whole.
+        let mut held = Held::new(&self.budget);
+        let payload = match request_body::read(
+            &mut body,
+            head.declared,
+            self.settings.max_request_bytes,
+            self.body_deadlines,
+            &mut held,
+        )
+        .await
+        {
+            Ok(payload) => payload,
+            Err(e) => return Err(self.refuse_body(e, parts, &mut body).await),
+        };
+        client.body_read();
+        // Authenticate over the exact bytes received.
+        let uin = self.authenticate(snapshot, &head, parts, &payload, now_unix_nanos)?;
+        let account = snapshot
+            .loaded
+            .entitlements
+            .account(uin)
+            .ok_or(Refusal::Auth(AuthError::SecretIdNotFound))?;
+        let group = self.group_of(snapshot, &head.route);
+        // Gate by the owner's state, unbilled.
+        self.gate(snapshot, account, &head, &group)?;
+        // A call whose usage could not be recorded is not served (fail closed, unbilled,
+        // before any quota is spent).
+        if !self.sink.accepting() {
+            return Err(Refusal::MeteringUnavailable.into());
+        }
+        // Admit: resolve the limit at this instant, then one atomic decision.
+        let permit = self.admit(snapshot, account, uin, &head.route, &group, now_unix_nanos)?;
+        // Forward to the service's backend.
+        let target = snapshot.upstreams[usize::from(head.service.id.0)]
+            .as_ref()
+            .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", head.service.name)))?;
+        // One header value for the id, on the forwarded call and on the answer.
+        let request_id_value = forward::header_value(request_id);
+        let forwarded_at = Instant::now();
+        let upstream_response = forwarder
+            .forward(
+                parts,
+                &payload,
+                target,
+                Identity {
+                    uin,
+                    owner_uin: account.owner_uin,
+                    request_id: &request_id_value,
+                    forwarded_for: &client.forwarded_for,
+                },
+                &head.service.name,
+                now_unix_nanos.div_euclid(1_000_000_000),
+            )
+            .await;
+        snapshot.metrics.upstream_seconds[usize::from(head.service.id.0)]
+            .observe(forwarded_at.elapsed().as_secs_f64());
+        // The body has been written (or will never be): its bytes leave the budget.
+        drop(held);
+        let upstream_response = upstream_response
+            .map_err(|e| self.upstream_failed(snapshot, &head, &group, request_id, e))?;
+        // Meter: stream the answer through the scanner; usage is decided at its end.
+        let (mut answer, upstream_body) = upstream_response.into_parts();
+        answer.headers.insert(REQUEST_ID.clone(), request_id_value);
+        let (interface, action): (_, Arc<str>) = match head.route {
+            Route::Listed { interface, .. } => (Some(interface.id), Arc::clone(&interface.action)),
+            Route::Unlisted { .. } => (None, Arc::from(head.action)),
+        };
+        let job = MeterJob {
+            sink: Arc::clone(&self.sink),
+            service: head.service.id,
+            interface,
+            action,
+            group: group.group_ref,
+            owner_uin: account.owner_uin,
+            uin,
+            request_id: request_id.to_owned(),
+            time_unix_ms: now_unix_nanos.div_euclid(1_000_000),
+            http_status: answer.status.as_u16(),
+            snapshot: Arc::clone(snapshot),
+        };
+        let body = MeteredBody::new(upstream_body, job, permit, in_flight);
+        Ok(Response::from_parts(
+            answer,
+            ProxyBody::Metered(Box::new(body)),
+        ))
+    }
+
+    /// Classify and precheck: method, target, single-valued fields, `Authorization`, service,
+    /// action, timestamp, SecretId, credential date, declared length. Nothing here reads the
+    /// body.
+    fn check_head<'a>(
+        &self,
+        snapshot: &'a Snapshot,
+        parts: &'a Parts,
+        now_unix_nanos: i64,
+    ) -> Result<Head<'a>, Refusal> {
+        let loaded = &snapshot.loaded;
+        let catalog = &loaded.catalog;
+        let headers = &parts.headers;
+        if parts.method == Method::CONNECT {
+            return Err(Refusal::Connect);
+        }
+        if parts.method != Method::POST && parts.method != Method::GET {
+            return Err(Refusal::UnsupportedProtocol);
+        }
+        // API 3.0 signs `/` as the path whatever was sent: any other target would reach the
+        // backend unauthenticated. A query is part of a GET call only.
+        if parts.uri.path() != "/"
+            || (parts.method == Method::POST && parts.uri.query().is_some_and(|q| !q.is_empty()))
+        {
+            return Err(Refusal::NotApiTarget);
+        }
+        check_single_valued(headers)?;
+        // The service comes from the credential scope (every product sends `POST /` to the
+        // same host), the interface from X-TC-Action.
+        let authorization = match headers.get(header::AUTHORIZATION) {
+            None => return Err(Refusal::Auth(auth::MalformedAuthorization::Missing.into())),
+            Some(v) => v
+                .to_str()
+                .map_err(|_| Refusal::Auth(auth::MalformedAuthorization::NotUtf8.into()))?,
+        };
+        let authorization =
+            parse_authorization(authorization).map_err(|e| Refusal::Auth(e.into()))?;
+        let service = catalog
+            .service_by_name(authorization.service)
+            .ok_or_else(|| Refusal::UnknownService(authorization.service.to_owned()))?;
+        let action = headers
+            .get(&TC_ACTION)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| !a.is_empty())
+            .ok_or(Refusal::MissingAction)?;
+        let route = catalog.route(service, action).map_err(|e| match e {
+            RouteError::Malformed => Refusal::InvalidAction { listed: None },
+            RouteError::CaseVariant(listed) => Refusal::InvalidAction {
+                listed: Some(listed),
+            },
+        })?;
+        let pre = auth::precheck(
+            &loaded.credentials,
+            authorization,
+            headers.get(&TC_TIMESTAMP).map(HeaderValue::as_bytes),
+            now_unix_nanos.div_euclid(1_000_000_000),
+            self.settings.max_clock_skew_seconds,
+        )
+        .map_err(Refusal::Auth)?;
+        let declared = if headers.contains_key(header::TRANSFER_ENCODING) {
+            None
+        } else {
+            // hyper has already refused a malformed or conflicting length.
+            let n = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if n > self.settings.max_request_bytes as u64 {
+                return Err(Refusal::TooLarge {
+                    limit: self.settings.max_request_bytes,
+                });
+            }
+            Some(n)
+        };
+        Ok(Head {
+            pre,
+            service,
+            route,
+            action,
+            declared,
+        })
+    }
+
+    /// Answers a call refused before its body was read. The body is read and dropped first
+    /// (bounded, within the body deadlines), so the client is reading when the answer comes;
+    /// if it cannot be read to its end, the connection closes after the answer.
+    ///
+    /// How much is read depends on who is calling. A call refused for its size or for the
+    /// gateway's buffer bound passed every check but the signature (a known SecretId, a
+    /// current timestamp): up to four times the largest call is read, so that its client
+    /// sees `RequestSizeLimitExceeded` rather than a reset. Anything else is a stranger's, or
+    /// a broken client's: at most [`STRANGER_DISCARD`] bytes are read for it, so that a flood
+    /// of declared bodies costs no more than their heads.
+    async fn refuse_unread(&self, refusal: Refusal, parts: &Parts, body: &mut Incoming) -> Refused {
+        let expects_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            // The client waits for a go-ahead it will not get: no body comes.
+            return Refused {
+                refusal,
+                close: true,
+            };
+        }
+        let bound = match refusal {
+            Refusal::TooLarge { .. } | Refusal::BufferFull => {
+                let max = self.settings.max_request_bytes as u64;
+                max.saturating_mul(4).max(64 << 20)
+            }
+            _ => STRANGER_DISCARD,
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let drained = declared.is_none_or(|n| n <= bound)
+            && request_body::discard(body, bound, self.body_deadlines).await;
+        Refused {
+            refusal,
+            close: !drained,
+        }
+    }
+
+    /// Answers a call whose body could not be read.
+    async fn refuse_body(&self, e: BodyError, parts: &Parts, body: &mut Incoming) -> Refused {
+        let (reason, refusal) = match e {
+            BodyError::TooLarge { limit } => ("too_large", Refusal::TooLarge { limit }),
+            BodyError::BufferFull => ("buffer_full", Refusal::BufferFull),
+            BodyError::Timeout { idle, after } => ("timeout", Refusal::BodyTimeout { idle, after }),
+            BodyError::Failed(e) => ("failed", Refusal::BadRequestBody(e)),
+        };
+        self.metrics
+            .request_body_refusals
+            .with_label_values(&[reason])
+            .inc();
+        match reason {
+            // The rest of the body may still come: read and drop it (bounded).
+            "too_large" | "buffer_full" => self.refuse_unread(refusal, parts, body).await,
+            _ => Refused {
+                refusal,
+                close: true,
+            },
+        }
+    }
+
+    /// Authenticate: the signature over the exact bytes received, then the replay guard.
+    fn authenticate(
+        &self,
+        snapshot: &Snapshot,
+        head: &Head<'_>,
+        parts: &Parts,
+        payload: &Bytes,
+        now_unix_nanos: i64,
+    ) -> Result<u64, Refusal> {
+        let headers = &parts.headers;
+        let unsigned_payload = self.settings.allow_unsigned_payload
+            && headers
+                .get(&TC_CONTENT_SHA256)
+                .is_some_and(|v| v.as_bytes() == auth::tc3::UNSIGNED_PAYLOAD.as_bytes());
+        let uin = auth::verify(
+            &snapshot.loaded.credentials,
+            &head.pre,
+            Signed {
+                method: parts.method.as_str(),
+                query: parts.uri.query().unwrap_or("").as_bytes(),
+                header: |name: &str| {
+                    // The SDKs sign these two; others are looked up by name.
+                    match name {
+                        "content-type" => headers.get(header::CONTENT_TYPE),
+                        "host" => headers.get(header::HOST),
+                        _ => headers.get(name),
+                    }
+                    .map(HeaderValue::as_bytes)
+                },
+                payload: (!unsigned_payload).then_some(&payload[..]),
+            },
+        )
+        .map_err(Refusal::Auth)?;
+        if let Some(guard) = &self.replay_guard {
+            match guard.check(
+                head.pre.signature(),
+                head.pre.timestamp,
+                now_unix_nanos.div_euclid(1_000_000_000),
+            ) {
+                Seen::First => {}
+                Seen::Again => {
+                    self.metrics.replay_guard_replays.inc();
+                    return Err(Refusal::Auth(AuthError::Replayed));
+                }
+                Seen::Unguarded => self.metrics.replay_guard_overflow.inc(),
+            }
+        }
+        Ok(uin)
+    }
+
+    /// The group a call counts against, and its metric handles.
+    fn group_of<'a>(&self, snapshot: &'a Snapshot, route: &Route<'a>) -> GroupView<'a> {
+        match *route {
+            Route::Listed { group, .. } => GroupView {
+                group_ref: GroupRef::Listed(group.id.0 as usize),
+                label: &group.name,
+                default: group.limit,
+            },
+            Route::Unlisted { service, .. } => {
+                snapshot.metrics.unlisted_calls[usize::from(service.id.0)].inc();
+                GroupView {
+                    group_ref: GroupRef::Unlisted(usize::from(service.id.0)),
+                    label: &service.unlisted_label,
+                    default: GroupLimit::Rate {
+                        qps: snapshot.loaded.catalog.default_qps,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Gate: the owner's state (arrears, not activated, packs exhausted).
+    fn gate(
+        &self,
+        snapshot: &Snapshot,
+        account: &Account,
+        head: &Head<'_>,
+        group: &GroupView<'_>,
+    ) -> Result<(), Refusal> {
+        let catalog = &snapshot.loaded.catalog;
+        let Err(state) = account
+            .owner
+            .gate(head.service.id, catalog.items_of(&head.route))
+        else {
+            return Ok(());
+        };
+        snapshot.group_metrics(group.group_ref).refused.inc();
+        let codes = &head.service.refusal_codes;
+        let (code, item) = match state {
+            tollgate_core::entitlement::StateRefusal::InArrears => (&codes.in_arrears, None),
+            tollgate_core::entitlement::StateRefusal::NotActivated => (&codes.not_activated, None),
+            tollgate_core::entitlement::StateRefusal::PacksExhausted(item) => (
+                &codes.packs_exhausted,
+                Some(Arc::clone(&catalog.item(item).key)),
+            ),
+        };
+        Err(Refusal::AccountState {
+            code: Arc::clone(code),
+            state,
+            service: Arc::clone(&head.service.name),
+            item,
+        })
+    }
+
+    /// Admit: the limit in force at this instant, then one atomic decision.
+    fn admit(
+        &self,
+        snapshot: &Snapshot,
+        account: &Account,
+        uin: u64,
+        route: &Route<'_>,
+        group: &GroupView<'_>,
+        now_unix_nanos: i64,
+    ) -> Result<Option<HeldPermit>, Refusal> {
+        let decided_at = Instant::now();
+        let limit = match route {
+            Route::Listed { group: g, .. } => match account.entitlement(g.id) {
+                Some(e) => e.resolve(group.default, || now_unix_nanos),
+                None => default_limit(group.default),
+            },
+            Route::Unlisted { .. } => default_limit(group.default),
+        };
+        let key = QuotaKey {
+            uin,
+            group: route.group_key(),
+        };
+        let decision = self
+            .admission
+            .decide(key, limit, self.clock.monotonic_nanos());
+        self.metrics
+            .admission_seconds
+            .observe(decided_at.elapsed().as_secs_f64());
+        let metrics = snapshot.group_metrics(group.group_ref);
+        match decision {
+            Decision::OverLimit { retry_after_nanos } => {
+                metrics.over_limit.inc();
+                Err(Refusal::OverLimit {
+                    group: Arc::clone(group.label),
+                    limit,
+                    retry_after: retry_after_nanos.map(Duration::from_nanos),
+                })
+            }
+            Decision::Admitted { permit, remaining } => {
+                metrics.admitted.inc();
+                if let Limit::Rate(qps) = limit
+                    && u64::from(remaining) * 5 < u64::from(self.admission.rate(qps).burst)
+                {
+                    metrics.near_limit.inc();
+                }
+                Ok(permit.map(|permit| HeldPermit {
+                    permit,
+                    gauge: metrics.in_flight.as_ref().map(GaugeGuard::inc),
+                }))
+            }
+        }
+    }
+
+    /// Counts and logs (throttled) a failed forward; the client's answer names no backend.
+    fn upstream_failed(
+        &self,
+        snapshot: &Snapshot,
+        head: &Head<'_>,
+        group: &GroupView<'_>,
+        request_id: &str,
+        e: forward::ForwardError,
+    ) -> Refusal {
+        snapshot.group_metrics(group.group_ref).upstream_error.inc();
+        let now_second = self.clock.unix_nanos().div_euclid(1_000_000_000);
+        if let Some(held_back) = self.upstream_failure_log.allow(now_second) {
+            tracing::warn!(
+                %request_id,
+                service = %head.service.name,
+                error = %e,
+                similar_lines_held_back = held_back,
+                "upstream failed"
+            );
+        }
+        match e {
+            forward::ForwardError::Connect(_) => Refusal::UpstreamUnavailable,
+            forward::ForwardError::Timeout(d) => Refusal::UpstreamTimeout(d),
+            forward::ForwardError::Failed(_) => Refusal::UpstreamFailed,
+        }
+    }
+}
+
+/// Refuses a call in which a single-valued field appears twice or is named by `Connection`.
+fn check_single_valued(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    // Most calls have no field twice: one comparison settles it.
+    if headers.len() != headers.keys_len() {
+        for name in SINGLE_VALUED {
+            if headers.get_all(name).iter().nth(1).is_some() {
+                return Err(Refusal::AmbiguousHeader {
+                    name,
+                    named_by_connection: false,
+                });
+            }
+        }
+    }
+    let connection = hop::ConnectionField::of_map(headers);
+    for token in connection.tokens() {
+        if let Some(name) = SINGLE_VALUED
+            .iter()
+            .find(|n| n.as_bytes().eq_ignore_ascii_case(token))
+        {
+            return Err(Refusal::AmbiguousHeader {
+                name,
+                named_by_connection: true,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Metric handles of a group, for tests.
+pub fn group_metrics_of<'s>(snapshot: &'s Snapshot, group: &str) -> Option<&'s GroupMetrics> {
+    let g = snapshot.loaded.catalog.group_by_name(group)?;
+    snapshot.metrics.groups.get(g.id.0 as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that is down fails every call: one log line a second, saying how many
+    /// were held back.
+    #[test]
+    fn failure_logs_are_throttled_to_one_a_second() {
+        let t = LogThrottle::default();
+        assert_eq!(t.allow(100), Some(0));
+        for _ in 0..999 {
+            assert_eq!(t.allow(100), None);
+        }
+        assert_eq!(t.allow(101), Some(999));
+        assert_eq!(t.allow(101), None);
+        assert_eq!(t.allow(105), Some(1));
+    }
+
+    #[test]
+    fn single_valued_fields_are_checked_cheaply_and_exactly() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-tc-action", HeaderValue::from_static("A"));
+        h.append("accept", HeaderValue::from_static("a"));
+        h.append("accept", HeaderValue::from_static("b"));
+        assert!(
+            check_single_valued(&h).is_ok(),
+            "a repeated field of no concern"
+        );
+        h.append("x-tc-action", HeaderValue::from_static("B"));
+        assert!(matches!(
+            check_single_valued(&h),
+            Err(Refusal::AmbiguousHeader {
+                name: "x-tc-action",
+                named_by_connection: false
+            })
+        ));
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, Host"));
+        assert!(matches!(
+            check_single_valued(&h),
+            Err(Refusal::AmbiguousHeader {
+                name: "host",
+                named_by_connection: true
+            })
+        ));
+    }
+}

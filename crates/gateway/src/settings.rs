@@ -1,0 +1,650 @@
+//! `tollgate.toml`: listeners, upstreams, timeouts, metering, reload and shutdown settings.
+//! Read once at start; changing it needs a restart (the reloadable files are named in
+//! `[files]`). Paths under `[files]` are relative to this file; data paths (`metering.path`)
+//! are relative to the working directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use tollgate_core::config::{ConfigError, Source, Sources, parse_toml};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    listen: RawListen,
+    #[serde(default)]
+    files: RawFiles,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    admission: RawAdmission,
+    #[serde(default)]
+    proxy: RawProxy,
+    upstream: BTreeMap<String, RawUpstream>,
+    metering: RawMetering,
+    #[serde(default)]
+    reload: RawReload,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    api: String,
+    admin: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    catalog: String,
+    entitlements: String,
+    credentials: String,
+}
+
+impl Default for RawFiles {
+    fn default() -> Self {
+        RawFiles {
+            catalog: "catalog.toml".into(),
+            entitlements: "entitlements.toml".into(),
+            credentials: "credentials.toml".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    max_clock_skew_seconds: i64,
+    allow_unsigned_payload: bool,
+    replay_guard: bool,
+    replay_guard_capacity: usize,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            max_clock_skew_seconds: 300,
+            allow_unsigned_payload: true,
+            replay_guard: false,
+            replay_guard_capacity: 4_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmission {
+    burst_millis: u32,
+    sweep_interval_seconds: u64,
+}
+
+impl Default for RawAdmission {
+    fn default() -> Self {
+        RawAdmission {
+            burst_millis: 1000,
+            sweep_interval_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    max_request_bytes: usize,
+    max_buffered_request_bytes: usize,
+    header_read_timeout_ms: u64,
+    request_body_idle_timeout_ms: u64,
+    request_body_timeout_ms: u64,
+    connect_timeout_ms: u64,
+    response_timeout_ms: u64,
+    response_idle_timeout_ms: u64,
+    pool_idle_timeout_seconds: u64,
+    pool_max_idle_per_host: usize,
+    workers: usize,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            max_request_bytes: 10 * 1024 * 1024,
+            max_buffered_request_bytes: 256 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            request_body_idle_timeout_ms: 10_000,
+            request_body_timeout_ms: 30_000,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 60_000,
+            response_idle_timeout_ms: 30_000,
+            pool_idle_timeout_seconds: 90,
+            pool_max_idle_per_host: 1024,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    secret_id: Option<String>,
+    secret_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetering {
+    sink: RawSink,
+    path: Option<String>,
+    gateway_id: Option<String>,
+    spool_dir: Option<String>,
+    fsync_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    max_spool_bytes: Option<u64>,
+    seal_interval_ms: Option<u64>,
+    max_batch_records: Option<usize>,
+    max_batch_counts: Option<usize>,
+    ship_to: Option<RawShipTo>,
+    batch_dir: Option<String>,
+    nats_url: Option<String>,
+    nats_stream: Option<String>,
+    nats_replicas: Option<usize>,
+    max_in_flight: Option<usize>,
+    totals_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawSink {
+    Spool,
+    File,
+    Off,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawShipTo {
+    Local,
+    Nats,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReload {
+    poll_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShutdown {
+    drain_timeout_seconds: u64,
+    idle_grace_ms: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            drain_timeout_seconds: 30,
+            idle_grace_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where admitted calls of a service go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http://host:port` (no path).
+    pub uri: http::Uri,
+    /// `host:port`, the Host header sent upstream.
+    pub authority: String,
+    /// `authority` as a header value, made once (it goes on every forwarded call).
+    pub host: http::HeaderValue,
+    /// Re-sign forwarded calls with this credential (needed when the upstream is the vendor's
+    /// real endpoint, whose signature check covers the Host header).
+    pub resign: Option<(String, String)>,
+}
+
+impl Upstream {
+    /// The upstream at `uri`; `None` when it has no host.
+    pub fn new(uri: http::Uri, resign: Option<(String, String)>) -> Option<Upstream> {
+        let authority = uri.authority()?.to_string();
+        let host = http::HeaderValue::from_str(&authority).ok()?;
+        Some(Upstream {
+            uri,
+            authority,
+            host,
+            resign,
+        })
+    }
+}
+
+/// The durable metering pipeline: spool, batches, shipping.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub spool: crate::metering::spool::SpoolConfig,
+    pub ship: crate::metering::ship::ShipConfig,
+}
+
+/// Where usage records go.
+#[derive(Debug, Clone)]
+pub enum MeteringSink {
+    /// The durable spool, sealed into batches and shipped (the default).
+    Spool(Box<SpoolSettings>),
+    /// A local append-only JSON-lines file (no batches, no shipping).
+    File(PathBuf),
+    /// No metering at all: only for measuring the gateway without it. Logged loudly.
+    Off,
+}
+
+/// Validated `tollgate.toml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: Source,
+    pub api_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub sources: Sources,
+    pub max_clock_skew_seconds: i64,
+    pub allow_unsigned_payload: bool,
+    /// `auth.replay_guard`: the most signatures remembered at once, when the guard is on.
+    pub replay_guard_capacity: Option<usize>,
+    pub burst_millis: u32,
+    pub sweep_interval: Duration,
+    pub max_request_bytes: usize,
+    /// Request bytes buffered at once by the whole gateway (bodies being read or forwarded).
+    pub max_buffered_request_bytes: usize,
+    /// A request head must arrive within this of the connection turning active.
+    pub header_read_timeout: Duration,
+    /// Request bodies: no byte for this long, or not whole within the total, is refused.
+    pub request_body_idle_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// An upstream answer's body that sends nothing for this long is abandoned.
+    pub response_idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// API worker threads (each its own event loop, listener and upstream pool); 0 = one per
+    /// CPU.
+    pub workers: usize,
+    /// By service name; `"default"` serves services without their own entry.
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub metering: MeteringSink,
+    pub reload_poll_interval: Duration,
+    pub drain_timeout: Duration,
+    /// On SIGTERM, keep-alive connections stay open this long, so a call sent as the drain
+    /// starts is answered (with `Connection: close`) instead of cut.
+    pub idle_grace: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// The upstream of `service`.
+    pub fn upstream(&self, service: &str) -> Option<&Upstream> {
+        self.upstream_slot(service).map(|(_, u)| u)
+    }
+
+    /// The upstream of `service` and its index among `upstreams` (which names its connection
+    /// pool in every API worker: settings do not change while the gateway runs).
+    pub fn upstream_slot(&self, service: &str) -> Option<(usize, &Upstream)> {
+        let name = if self.upstreams.contains_key(service) {
+            service
+        } else {
+            "default"
+        };
+        self.upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, (n, _))| n.as_str() == name)
+            .map(|(i, (_, u))| (i, u))
+    }
+
+    /// The embedded defaults: every file compiled in, loopback listeners.
+    pub fn embedded() -> Settings {
+        load(&Source::Embedded {
+            name: "tollgate.toml",
+            text: crate::EMBEDDED_SETTINGS,
+        })
+        .expect("the embedded tollgate.toml is valid")
+    }
+}
+
+/// Checks a gateway id (`metering.gateway_id`, `--gateway-id`, `$TOLLGATE_GATEWAY_ID`): it
+/// names NATS subjects and batch ids, so 1-64 letters, digits, `-` or `_`.
+pub fn check_gateway_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(
+            "must be 1-64 letters, digits, '-' or '_' (it names NATS subjects and batch ids)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Reads and validates `tollgate.toml`. Relative paths in it are relative to its directory.
+pub fn load(source: &Source) -> Result<Settings, ConfigError> {
+    parse(source, &source.read()?)
+}
+
+/// Validates the text of `tollgate.toml` read from `source`.
+pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
+    let raw: RawSettings = parse_toml(source, text)?;
+    let err = |key: &str, reason: String| ConfigError::new(source, key, reason);
+    let base: PathBuf = source
+        .path()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let resolve = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+        v.parse()
+            .map_err(|e| err(key, format!("{v:?} is not host:port ({e})")))
+    };
+    let sources = match source {
+        Source::Embedded { .. } => Sources::embedded(),
+        Source::File(_) => Sources {
+            catalog: Source::File(resolve(&raw.files.catalog)),
+            entitlements: Source::File(resolve(&raw.files.entitlements)),
+            credentials: Source::File(resolve(&raw.files.credentials)),
+        },
+    };
+    if raw.auth.max_clock_skew_seconds <= 0 {
+        return Err(err(
+            "auth.max_clock_skew_seconds",
+            "must be positive".into(),
+        ));
+    }
+    if raw.admission.burst_millis == 0 {
+        return Err(err("admission.burst_millis", "must be at least 1".into()));
+    }
+    if raw.proxy.max_request_bytes == 0 {
+        return Err(err("proxy.max_request_bytes", "must be positive".into()));
+    }
+    if raw.proxy.max_buffered_request_bytes < raw.proxy.max_request_bytes {
+        return Err(err(
+            "proxy.max_buffered_request_bytes",
+            format!(
+                "{} is less than proxy.max_request_bytes ({}): no call of the largest size could be read",
+                raw.proxy.max_buffered_request_bytes, raw.proxy.max_request_bytes
+            ),
+        ));
+    }
+    if raw.auth.replay_guard && raw.auth.replay_guard_capacity == 0 {
+        return Err(err(
+            "auth.replay_guard_capacity",
+            "must be positive when auth.replay_guard is on".into(),
+        ));
+    }
+    for (k, v) in [
+        (
+            "proxy.header_read_timeout_ms",
+            raw.proxy.header_read_timeout_ms,
+        ),
+        (
+            "proxy.request_body_idle_timeout_ms",
+            raw.proxy.request_body_idle_timeout_ms,
+        ),
+        (
+            "proxy.request_body_timeout_ms",
+            raw.proxy.request_body_timeout_ms,
+        ),
+        ("proxy.connect_timeout_ms", raw.proxy.connect_timeout_ms),
+        ("proxy.response_timeout_ms", raw.proxy.response_timeout_ms),
+        (
+            "proxy.response_idle_timeout_ms",
+            raw.proxy.response_idle_timeout_ms,
+        ),
+        ("reload.poll_interval_ms", raw.reload.poll_interval_ms),
+    ] {
+        if v == 0 {
+            return Err(err(k, "must be positive".into()));
+        }
+    }
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &raw.upstream {
+        let key = format!("upstream.{name}.url");
+        let uri: http::Uri = u
+            .url
+            .parse()
+            .map_err(|e| err(&key, format!("{:?} is not a URL ({e})", u.url)))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(err(
+                &key,
+                "must be an http:// URL (TLS to upstreams is terminated by a sidecar)".into(),
+            ));
+        }
+        if uri.authority().is_none() {
+            return Err(err(&key, "has no host".into()));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(err(&key, "must not have a path".into()));
+        }
+        let resign = match (&u.secret_id, &u.secret_key) {
+            (Some(id), Some(k)) => Some((id.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(err(
+                    &format!("upstream.{name}.secret_key"),
+                    "secret_id and secret_key go together".into(),
+                ));
+            }
+        };
+        let upstream =
+            Upstream::new(uri, resign).ok_or_else(|| err(&key, "has no valid host".into()))?;
+        upstreams.insert(name.clone(), upstream);
+    }
+    // Data paths are relative to the working directory: config may be read-only.
+    let m = &raw.metering;
+    let metering = match m.sink {
+        RawSink::File => match &m.path {
+            Some(p) => MeteringSink::File(PathBuf::from(p)),
+            None => return Err(err("metering.path", "required for the file sink".into())),
+        },
+        RawSink::Off => MeteringSink::Off,
+        RawSink::Spool => {
+            let gateway_id = m.gateway_id.clone().unwrap_or_else(|| "gw-local".into());
+            check_gateway_id(&gateway_id)
+                .map_err(|reason| err("metering.gateway_id", format!("{gateway_id:?} {reason}")))?;
+            let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+                match v {
+                    Some(0) => Err(err(key, "must be positive".into())),
+                    Some(v) => Ok(v),
+                    None => Ok(default),
+                }
+            };
+            let destination = match m.ship_to.unwrap_or(RawShipTo::Local) {
+                RawShipTo::Local => crate::metering::ship::Destination::LocalDir(PathBuf::from(
+                    m.batch_dir.as_deref().unwrap_or("data/batches"),
+                )),
+                RawShipTo::Nats => crate::metering::ship::Destination::Nats {
+                    url: m
+                        .nats_url
+                        .clone()
+                        .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                    stream: m
+                        .nats_stream
+                        .clone()
+                        .unwrap_or_else(|| "TOLLGATE_USAGE".into()),
+                    replicas: match m.nats_replicas {
+                        Some(r) if (1..=5).contains(&r) => r,
+                        None => 1,
+                        Some(r) => {
+                            return Err(err("metering.nats_replicas", format!("{r} is not 1..=5")));
+                        }
+                    },
+                },
+            };
+            MeteringSink::Spool(Box::new(SpoolSettings {
+                spool: crate::metering::spool::SpoolConfig {
+                    dir: PathBuf::from(m.spool_dir.as_deref().unwrap_or("data/spool")),
+                    segment_bytes: positive("metering.segment_bytes", m.segment_bytes, 64 << 20)?,
+                    fsync_interval: Duration::from_millis(m.fsync_interval_ms.unwrap_or(100)),
+                    max_bytes: positive("metering.max_spool_bytes", m.max_spool_bytes, 1 << 30)?,
+                },
+                ship: crate::metering::ship::ShipConfig {
+                    gateway_id,
+                    destination,
+                    seal_interval: Duration::from_millis(positive(
+                        "metering.seal_interval_ms",
+                        m.seal_interval_ms,
+                        1000,
+                    )?),
+                    max_batch_records: positive(
+                        "metering.max_batch_records",
+                        m.max_batch_records.map(|v| v as u64),
+                        100_000,
+                    )? as usize,
+                    // A count is ~150 bytes of JSON at most: 2,000 counts stay well under the
+                    // 1 MB default max_payload of nats-server.
+                    max_batch_counts: match m.max_batch_counts {
+                        Some(n) if n > 5_000 => {
+                            return Err(err(
+                                "metering.max_batch_counts",
+                                format!(
+                                    "{n} could make a batch larger than NATS's default 1 MB max_payload; use at most 5000"
+                                ),
+                            ));
+                        }
+                        other => {
+                            positive("metering.max_batch_counts", other.map(|v| v as u64), 2_000)?
+                                as usize
+                        }
+                    },
+                    max_in_flight: positive(
+                        "metering.max_in_flight",
+                        m.max_in_flight.map(|v| v as u64),
+                        8,
+                    )? as usize,
+                    totals_interval: Duration::from_millis(positive(
+                        "metering.totals_interval_ms",
+                        m.totals_interval_ms,
+                        10_000,
+                    )?),
+                },
+            }))
+        }
+    };
+    Ok(Settings {
+        source: source.clone(),
+        api_listen: addr("listen.api", &raw.listen.api)?,
+        admin_listen: addr("listen.admin", &raw.listen.admin)?,
+        sources,
+        max_clock_skew_seconds: raw.auth.max_clock_skew_seconds,
+        allow_unsigned_payload: raw.auth.allow_unsigned_payload,
+        replay_guard_capacity: raw
+            .auth
+            .replay_guard
+            .then_some(raw.auth.replay_guard_capacity),
+        burst_millis: raw.admission.burst_millis,
+        sweep_interval: Duration::from_secs(raw.admission.sweep_interval_seconds.max(1)),
+        max_request_bytes: raw.proxy.max_request_bytes,
+        max_buffered_request_bytes: raw.proxy.max_buffered_request_bytes,
+        header_read_timeout: Duration::from_millis(raw.proxy.header_read_timeout_ms),
+        request_body_idle_timeout: Duration::from_millis(raw.proxy.request_body_idle_timeout_ms),
+        request_body_timeout: Duration::from_millis(raw.proxy.request_body_timeout_ms),
+        connect_timeout: Duration::from_millis(raw.proxy.connect_timeout_ms),
+        response_timeout: Duration::from_millis(raw.proxy.response_timeout_ms),
+        response_idle_timeout: Duration::from_millis(raw.proxy.response_idle_timeout_ms),
+        pool_idle_timeout: Duration::from_secs(raw.proxy.pool_idle_timeout_seconds),
+        pool_max_idle_per_host: raw.proxy.pool_max_idle_per_host,
+        workers: raw.proxy.workers,
+        upstreams,
+        metering,
+        reload_poll_interval: Duration::from_millis(raw.reload.poll_interval_ms),
+        drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
+        idle_grace: Duration::from_millis(raw.shutdown.idle_grace_ms),
+        log_format: raw.log.format,
+        log_level: raw.log.level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_settings_load() {
+        let s = Settings::embedded();
+        assert_eq!(s.max_clock_skew_seconds, 300);
+        assert!(s.upstream("ocr").is_some());
+    }
+
+    /// Found by the `config` fuzz target: an unknown field with an empty name was reported
+    /// under an empty key.
+    #[test]
+    fn an_unnamed_field_is_reported_at_the_top_level() {
+        let source = Source::File("tollgate.toml".into());
+        let e = parse(&source, "\"\" = \"\"").unwrap_err();
+        assert_eq!(e.key, "(top level)", "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(
+            &path,
+            "[listen]\napi = \"127.0.0.1:1\"\nadmin = \"nope\"\n[upstream.default]\nurl = \"http://127.0.0.1:2\"\n[metering]\nsink = \"off\"\n",
+        )
+        .unwrap();
+        let e = load(&Source::File(path.clone())).unwrap_err();
+        assert_eq!(e.key, "listen.admin");
+        assert!(e.reason.contains("not host:port"), "{e}");
+        std::fs::write(
+            &path,
+            "[listen]\napi = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:3\"\n[upstream.default]\nurl = \"https://x\"\n[metering]\nsink = \"off\"\n",
+        )
+        .unwrap();
+        let e = load(&Source::File(path)).unwrap_err();
+        assert_eq!(e.key, "upstream.default.url");
+    }
+}

@@ -1,0 +1,501 @@
+//! The rating engine: an owner's month, priced.
+//!
+//! Usage is replayed in time order from the owner's first usage up to the end of the month
+//! asked for, so that one-time free packs and prepaid packs carry their balances across months.
+//! Each hour's units draw, in order, on:
+//! 1. free packs valid during that hour (the earliest to expire first: a monthly pack before a
+//!    one-year one), then
+//! 2. prepaid packs valid during that hour, earliest purchased first (expired ones skipped),
+//!    then
+//! 3. postpaid: the month's postpaid volume of the billing item picks ONE tier, whose price
+//!    applies to every postpaid unit of the month (阶梯到达; DOMAIN.md billing rule 5).
+//!
+//! Units are conserved: free + prepaid + postpaid = usage, for every item.
+//!
+//! The ledger's granularity is one hour: a pack covers an hour it is valid during any part of.
+//!
+//! Amounts are CNY rounded to 2 places half away from zero (四舍五入) per statement line;
+//! unit prices keep their own precision.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Days, FixedOffset, Months, TimeZone};
+use rust_decimal::{Decimal, RoundingStrategy};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::prices::{Price, PriceBook, Validity};
+use super::{Month, OwnerBilling, UsageCount};
+use tollgate_core::catalog::{BillingItemId, Catalog, ServiceId};
+use tollgate_core::clock::beijing;
+
+const HOUR: i64 = 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackKind {
+    Free,
+    Prepaid,
+}
+
+/// What one pack covered of one item in the month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackDraw {
+    pub pack: String,
+    pub kind: PackKind,
+    pub units: u64,
+}
+
+/// Where a postpaid unit price came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceSource {
+    List,
+    Contract,
+    /// 联系商务 without a contract price: the line has no amount until one is set.
+    ContractPriceRequired,
+}
+
+/// One billing item's month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemLine {
+    pub item: String,
+    pub name: String,
+    pub usage: u64,
+    /// Units by interface (action).
+    pub by_interface: BTreeMap<String, u64>,
+    pub covered: Vec<PackDraw>,
+    pub free_units: u64,
+    pub prepaid_units: u64,
+    pub postpaid_units: u64,
+    /// The tier the month's postpaid volume reached (0-based) and its range as written.
+    pub tier: Option<usize>,
+    pub tier_label: Option<String>,
+    /// "per call" or "per 1000 calls".
+    pub price_unit: &'static str,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub unit_price: Option<Decimal>,
+    pub price_source: PriceSource,
+    /// Postpaid amount, CNY, 2 places; `None` when a contract price is required.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub amount: Option<Decimal>,
+}
+
+/// A prepaid pack bought in the month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurchaseLine {
+    pub pack: String,
+    pub item: String,
+    pub size: u64,
+    pub purchased_at: DateTime<FixedOffset>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackEventKind {
+    /// Less than 20% of the pack is left.
+    LowBalance,
+    /// Nothing is left.
+    Exhausted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackEvent {
+    pub pack: String,
+    pub kind: PackEventKind,
+    /// The start of the hour in which it happened.
+    pub at: DateTime<FixedOffset>,
+    pub remaining: u64,
+}
+
+/// What a pack has left at the end of the month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackBalance {
+    pub pack: String,
+    pub kind: PackKind,
+    pub items: Vec<String>,
+    pub size: u64,
+    pub remaining: u64,
+    /// `None`: never expires.
+    pub valid_until: Option<DateTime<FixedOffset>>,
+}
+
+/// An owner's month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MonthStatement {
+    pub owner_uin: u64,
+    pub month: String,
+    pub lines: Vec<ItemLine>,
+    pub purchases: Vec<PurchaseLine>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub postpaid_total: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub purchases_total: Decimal,
+    /// Postpaid + purchases, CNY. Excludes lines that still need a contract price.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    /// Items whose postpaid tier is 联系商务 and that have no contract price.
+    pub contract_price_required: Vec<String>,
+    pub events: Vec<PackEvent>,
+    pub balances: Vec<PackBalance>,
+    /// Items with usage whose every pack is used up or expired at the end of the month: with
+    /// postpaid disabled, the gateway refuses their calls (entitlements `exhausted`).
+    pub exhausted_items: Vec<String>,
+}
+
+/// Rating failed: the input contradicts the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RatingError {
+    #[error("billing item id {0} is not in the catalog")]
+    UnknownItem(u32),
+}
+
+struct PackState {
+    id: String,
+    kind: PackKind,
+    covers: Vec<BillingItemId>,
+    size: u64,
+    remaining: u64,
+    from: i64,
+    until: i64,
+    /// Draw order within its kind: expiry for free packs, purchase time for prepaid.
+    order: i64,
+    low_reported: bool,
+}
+
+impl PackState {
+    /// A full pack valid over `[from, until)`, drawn in `order` within its kind.
+    fn new(
+        id: String,
+        kind: PackKind,
+        covers: Vec<BillingItemId>,
+        size: u64,
+        (from, until): (i64, i64),
+        order: i64,
+    ) -> PackState {
+        PackState {
+            id,
+            kind,
+            covers,
+            size,
+            remaining: size,
+            from,
+            until,
+            order,
+            low_reported: false,
+        }
+    }
+}
+
+fn at(seconds: i64) -> DateTime<FixedOffset> {
+    beijing()
+        .timestamp_opt(seconds, 0)
+        .single()
+        .expect("fixed offset")
+}
+
+fn add_years(t: DateTime<FixedOffset>, years: u32) -> i64 {
+    t.checked_add_months(Months::new(12 * years))
+        .map_or(i64::MAX, |d| d.timestamp())
+}
+
+/// A purchased pack lasts until 24:00 Beijing time of its purchase date, a year later (the
+/// console shows a pack bought 2021-03-25 15:02 expiring 2022-03-25 23:59:59).
+fn prepaid_until(purchased: DateTime<FixedOffset>, validity: Validity) -> i64 {
+    match validity {
+        Validity::Forever => i64::MAX,
+        Validity::Month => Month::of_unix(purchased.timestamp()).end(),
+        Validity::Years(n) => {
+            let day = purchased.with_timezone(&beijing()).date_naive();
+            day.checked_add_months(Months::new(12 * n))
+                .and_then(|d| d.checked_add_days(Days::new(1)))
+                .map_or(i64::MAX, |d| {
+                    tollgate_core::clock::beijing_midnight_unix_nanos(d) / 1_000_000_000
+                })
+        }
+    }
+}
+
+/// Rates `owner`'s `month`. `usage` may span any months; only those up to `month` count.
+pub fn rate_month(
+    catalog: &Catalog,
+    book: &PriceBook,
+    owner: &OwnerBilling,
+    usage: &[UsageCount],
+    month: Month,
+) -> Result<MonthStatement, RatingError> {
+    let (m_start, m_end) = (month.start(), month.end());
+    for u in usage {
+        if catalog.billing_items.get(u.item.0 as usize).is_none() {
+            return Err(RatingError::UnknownItem(u.item.0));
+        }
+    }
+    let mut usage: Vec<&UsageCount> = usage.iter().filter(|u| u.hour_start < m_end).collect();
+    usage.sort_by(|a, b| {
+        (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
+    });
+
+    // When each service was activated: recorded, or at its first usage.
+    let mut activated: FxHashMap<ServiceId, i64> = owner
+        .activations
+        .iter()
+        .map(|(s, t)| (*s, t.timestamp()))
+        .collect();
+    for u in &usage {
+        let svc = catalog.item(u.item).service;
+        activated.entry(svc).or_insert(u.hour_start);
+    }
+
+    // Every pack that may cover something up to the end of the month.
+    let mut packs: Vec<PackState> = Vec::new();
+    for def in &book.free_packs {
+        let svc = catalog.item(def.covers[0]).service;
+        let Some(&from) = activated.get(&svc) else {
+            continue;
+        };
+        if from >= m_end {
+            continue;
+        }
+        match def.validity {
+            Validity::Month => {
+                let mut m = Month::of_unix(from);
+                while m <= month {
+                    packs.push(PackState::new(
+                        format!("{}@{m}", def.id),
+                        PackKind::Free,
+                        def.covers.clone(),
+                        def.quantity,
+                        (m.start(), m.end()),
+                        m.end(),
+                    ));
+                    m = m.next();
+                }
+            }
+            Validity::Years(_) | Validity::Forever => {
+                let until = match def.validity {
+                    Validity::Years(n) => add_years(at(from), n),
+                    _ => i64::MAX,
+                };
+                packs.push(PackState::new(
+                    def.id.clone(),
+                    PackKind::Free,
+                    def.covers.clone(),
+                    def.quantity,
+                    (from, until),
+                    until,
+                ));
+            }
+        }
+    }
+    for p in &owner.packs {
+        let validity = book
+            .prepaid_validity
+            .get(&p.item)
+            .copied()
+            .unwrap_or(Validity::Years(1));
+        let bought = p.purchased_at.timestamp();
+        packs.push(PackState::new(
+            p.id.clone(),
+            PackKind::Prepaid,
+            vec![p.item],
+            p.size,
+            (bought, prepaid_until(p.purchased_at, validity)),
+            bought,
+        ));
+    }
+    packs.sort_by(|a, b| (a.kind, a.order, &a.id).cmp(&(b.kind, b.order, &b.id)));
+
+    // Replay.
+    #[derive(Default)]
+    struct ItemMonth {
+        usage: u64,
+        by_interface: BTreeMap<String, u64>,
+        covered: BTreeMap<(PackKind, i64, String), u64>,
+        postpaid: u64,
+    }
+    let mut items: BTreeMap<BillingItemId, ItemMonth> = BTreeMap::new();
+    let mut events = Vec::new();
+    for u in usage {
+        let in_month = u.hour_start >= m_start;
+        let mut left = u.units;
+        for p in packs.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            let valid = p.from < u.hour_start + HOUR && u.hour_start < p.until;
+            if p.remaining == 0 || !valid || !p.covers.contains(&u.item) {
+                continue;
+            }
+            let n = left.min(p.remaining);
+            p.remaining -= n;
+            left -= n;
+            if in_month {
+                *items
+                    .entry(u.item)
+                    .or_default()
+                    .covered
+                    .entry((p.kind, p.order, p.id.clone()))
+                    .or_default() += n;
+                if p.kind == PackKind::Prepaid {
+                    if p.remaining == 0 {
+                        events.push(PackEvent {
+                            pack: p.id.clone(),
+                            kind: PackEventKind::Exhausted,
+                            at: at(u.hour_start),
+                            remaining: 0,
+                        });
+                    } else if !p.low_reported && p.remaining * 5 < p.size {
+                        events.push(PackEvent {
+                            pack: p.id.clone(),
+                            kind: PackEventKind::LowBalance,
+                            at: at(u.hour_start),
+                            remaining: p.remaining,
+                        });
+                    }
+                }
+            }
+            if p.remaining * 5 < p.size {
+                p.low_reported = true;
+            }
+        }
+        if in_month {
+            let m = items.entry(u.item).or_default();
+            m.usage += u.units;
+            *m.by_interface.entry(u.interface.to_string()).or_default() += u.units;
+            m.postpaid += left;
+        }
+    }
+
+    // Price the month.
+    let mut lines = Vec::new();
+    let mut contract_price_required = Vec::new();
+    let mut postpaid_total = Decimal::ZERO;
+    for (item, m) in &items {
+        let meta = catalog.item(*item);
+        let covered: Vec<PackDraw> = m
+            .covered
+            .iter()
+            .map(|((kind, _, pack), units)| PackDraw {
+                pack: pack.clone(),
+                kind: *kind,
+                units: *units,
+            })
+            .collect();
+        let free_units = covered
+            .iter()
+            .filter(|d| d.kind == PackKind::Free)
+            .map(|d| d.units)
+            .sum();
+        let prepaid_units = covered
+            .iter()
+            .filter(|d| d.kind == PackKind::Prepaid)
+            .map(|d| d.units)
+            .sum();
+        let table = book.postpaid.get(item);
+        let tier = table.map(|t| t.tier_of(m.postpaid));
+        let list_price = match (table, tier) {
+            (Some(t), Some(i)) => t.tiers[i].price,
+            _ => Price::ContactSales,
+        };
+        let (unit_price, source) = match (owner.contract_prices.get(item), list_price) {
+            (Some(p), _) => (Some(*p), PriceSource::Contract),
+            (None, Price::List(p)) => (Some(p), PriceSource::List),
+            (None, Price::ContactSales) => (None, PriceSource::ContractPriceRequired),
+        };
+        let divisor = table.map_or(Decimal::ONE, |t| t.unit.divisor());
+        let amount = if m.postpaid == 0 {
+            Some(Decimal::ZERO)
+        } else {
+            unit_price.map(|p| {
+                (Decimal::from(m.postpaid) * p / divisor)
+                    .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+            })
+        };
+        match amount {
+            Some(a) => postpaid_total += a,
+            None => contract_price_required.push(meta.key.to_string()),
+        }
+        lines.push(ItemLine {
+            item: meta.key.to_string(),
+            name: meta.name.to_string(),
+            usage: m.usage,
+            by_interface: m.by_interface.clone(),
+            covered,
+            free_units,
+            prepaid_units,
+            postpaid_units: m.postpaid,
+            tier: (m.postpaid > 0).then_some(tier).flatten(),
+            tier_label: match (table, tier) {
+                (Some(t), Some(i)) if m.postpaid > 0 => Some(t.label(i)),
+                _ => None,
+            },
+            price_unit: table.map_or("per call", |t| t.unit.as_str()),
+            unit_price: if m.postpaid > 0 { unit_price } else { None },
+            price_source: if m.postpaid > 0 {
+                source
+            } else {
+                PriceSource::List
+            },
+            amount,
+        });
+    }
+
+    let purchases: Vec<PurchaseLine> = owner
+        .packs
+        .iter()
+        .filter(|p| (m_start..m_end).contains(&p.purchased_at.timestamp()))
+        .map(|p| PurchaseLine {
+            pack: p.id.clone(),
+            item: catalog.item(p.item).key.to_string(),
+            size: p.size,
+            purchased_at: p.purchased_at,
+            amount: p.price_paid,
+        })
+        .collect();
+    let purchases_total: Decimal = purchases.iter().map(|p| p.amount).sum();
+
+    // Balances of prepaid and one-time packs, and of monthly packs that were drawn on (an
+    // untouched monthly pack says nothing).
+    let balances: Vec<PackBalance> = packs
+        .iter()
+        .filter(|p| p.from < m_end && p.until > m_end - 1)
+        .filter(|p| p.kind == PackKind::Prepaid || p.until != m_end || p.remaining < p.size)
+        .map(|p| PackBalance {
+            pack: p.id.clone(),
+            kind: p.kind,
+            items: p
+                .covers
+                .iter()
+                .map(|i| catalog.item(*i).key.to_string())
+                .collect(),
+            size: p.size,
+            remaining: p.remaining,
+            valid_until: (p.until != i64::MAX).then(|| at(p.until)),
+        })
+        .collect();
+    let exhausted_items = items
+        .keys()
+        .filter(|item| {
+            !packs.iter().any(|p| {
+                p.covers.contains(item) && p.remaining > 0 && p.until >= m_end && p.from < m_end
+            })
+        })
+        .map(|i| catalog.item(*i).key.to_string())
+        .collect();
+
+    Ok(MonthStatement {
+        owner_uin: owner.uin,
+        month: month.to_string(),
+        lines,
+        purchases,
+        postpaid_total,
+        purchases_total,
+        total: postpaid_total + purchases_total,
+        contract_price_required,
+        events,
+        balances,
+        exhausted_items,
+    })
+}

@@ -1,7 +1,7 @@
 //! Admission benches: the decision on one hot key, across 1 million active keys, and from two
 //! threads on different keys and on the same key, each against a naive `Mutex<HashMap>`
 //! baseline running the same GCRA behind the same trait (pingora-limits' bench shape). Plus
-//! the whole admission stage as the request path runs it: classify, resolve the limit, decide.
+//! every synchronous phase of the request path, through the gateway itself.
 //!
 //! Run: `cargo bench --bench admission`. Figures go in loadtest/RESULTS.md as ratios.
 
@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_core::catalog::GroupKey;
-use tollgate_core::config::{self, Sources};
-use tollgate_core::entitlement::{Limit, default_limit};
-use tollgate_gateway::admission::{Admission, LocalStore, QuotaKey, QuotaStore, Rate, gcra};
+use tollgate_core::clock::{Clock, FakeClock};
+use tollgate_gateway::admission::{LocalStore, QuotaKey, QuotaStore, Rate, gcra};
 
 /// What both stores implement: one rate check.
 trait Limiter: Send + Sync {
@@ -140,35 +143,30 @@ fn contention(c: &mut Criterion) {
     }
 }
 
-/// The admission stage of the request path on the demo config: classify the call, find the
-/// account, resolve its limit at this instant, decide.
-fn request_path_stage(c: &mut Criterion) {
-    let loaded = config::load(&Sources::embedded()).unwrap();
-    let catalog = &loaded.catalog;
-    let admission = Admission::new(Arc::new(LocalStore::new()), 1000);
-    let ocr = catalog.service_by_name("ocr").unwrap();
-    let mut now = 1_000_000_000u64;
-    let wall = 1_795_000_000_000_000_000i64;
-    c.bench_function("admission/request_path_stage", |b| {
+/// Every synchronous phase of the request path, through the gateway itself
+/// (`Gateway::decide_buffered`: classify, precheck, verify the TC3 signature, gate, admit) on
+/// the demo config, for an admitted call: what a call costs the gateway besides its I/O.
+fn request_path_phases(c: &mut Criterion) {
+    let clock = FakeClock::at("2026-05-01T10:00:00+08:00");
+    let gateway = common::demo_gateway(Arc::clone(&clock));
+    let snapshot = gateway.snapshot();
+    let body = Bytes::from_static(br#"{"ImageUrl":"https://example.com/a.jpg"}"#);
+    let parts = common::signed_call(
+        common::MAIN,
+        "ocr",
+        "GeneralBasicOCR",
+        &body,
+        clock.unix_nanos() / 1_000_000_000,
+    );
+    c.bench_function("request_path/head_to_admission", |b| {
         b.iter(|| {
-            now += 10_000_000; // 100 calls/s: admitted
-            let route = catalog.route(ocr, black_box("GeneralBasicOCR")).unwrap();
-            let tollgate_core::catalog::Route::Listed { group, .. } = route else {
-                unreachable!()
-            };
-            let account = loaded
-                .entitlements
-                .account(black_box(100_000_000_010))
-                .unwrap();
-            let limit: Limit = match account.entitlement(group.id) {
-                Some(e) => e.resolve(group.limit, || wall),
-                None => default_limit(group.limit),
-            };
-            let key = QuotaKey {
-                uin: account.uin,
-                group: route.group_key(),
-            };
-            black_box(admission.decide(key, limit, now))
+            // 10 calls/s on 20 QPS: every call admitted.
+            clock.advance(std::time::Duration::from_millis(100));
+            black_box(
+                gateway
+                    .decide_buffered(&snapshot, black_box(&parts), &body)
+                    .is_ok(),
+            )
         })
     });
 }
@@ -178,6 +176,6 @@ criterion_group!(
     one_hot_key,
     million_keys,
     contention,
-    request_path_stage
+    request_path_phases
 );
 criterion_main!(benches);

@@ -8,13 +8,16 @@
 
 #![allow(unsafe_code)]
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
-use tollgate_core::catalog::{GroupKey, Route};
-use tollgate_core::config::{self, Sources};
-use tollgate_core::entitlement::default_limit;
+use bytes::Bytes;
+use tollgate_core::catalog::GroupKey;
+use tollgate_core::clock::{Clock, FakeClock};
 use tollgate_core::tc3::Signer;
 use tollgate_gateway::admission::{Admission, LocalStore, QuotaKey};
 use tollgate_gateway::auth::{
@@ -74,52 +77,45 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, u64, i64) {
     )
 }
 
+/// Every synchronous phase of the request path, driven through the gateway itself
+/// (`Gateway::decide_buffered`: classify, precheck, verify the signature, gate, admit): no
+/// allocation per call, admitted or refused over the limit.
 #[test]
-fn an_admission_decision_allocates_nothing() {
-    let loaded = config::load(&Sources::embedded()).unwrap();
-    let catalog = &loaded.catalog;
-    let admission = Admission::new(Arc::new(LocalStore::new()), 1000);
-    let ocr = catalog.service_by_name("ocr").unwrap();
-    let wall = 1_795_000_000_000_000_000i64;
-    let decide = |now: u64, uin: u64, action: &str| {
-        let route = catalog.route(ocr, action).unwrap();
-        let Route::Listed { group, .. } = route else {
-            panic!("listed")
-        };
-        let account = loaded.entitlements.account(uin).unwrap();
-        let limit = match account.entitlement(group.id) {
-            Some(e) => e.resolve(group.limit, || wall),
-            None => default_limit(group.limit),
-        };
-        admission.decide(
-            QuotaKey {
-                uin,
-                group: route.group_key(),
-            },
-            limit,
-            now,
-        )
-    };
-    // The first call of a key creates its bucket: that one allocation is per key, not per call.
-    for (uin, action) in [
-        (100_000_000_001, "GeneralBasicOCR"),
-        (100_000_000_010, "GeneralBasicOCR"),
-        (100_000_000_002, "IDCardOCR"),
-    ] {
-        decide(1, uin, action);
+fn the_request_path_decides_without_allocating() {
+    let clock = FakeClock::at("2026-05-01T10:00:00+08:00");
+    let gateway = common::demo_gateway(Arc::clone(&clock));
+    let snapshot = gateway.snapshot();
+    let body = Bytes::from_static(br#"{"ImageUrl":"https://example.com/a.jpg"}"#);
+    let now = clock.unix_nanos() / 1_000_000_000;
+    let calls = [
+        common::signed_call(common::MAIN, "ocr", "GeneralBasicOCR", &body, now),
+        common::signed_call(common::QPS_MODE, "ocr", "GeneralBasicOCR", &body, now),
+        common::signed_call(common::SUB_A, "ocr", "IDCardOCR", &body, now),
+    ];
+    // The first call of a key creates its bucket, and the first verification of a
+    // credential derives its signing key: per key and per day, not per call.
+    for parts in &calls {
+        gateway.decide_buffered(&snapshot, parts, &body).unwrap();
     }
-    let (_, allocations, _) = counted(|| {
-        for i in 0..100_000u64 {
-            let (uin, action) = match i % 3 {
-                0 => (100_000_000_001, "GeneralBasicOCR"),
-                1 => (100_000_000_010, "GeneralBasicOCR"),
-                _ => (100_000_000_002, "IDCardOCR"),
-            };
-            // Admitted and over-limit decisions alike.
-            std::hint::black_box(decide(1_000_000 + i * 1_000_000, uin, action));
+    let (outcomes, allocations, _) = counted(|| {
+        let mut admitted = 0;
+        for i in 0..30_000usize {
+            // Admitted and over-limit decisions alike (10 ms apart: 100 calls/s on 20 QPS).
+            clock.advance(std::time::Duration::from_millis(10));
+            let r = gateway.decide_buffered(&snapshot, &calls[i % 3], &body);
+            admitted += usize::from(r.is_ok());
+            std::hint::black_box(r.ok());
         }
+        admitted
     });
-    assert_eq!(allocations, 0, "allocations in 100,000 admission decisions");
+    assert!(
+        (1_000..29_000).contains(&outcomes),
+        "{outcomes} of 30,000 admitted: both outcomes are measured"
+    );
+    assert_eq!(
+        allocations, 0,
+        "allocations in 30,000 request-path decisions"
+    );
 }
 
 #[test]

@@ -821,3 +821,31 @@ async fn a_quota_is_one_quota_across_api_workers() {
         .count();
     assert!(busy >= 2, "64 connections landed on {busy} of 4 workers");
 }
+
+/// A sink that takes records now and fails to write them later (as the spool's leader can):
+/// the call is still answered, and the records are counted as failures, not only logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_the_sink_fails_to_write_later_is_counted() {
+    use tollgate_gateway::metering::{SinkError, Ticket, UsageRecord, UsageSink};
+    struct FailsLater;
+    impl UsageSink for FailsLater {
+        fn submit(&self, _records: &[UsageRecord]) -> Ticket {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(SinkError("disk full".into())));
+            Ticket::Pending(rx)
+        }
+    }
+    let h = start(Builder {
+        sink: Some(Arc::new(FailsLater)),
+        ..Builder::default()
+    })
+    .await;
+    let r = h
+        .call(&Call::new("ocr", "GeneralBasicOCR", "AKIDmain"))
+        .await;
+    assert!(r.is_success(), "{r:?}");
+    assert_eq!(
+        h.metric("tollgate_usage_record_failures_total", &[]).await,
+        1.0
+    );
+}

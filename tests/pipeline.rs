@@ -189,8 +189,9 @@ async fn settled_units(ledger: &Ledger, at_least: u64, deadline: Duration) -> i6
     }
 }
 
-/// Batches of a gateway are numbered 1..=n without holes, and the ledger holds exactly their
-/// units: nothing applied twice, nothing skipped.
+/// Batches of a gateway (its one spool incarnation: `<gateway id>-<incarnation>`) are numbered
+/// 1..=n without holes, and the ledger holds exactly their units: nothing applied twice,
+/// nothing skipped.
 async fn assert_batches_contiguous(pg: &Postgres, gateway: &str) -> i64 {
     let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
         .await
@@ -198,7 +199,7 @@ async fn assert_batches_contiguous(pg: &Postgres, gateway: &str) -> i64 {
     tokio::spawn(conn);
     let row = client
         .query_one(
-            "SELECT count(*), count(DISTINCT batch_seq), coalesce(max(batch_seq), 0), coalesce(sum(units), 0)::bigint FROM processed_batches WHERE gateway_id = $1",
+            "SELECT count(*), count(DISTINCT batch_seq), coalesce(max(batch_seq), 0), coalesce(sum(units), 0)::bigint FROM processed_batches WHERE gateway_id LIKE $1 || '-%'",
             &[&gateway],
         )
         .await
@@ -505,14 +506,7 @@ async fn the_local_pipeline_and_both_ledgers_agree() {
     task.await.unwrap().unwrap();
     assert!(batches.join("applied").read_dir().unwrap().count() >= 1);
 
-    let catalog = tollgate_core::config::catalog::load(
-        &tollgate_core::config::Source::Embedded {
-            name: "catalog.toml",
-            text: tollgate_core::config::EMBEDDED_CATALOG,
-        },
-        tollgate_core::config::EMBEDDED_CATALOG,
-    )
-    .unwrap();
+    let catalog = tollgate_core::catalog::Catalog::embedded();
     let from_pg = ledger.usage(&catalog, 1).await.unwrap();
     let from_dir =
         tollgate_settlement::ledger::from_batches(&catalog, 1, &read_batch_dir(&batches).unwrap())
@@ -674,4 +668,52 @@ async fn the_spool_disk_bound_refuses_loudly() {
     assert_eq!(h.metric("tollgate_spool_full", &[]).await, 1.0);
     let (status, _) = h.get_text(h.running.admin_addr, "/readyz").await;
     assert_eq!(status, 503);
+}
+
+/// A batch id the ledger already holds, arriving with other content (two spools numbering
+/// under one id), is refused loudly: not applied, counted, kept in `rejected_messages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_batch_id_with_other_content_is_refused_loudly() {
+    use tollgate_settlement::consumer::{Applied, Ledger};
+    use tollgate_usage::batch::{Batch, Count};
+    let pg = Postgres::start();
+    let mut ledger = Ledger::connect(&pg.url(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let batch = |units: u64| Batch {
+        batch_id: "gw-x-000000000001".into(),
+        gateway_id: "gw-x".into(),
+        batch_seq: 1,
+        first_seq: 1,
+        last_seq: units,
+        records: units,
+        units,
+        cumulative_units: units,
+        undecodable: 0,
+        first_record_unix_ms: 1_796_000_000_000,
+        counts: vec![Count {
+            owner_uin: 1,
+            billing_item: "ocr.general_basic".into(),
+            interface: "GeneralBasicOCR".into(),
+            minute: 1_796_000_000 / 60 * 60,
+            units,
+            records: units,
+        }],
+    };
+    assert_eq!(ledger.apply(&batch(5)).await.unwrap(), Applied::New);
+    assert_eq!(ledger.apply(&batch(5)).await.unwrap(), Applied::Duplicate);
+    assert_eq!(ledger.apply(&batch(7)).await.unwrap(), Applied::Conflict);
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let units: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(units), 0)::bigint FROM usage_ledger",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(units, 5, "the conflicting batch was not applied");
 }

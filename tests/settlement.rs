@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tollgate_core::catalog::Catalog;
-use tollgate_core::config::{self, Source};
+use tollgate_core::config::Source;
 use tollgate_core::entitlement::overlay::{OverlayClass, OverlayPack};
 use tollgate_gateway::billing::{self, Outcome, Scanner};
 use tollgate_settlement::prices::{Price, PriceBook};
@@ -23,14 +23,7 @@ struct World {
 }
 
 fn world() -> World {
-    let catalog = config::catalog::load(
-        &Source::Embedded {
-            name: "catalog.toml",
-            text: config::EMBEDDED_CATALOG,
-        },
-        config::EMBEDDED_CATALOG,
-    )
-    .unwrap();
+    let catalog = tollgate_core::catalog::Catalog::embedded();
     let book = tollgate_settlement::config::load_prices(
         &Source::Embedded {
             name: "pricing.toml",

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use tollgate_core::catalog::Route;
 use tollgate_core::config::{self, EMBEDDED_CATALOG, Loaded, Source, Sources};
-use tollgate_core::entitlement::{Limit, StateRefusal, default_limit};
+use tollgate_core::entitlement::{Limit, StateRefusal};
 use tollgate_gateway::admission::Rate;
 use tollgate_gateway::settings as gateway;
 
@@ -251,9 +251,9 @@ pub fn resolve(
             )
         })?;
         // Unlisted actions of a service share one quota per account.
-        let (group_name, default) = match route {
-            Route::Listed { group, .. } => (group.name.to_string(), Some(group)),
-            Route::Unlisted { .. } => (service.unlisted_label.to_string(), None),
+        let group_name = match route {
+            Route::Listed { group, .. } => group.name.to_string(),
+            Route::Unlisted { .. } => service.unlisted_label.to_string(),
         };
         let account = loaded.entitlements.account(credential.uin);
         let expected = match account {
@@ -268,13 +268,7 @@ pub fn resolve(
                     .to_string(),
                 },
                 Ok(()) => {
-                    let limit = match default {
-                        Some(group) => account
-                            .entitlement(group.id)
-                            .map(|e| e.resolve(group.limit, || now_nanos))
-                            .unwrap_or_else(|| default_limit(group.limit)),
-                        None => Limit::Rate(catalog.default_qps),
-                    };
+                    let limit = account.limit(&route, catalog.default_qps, || now_nanos);
                     match limit {
                         Limit::Rate(qps) => Expected::Rate {
                             qps,

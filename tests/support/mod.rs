@@ -133,6 +133,8 @@ pub struct Builder {
     pub proxy_extra: String,
     /// `[auth]` lines.
     pub auth: String,
+    /// Replaces the usage sink of `[metering]` (a test's own, e.g. one that fails).
+    pub sink: Option<Arc<dyn tollgate_gateway::metering::UsageSink>>,
     /// `[shutdown]` lines besides `drain_timeout_seconds` (default: a 50 ms idle grace, so
     /// stopping a harness with pooled client connections does not wait a second).
     pub shutdown: String,
@@ -151,6 +153,7 @@ impl Default for Builder {
             workers: 0,
             proxy_extra: String::new(),
             auth: String::new(),
+            sink: None,
             shutdown: "drain_timeout_seconds = 10\nidle_grace_ms = 50\n".into(),
         }
     }
@@ -296,7 +299,7 @@ poll_interval_ms = 100
             settings,
             Options {
                 clock: Arc::clone(&clock),
-                sink: None,
+                sink: b.sink.clone(),
             },
         )
         .await

@@ -395,7 +395,7 @@ mod tests {
     }
 
     /// Pinned against the Python SDK 3.1.195 (`sign_tc3` + `_get_tc3_signature`) run on the
-    /// same inputs: secret key "dummy", the captured call of TC_API.md case 1.
+    /// same inputs: secret key "dummy", a call the SDK was recorded sending (docs/api.md).
     #[test]
     fn matches_the_python_sdk_on_a_captured_call() {
         let signer = Signer {

@@ -12,8 +12,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::app::ReloadStatus;
 use crate::proxy::Gateway;
+use crate::reload::ReloadStatus;
 use tollgate_ops::http::text;
 
 async fn route(

@@ -20,7 +20,7 @@ use crate::metering::store::BatchStore;
 use crate::metering::{NoSink, UsageSink};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, server};
-use crate::reload;
+use crate::reload::{self, ReloadStatus};
 use crate::settings::{MeteringSink, Settings};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::clock::{Clock, SystemClock};
@@ -40,15 +40,6 @@ impl Default for Options {
             sink: None,
         }
     }
-}
-
-/// The outcome of the latest reload attempt (served at the admin listener's `/reload`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadStatus {
-    pub generation: u64,
-    pub attempts: u64,
-    /// The error of the latest attempt, if it was refused (the previous config stays).
-    pub last_error: Option<String>,
 }
 
 /// A running gateway.
@@ -132,6 +123,12 @@ fn open_spool(
         .with_context(|| format!("cannot open the spool at {}", s.spool.dir.display()))?,
     );
     metrics.spool_max_bytes.set(s.spool.max_bytes as i64);
+    metrics
+        .registry
+        .register(Box::new(crate::metrics::SpoolCollector::new(Arc::clone(
+            spool.stats(),
+        ))))
+        .context("registering the spool's metrics")?;
     let r = spool.recovery();
     metrics.spool_corrupt_frames.inc_by(r.corrupt_frames);
     metrics.spool_torn_bytes.inc_by(r.torn_bytes);

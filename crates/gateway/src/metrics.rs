@@ -491,3 +491,98 @@ impl CatalogMetrics {
         }
     }
 }
+
+/// The spool's own counters (`metering::spool::SpoolStats`), read when scraped: what it has
+/// written and made durable, how often it synced, and what failed.
+pub struct SpoolCollector {
+    stats: std::sync::Arc<crate::metering::spool::SpoolStats>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+/// (name, help, is a counter) of each series the collector exports, in order.
+const SPOOL_SERIES: [(&str, &str, bool); 5] = [
+    (
+        "tollgate_spool_written_seq",
+        "Sequence of the newest usage record in the page cache (copied into the spool).",
+        false,
+    ),
+    (
+        "tollgate_spool_durable_seq",
+        "Sequence of the newest usage record covered by an fdatasync (the power-loss line).",
+        false,
+    ),
+    (
+        "tollgate_spool_fsyncs_total",
+        "fdatasync calls of the spool that succeeded.",
+        true,
+    ),
+    (
+        "tollgate_spool_fsync_errors_total",
+        "fdatasync calls of the spool that failed (their records are synced again next round).",
+        true,
+    ),
+    (
+        "tollgate_spool_write_errors_total",
+        "Usage records the spool could not write (each call is also logged and counted in tollgate_usage_record_failures_total).",
+        true,
+    ),
+];
+
+impl SpoolCollector {
+    pub fn new(stats: std::sync::Arc<crate::metering::spool::SpoolStats>) -> SpoolCollector {
+        let descs = SPOOL_SERIES
+            .iter()
+            .map(|(name, help, _)| {
+                prometheus::core::Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    vec![],
+                    Default::default(),
+                )
+                .expect("valid metric")
+            })
+            .collect();
+        SpoolCollector { stats, descs }
+    }
+}
+
+impl prometheus::core::Collector for SpoolCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let values = [
+            s.written_seq.load(Relaxed),
+            s.durable_seq.load(Relaxed),
+            s.fsyncs.load(Relaxed),
+            s.fsync_errors.load(Relaxed),
+            s.write_errors.load(Relaxed),
+        ];
+        SPOOL_SERIES
+            .iter()
+            .zip(values)
+            .map(|((name, help, counter), v)| {
+                let mut m = prometheus::proto::Metric::default();
+                let mut family = prometheus::proto::MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                if *counter {
+                    let mut c = prometheus::proto::Counter::default();
+                    c.set_value(v as f64);
+                    m.set_counter(c);
+                    family.set_field_type(prometheus::proto::MetricType::COUNTER);
+                } else {
+                    let mut g = prometheus::proto::Gauge::default();
+                    g.set_value(v as f64);
+                    m.set_gauge(g);
+                    family.set_field_type(prometheus::proto::MetricType::GAUGE);
+                }
+                family.set_metric(vec![m]);
+                family
+            })
+            .collect()
+    }
+}

@@ -13,6 +13,15 @@ use std::time::Duration;
 
 use tollgate_core::config::{ConfigError, Loaded, Sources, load};
 
+/// The outcome of the latest reload attempt (served at the admin listener's `/reload`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub generation: u64,
+    pub attempts: u64,
+    /// The error of the latest attempt, if it was refused (the previous config stays).
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint(Vec<Option<(i64, i64, u64, u64)>>);
 

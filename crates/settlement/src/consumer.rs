@@ -98,6 +98,7 @@ pub struct ConsumerMetrics {
     pub registry: Registry,
     pub applied: IntCounter,
     pub duplicates: IntCounter,
+    pub conflicts: IntCounter,
     pub units: IntCounter,
     pub rejected: IntCounter,
     pub apply_seconds: Histogram,
@@ -141,6 +142,10 @@ impl ConsumerMetrics {
             duplicates: counter(
                 "tollgate_consumer_batches_duplicate_total",
                 "Batches already applied (redeliveries, replays): acknowledged without effect.",
+            ),
+            conflicts: counter(
+                "tollgate_consumer_conflicting_batches_total",
+                "Batches whose id was already applied with other content: not applied, kept in rejected_messages (alert on any).",
             ),
             units: counter(
                 "tollgate_consumer_units_applied_total",
@@ -192,6 +197,10 @@ impl Default for ConsumerMetrics {
 pub enum Applied {
     New,
     Duplicate,
+    /// A batch id already applied, with other content: never applied, kept in
+    /// `rejected_messages` for a person (it means two spools used one id, which the gateway
+    /// prevents by naming each spool incarnation in its batch ids).
+    Conflict,
 }
 
 /// The PostgreSQL ledger.
@@ -286,8 +295,26 @@ impl Ledger {
             )
             .await?;
         if inserted == 0 {
+            let stored = tx
+                .query_one(
+                    "SELECT gateway_id, batch_seq, first_seq, last_seq, records, units, cumulative_units
+                     FROM processed_batches WHERE batch_id = $1",
+                    &[&b.batch_id],
+                )
+                .await?;
             tx.rollback().await?;
-            return Ok(Applied::Duplicate);
+            let same = stored.get::<_, String>(0) == b.gateway_id
+                && stored.get::<_, i64>(1) == i64_of(b.batch_seq)
+                && stored.get::<_, i64>(2) == i64_of(b.first_seq)
+                && stored.get::<_, i64>(3) == i64_of(b.last_seq)
+                && stored.get::<_, i64>(4) == i64_of(b.records)
+                && stored.get::<_, i64>(5) == i64_of(b.units)
+                && stored.get::<_, i64>(6) == i64_of(b.cumulative_units);
+            return Ok(if same {
+                Applied::Duplicate
+            } else {
+                Applied::Conflict
+            });
         }
         // One row per (owner, item, interface, hour): ON CONFLICT may touch a row once.
         let mut hourly: std::collections::BTreeMap<(u64, &str, &str, i64), (u64, u64)> =
@@ -476,6 +503,22 @@ async fn apply_durably(
                         m.units.inc_by(b.units);
                     }
                     Applied::Duplicate => m.duplicates.inc(),
+                    Applied::Conflict => {
+                        m.conflicts.inc();
+                        tracing::error!(
+                            batch = %b.batch_id,
+                            units = b.units,
+                            "a batch id already applied came with other content: not applied, kept in rejected_messages"
+                        );
+                        ledger
+                            .reject(
+                                "conflicting-batch",
+                                &format!("batch id {} was applied with other content", b.batch_id),
+                                &b.to_bytes(),
+                            )
+                            .await
+                            .map_err(anyhow::Error::from)?;
+                    }
                 }
                 return Ok(a);
             }
@@ -488,6 +531,15 @@ async fn apply_durably(
                 }
             }
         }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -577,18 +629,19 @@ pub async fn run(
                     }
                 }
             };
-            {
+            // The lag poller ends with this function (on shutdown or an error).
+            let _lag_poller = {
                 let mut c = consumer.clone();
                 let lag = metrics.lag.clone();
-                tokio::spawn(async move {
+                AbortOnDrop(tokio::spawn(async move {
                     loop {
                         if let Ok(info) = c.info().await {
                             lag.set(info.num_pending as i64 + info.num_ack_pending as i64);
                         }
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
-                });
-            }
+                }))
+            };
             loop {
                 let mut messages = match consumer.messages().await {
                     Ok(m) => m,

@@ -8,7 +8,7 @@
 //! 2. prepaid packs valid during that hour, earliest purchased first (expired ones skipped),
 //!    then
 //! 3. postpaid: the month's postpaid volume of the billing item picks ONE tier, whose price
-//!    applies to every postpaid unit of the month (阶梯到达; DOMAIN.md billing rule 5).
+//!    applies to every postpaid unit of the month (阶梯到达; docs/domain.md, Billing 5).
 //!
 //! Units are conserved: free + prepaid + postpaid = usage, for every item.
 //!

@@ -44,6 +44,10 @@ pub struct Batch {
     pub cumulative_units: u64,
     /// Spool records that could not be decoded (counted, never guessed at).
     pub undecodable: u64,
+    /// When the earliest call of the batch was admitted, Unix milliseconds (0 in batches
+    /// sealed before this field existed): how long the oldest unshipped usage has waited.
+    #[serde(default)]
+    pub first_record_unix_ms: i64,
     pub counts: Vec<Count>,
 }
 
@@ -72,6 +76,7 @@ impl Batch {
         let mut counts: BTreeMap<CountKey<'_>, (u64, u64)> = BTreeMap::new();
         let mut undecodable = 0;
         let mut taken = 0;
+        let mut first_record_unix_ms = i64::MAX;
         for e in entries {
             match record::decode(&e.payload) {
                 Ok(r) => {
@@ -80,6 +85,7 @@ impl Batch {
                     if taken > 0 && counts.len() >= max_counts && !counts.contains_key(&key) {
                         break;
                     }
+                    first_record_unix_ms = first_record_unix_ms.min(r.time_unix_ms);
                     let c = counts.entry(key).or_default();
                     c.0 += u64::from(r.units);
                     c.1 += 1;
@@ -116,6 +122,11 @@ impl Batch {
             units,
             cumulative_units: prev_cumulative_units + units,
             undecodable,
+            first_record_unix_ms: if first_record_unix_ms == i64::MAX {
+                0
+            } else {
+                first_record_unix_ms
+            },
             counts,
         };
         (batch, taken)

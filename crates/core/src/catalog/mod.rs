@@ -244,6 +244,16 @@ impl<'c> Route<'c> {
 }
 
 impl Catalog {
+    /// The catalog compiled into the binary (`config/catalog.toml`); a test checks it loads.
+    pub fn embedded() -> Catalog {
+        let source = crate::config::Source::Embedded {
+            name: "catalog.toml",
+            text: crate::config::EMBEDDED_CATALOG,
+        };
+        crate::config::catalog::load(&source, crate::config::EMBEDDED_CATALOG)
+            .expect("the embedded catalog is valid")
+    }
+
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         self.service_by_name
             .get(name)

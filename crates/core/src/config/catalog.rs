@@ -491,14 +491,7 @@ mod tests {
     use crate::catalog::Route;
 
     fn shipped() -> Catalog {
-        load(
-            &Source::Embedded {
-                name: "catalog.toml",
-                text: crate::config::EMBEDDED_CATALOG,
-            },
-            crate::config::EMBEDDED_CATALOG,
-        )
-        .unwrap()
+        Catalog::embedded()
     }
 
     #[test]
@@ -507,7 +500,7 @@ mod tests {
         for s in ["ocr", "facefusion", "tiia", "ft", "bda"] {
             assert!(c.service_by_name(s).is_some(), "{s}");
         }
-        // Spot checks against the seeds and TC_API.md.
+        // Spot checks against the vendor's documents and the SDK (docs/domain.md, docs/api.md).
         let basic = c.interface_by_name("ocr.GeneralBasicOCR").unwrap();
         assert_eq!(basic.overlay_class, Some(OverlayClass::A));
         assert_eq!(c.group(basic.group).limit, GroupLimit::Rate { qps: 20 });
@@ -533,7 +526,7 @@ mod tests {
         let driver = c.interface_by_name("ocr.DriverLicenseOCR").unwrap().units;
         let vehicle = c.interface_by_name("ocr.VehicleLicenseOCR").unwrap().units;
         assert_eq!(driver, vehicle, "行驶证/驾驶证识别 is one shared pack");
-        // Every class in TC_API.md section 7 is carried.
+        // Every overlay class of the OCR purchase guide (QPS 叠加包) is carried.
         for (class, actions) in [
             (
                 OverlayClass::A,

@@ -371,14 +371,7 @@ mod tests {
     use crate::entitlement::Limit;
 
     fn catalog() -> Catalog {
-        crate::config::catalog::load(
-            &Source::Embedded {
-                name: "catalog.toml",
-                text: crate::config::EMBEDDED_CATALOG,
-            },
-            crate::config::EMBEDDED_CATALOG,
-        )
-        .unwrap()
+        Catalog::embedded()
     }
 
     fn load(text: &str) -> Result<Entitlements, ConfigError> {

@@ -155,6 +155,25 @@ impl Account {
     pub fn entitlement(&self, group: GroupId) -> Option<&GroupEntitlement> {
         self.groups.get(&group)
     }
+
+    /// The limit of this account's calls of `route` at the instant `unix_now()` returns (Unix
+    /// nanoseconds; called only if the account's entitlement for the group is time-bounded).
+    /// Unlisted actions are at `default_qps`. The one place the limit in force is resolved:
+    /// the request path, the load-test kit and the benches all ask here.
+    pub fn limit(
+        &self,
+        route: &crate::catalog::Route<'_>,
+        default_qps: u32,
+        unix_now: impl FnOnce() -> i64,
+    ) -> Limit {
+        match route {
+            crate::catalog::Route::Listed { group, .. } => match self.entitlement(group.id) {
+                Some(e) => e.resolve(group.limit, unix_now),
+                None => default_limit(group.limit),
+            },
+            crate::catalog::Route::Unlisted { .. } => Limit::Rate(default_qps),
+        }
+    }
 }
 
 /// Every account, by UIN.

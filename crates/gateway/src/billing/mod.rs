@@ -1,5 +1,5 @@
 //! Billability: from an admitted call's response, is it billable, and how many units against
-//! which billing items (DOMAIN.md "Billing rules")?
+//! which billing items (docs/domain.md, "Billing")?
 //!
 //! 1. A success is billable; an error is billable only if its code is on the service's list
 //!    (`billable_error_codes` in the catalog; the OCR seed's 错误码计费说明).
@@ -109,17 +109,9 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_core::config::{EMBEDDED_CATALOG, Source};
 
     fn catalog() -> Catalog {
-        tollgate_core::config::catalog::load(
-            &Source::Embedded {
-                name: "catalog.toml",
-                text: EMBEDDED_CATALOG,
-            },
-            EMBEDDED_CATALOG,
-        )
-        .unwrap()
+        Catalog::embedded()
     }
 
     fn check(

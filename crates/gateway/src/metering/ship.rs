@@ -141,6 +141,12 @@ impl Sink {
     }
 }
 
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Publishes one payload and waits for the ack; `Ok(true)` if the broker said duplicate.
 async fn publish_nats(
     ctx: &jetstream::Context,
@@ -177,6 +183,8 @@ pub struct Shipper {
     next_batch_seq: u64,
     sealed_seq: u64,
     sealed_cumulative: u64,
+    /// `state.wire_id()`: the id batches and totals travel under.
+    wire_id: String,
 }
 
 impl Shipper {
@@ -199,10 +207,7 @@ impl Shipper {
             }
             Some(s) => s,
             None => {
-                let s = ShipState {
-                    gateway_id: config.gateway_id.clone(),
-                    ..Default::default()
-                };
+                let s = ShipState::new(&config.gateway_id);
                 store.save_state(&s)?;
                 s
             }
@@ -247,7 +252,10 @@ impl Shipper {
             },
         };
         let reader = Self::reader_of(&spool, sealed_seq);
+        let wire_id = state.wire_id();
+        tracing::info!(gateway_id = %config.gateway_id, wire_id = %wire_id, "shipping batches");
         Ok(Shipper {
+            wire_id,
             spool,
             store,
             config,
@@ -291,7 +299,7 @@ impl Shipper {
             let mut rest = &entries[..];
             while !rest.is_empty() {
                 let (batch, taken) = Batch::seal(
-                    &self.config.gateway_id,
+                    &self.wire_id,
                     self.next_batch_seq,
                     rest,
                     self.sealed_cumulative,
@@ -411,7 +419,7 @@ impl Shipper {
     fn totals(&self) -> Totals {
         let (admitted, rejected, units) = (self.metrics.totals_source)();
         Totals {
-            gateway_id: self.config.gateway_id.clone(),
+            gateway_id: self.wire_id.clone(),
             reported_at_unix_ms: chrono::Utc::now().timestamp_millis(),
             sealed_batch_seq: self.next_batch_seq - 1,
             sealed_cumulative_units: self.sealed_cumulative,
@@ -441,6 +449,22 @@ impl Shipper {
         }
     }
 
+    /// How long the oldest usage not yet acknowledged by the sink has waited: the earliest
+    /// call of the first unacknowledged batch (whenever it was sealed, before a restart too),
+    /// or, with no batch waiting, at most a seal interval (unsealed records are sealed every
+    /// interval).
+    fn oldest_unshipped_age(&self, now_unix_ms: i64) -> Duration {
+        match self.queue.front() {
+            Some((b, sealed)) if b.first_record_unix_ms > 0 => Duration::from_millis(
+                u64::try_from(now_unix_ms - b.first_record_unix_ms).unwrap_or(0),
+            )
+            .max(sealed.elapsed()),
+            // A batch sealed by an older version: no call time; since it was sealed here.
+            Some((_, sealed)) => sealed.elapsed() + self.config.seal_interval,
+            None => Duration::ZERO,
+        }
+    }
+
     fn update_gauges(&self) {
         let stats = self.spool.stats();
         let written = stats.written_seq.load(Ordering::Acquire);
@@ -448,12 +472,9 @@ impl Shipper {
         self.metrics
             .unshipped_records
             .set(written.saturating_sub(self.state.shipped_seq) as i64);
-        let oldest = self
-            .queue
-            .front()
-            .map(|(_, sealed)| sealed.elapsed().as_secs() + self.config.seal_interval.as_secs())
-            .unwrap_or(0);
-        self.metrics.oldest_unshipped_seconds.set(oldest as i64);
+        self.metrics
+            .oldest_unshipped_seconds
+            .set(self.oldest_unshipped_age(now_unix_ms()).as_secs() as i64);
         self.metrics
             .spool_bytes
             .set(stats.bytes.load(Ordering::Relaxed) as i64);
@@ -647,5 +668,71 @@ mod tests {
             .collect();
         assert_eq!(sealed, vec![(1, 100), (101, 200), (201, 260)]);
         assert_eq!(s.queue.iter().map(|(b, _)| b.units).sum::<u64>(), 260);
+    }
+
+    fn spool_at(dir: &Path) -> Arc<Spool> {
+        Arc::new(
+            Spool::open(
+                SpoolConfig {
+                    dir: dir.to_path_buf(),
+                    segment_bytes: 1 << 20,
+                    fsync_interval: Duration::from_millis(50),
+                    max_bytes: 1 << 30,
+                },
+                0,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// A spool wiped and started again under the same gateway id numbers its batches from 1
+    /// again; their ids must still be new, or the broker's duplicate window and the ledger
+    /// would drop that usage as already applied.
+    #[test]
+    fn a_wiped_spool_never_reuses_a_batch_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool_dir, batches) = (dir.path().join("spool"), dir.path().join("batches"));
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let spool = spool_at(&spool_dir);
+            let mut s = shipper(&spool, &batches);
+            assert!(matches!(
+                spool.submit(&[record(1)]),
+                crate::metering::Ticket::Done(Ok(()))
+            ));
+            assert_eq!(s.seal().unwrap(), 1);
+            let (b, _) = s.queue.front().unwrap();
+            assert_eq!(b.batch_seq, 1);
+            assert!(b.gateway_id.starts_with("gw-test-"), "{}", b.gateway_id);
+            ids.push(b.batch_id.clone());
+            drop(s);
+            spool.close();
+            drop(spool);
+            fs::remove_dir_all(&spool_dir).unwrap();
+        }
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    /// The age of the oldest unshipped usage is the age of its call, not of its batch.
+    #[test]
+    fn the_oldest_unshipped_age_is_the_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_at(&dir.path().join("spool"));
+        let mut s = shipper(&spool, &dir.path().join("batches"));
+        let now = now_unix_ms();
+        let (mut old, mut new) = (record(1), record(2));
+        old.time_unix_ms = now - 30_000;
+        new.time_unix_ms = now;
+        assert!(matches!(
+            spool.submit(&[old, new]),
+            crate::metering::Ticket::Done(Ok(()))
+        ));
+        assert_eq!(s.oldest_unshipped_age(now), Duration::ZERO);
+        s.seal().unwrap();
+        let age = s.oldest_unshipped_age(now);
+        assert!(
+            (Duration::from_secs(30)..Duration::from_secs(31)).contains(&age),
+            "{age:?}"
+        );
     }
 }

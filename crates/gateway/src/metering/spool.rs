@@ -75,7 +75,22 @@ pub struct SpoolStats {
     pub fsyncs: AtomicU64,
     /// Cumulative fsync time, nanoseconds.
     pub fsync_nanos: AtomicU64,
+    /// fdatasync calls that failed (the records they covered stay queued for the next).
+    pub fsync_errors: AtomicU64,
     pub write_errors: AtomicU64,
+}
+
+/// Syncs every file, trying all of them even after a failure; the first error.
+fn sync_all_of(files: &[File]) -> std::io::Result<()> {
+    let mut first = Ok(());
+    for f in files {
+        if let Err(e) = f.sync_data()
+            && first.is_ok()
+        {
+            first = Err(e);
+        }
+    }
+    first
 }
 
 /// Called with the duration of each fdatasync (the metrics histogram).
@@ -446,13 +461,9 @@ impl Spool {
         &self.recovery
     }
 
-    /// Appends raw payloads (one record each): written before this returns when no other
-    /// write is in progress (the usual case), else queued for the writing call to write.
-    pub fn submit_payloads(&self, payloads: Vec<Vec<u8>>) -> Ticket {
-        self.shared.submit(payloads)
-    }
-
-    /// [`Spool::submit_payloads`] as a receiver that completes once the payloads are written.
+    /// Appends raw payloads (one record each) and returns a receiver that completes once they
+    /// are written (at once when no other write is in progress, the usual case; else when the
+    /// writing call has written them).
     pub fn append(
         &self,
         payloads: Vec<Vec<u8>>,
@@ -723,12 +734,15 @@ impl Shared {
         }
         let started = Instant::now();
         let rolled = std::mem::take(&mut st.rolled);
-        let result = rolled
-            .iter()
-            .try_for_each(File::sync_data)
+        let result = sync_all_of(&rolled)
             .and_then(|()| st.segment.as_ref().map_or(Ok(()), |s| s.file().sync_data()));
+        if result.is_err() {
+            // Every rolled segment stays queued until a sync of it succeeds.
+            st.rolled = rolled;
+        } else {
+            st.unsynced = false;
+        }
         self.synced(result, st.next_seq - 1, started);
-        st.unsynced = false;
     }
 
     fn synced(&self, result: std::io::Result<()>, covered: u64, started: Instant) {
@@ -744,7 +758,10 @@ impl Shared {
                     observe(took);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "spool fdatasync failed"),
+            Err(e) => {
+                self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "spool fdatasync failed; retried next round");
+            }
         }
     }
 
@@ -761,36 +778,49 @@ impl Shared {
             if self.config.fsync_interval.is_zero() {
                 continue;
             }
-            let (files, covered) = {
-                let mut st = self.state.lock().expect("not poisoned");
-                if !st.unsynced {
-                    continue;
-                }
-                let mut files: Vec<File> = std::mem::take(&mut st.rolled);
-                match st.segment.as_ref().map(|s| s.file().try_clone()) {
-                    Some(Ok(f)) => files.push(f),
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "cannot clone the spool descriptor to sync it");
-                        continue;
-                    }
-                    None => {}
-                }
-                st.unsynced = false;
-                (files, st.next_seq - 1)
-            };
             let started = Instant::now();
-            let result = files.iter().try_for_each(File::sync_data);
-            if result.is_err() {
-                // Try again next round.
-                self.state.lock().expect("not poisoned").unsynced = true;
-            }
-            self.synced(result, covered, started);
+            self.sync_once();
             // Sleep out the rest of the interval.
             if let Some(rest) = interval.checked_sub(started.elapsed() + Duration::from_millis(50))
             {
                 std::thread::sleep(rest);
             }
         }
+    }
+
+    /// One round of the syncer: fdatasync the segments rolled since the last round and the
+    /// active one. A rolled segment whose sync failed is queued again (it holds records not
+    /// yet durable); the active one is retried because it stays unsynced.
+    fn sync_once(&self) {
+        let (rolled, active, covered) = {
+            let mut st = self.state.lock().expect("not poisoned");
+            if !st.unsynced {
+                return;
+            }
+            let rolled: Vec<File> = std::mem::take(&mut st.rolled);
+            let active = match st.segment.as_ref().map(|s| s.file().try_clone()) {
+                Some(Ok(f)) => Some(f),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot clone the spool descriptor to sync it");
+                    st.rolled = rolled;
+                    return;
+                }
+                None => None,
+            };
+            st.unsynced = false;
+            (rolled, active, st.next_seq - 1)
+        };
+        let started = Instant::now();
+        let result =
+            sync_all_of(&rolled).and_then(|()| active.as_ref().map_or(Ok(()), File::sync_data));
+        if result.is_err() {
+            let mut st = self.state.lock().expect("not poisoned");
+            // Segments rolled meanwhile go after these (older first).
+            let newer = std::mem::replace(&mut st.rolled, rolled);
+            st.rolled.extend(newer);
+            st.unsynced = true;
+        }
+        self.synced(result, covered, started);
     }
 
     /// Writes anything still queued, syncs, and truncates the active segment to its records
@@ -843,6 +873,40 @@ mod tests {
             .unwrap()
             .block_on(rx)
             .unwrap()
+    }
+
+    /// A rolled segment whose fdatasync failed stays queued and is synced on a later round
+    /// (it was dropped, its records never made durable). `/dev/null` refuses fsync (EINVAL).
+    #[test]
+    fn a_failed_sync_of_a_rolled_segment_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        // Synced by each write, so the syncer thread stays out of it: the test drives its
+        // rounds by hand.
+        c.fsync_interval = Duration::ZERO;
+        let spool = Spool::open(c, 0).unwrap();
+        append_blocking(&spool, vec![b"one".to_vec()]);
+        let shared = &spool.shared;
+        {
+            let mut st = shared.state.lock().unwrap();
+            st.rolled.push(File::open("/dev/null").unwrap());
+            st.unsynced = true;
+        }
+        let fsyncs = shared.stats.fsyncs.load(Ordering::SeqCst);
+        shared.sync_once();
+        assert_eq!(shared.stats.fsync_errors.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.state.lock().unwrap().rolled.len(), 1, "still queued");
+        assert!(shared.state.lock().unwrap().unsynced);
+        assert_eq!(shared.stats.fsyncs.load(Ordering::SeqCst), fsyncs);
+        // The disk recovers (here: the failing file is replaced by a real one).
+        {
+            let mut st = shared.state.lock().unwrap();
+            st.rolled[0] = File::open(dir.path()).unwrap();
+        }
+        shared.sync_once();
+        assert!(shared.state.lock().unwrap().rolled.is_empty());
+        assert!(!shared.state.lock().unwrap().unsynced);
+        assert_eq!(shared.stats.fsyncs.load(Ordering::SeqCst), fsyncs + 1);
     }
 
     proptest! {

@@ -14,6 +14,13 @@ use tollgate_usage::ledger_dir::write_atomic;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShipState {
     pub gateway_id: String,
+    /// Chosen at random when this state (the spool's numbering) began: a spool wiped and
+    /// started again under the same gateway id numbers its batches from 1 again, and without
+    /// it they would reuse ids the broker's duplicate window and the ledger already hold, and
+    /// be dropped as duplicates. Empty in states written before it existed (their batches
+    /// keep the ids they had).
+    #[serde(default)]
+    pub incarnation: String,
     /// The last batch the sink acknowledged, and its last spool sequence.
     pub shipped_batch_seq: u64,
     pub shipped_seq: u64,
@@ -24,6 +31,27 @@ pub struct ShipState {
 pub struct BatchStore {
     pending: PathBuf,
     state_path: PathBuf,
+}
+
+impl ShipState {
+    /// A new state for `gateway_id`, with a fresh incarnation.
+    pub fn new(gateway_id: &str) -> ShipState {
+        ShipState {
+            gateway_id: gateway_id.to_owned(),
+            incarnation: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// The name this spool's batches and totals travel under: the gateway id and the
+    /// incarnation (`gw-1-3fa94c1e`), which names its batch ids and subjects.
+    pub fn wire_id(&self) -> String {
+        if self.incarnation.is_empty() {
+            self.gateway_id.clone()
+        } else {
+            format!("{}-{}", self.gateway_id, self.incarnation)
+        }
+    }
 }
 
 impl BatchStore {

@@ -75,12 +75,19 @@ impl MeterJob {
     }
 }
 
+/// Records handed to a sink that writes them later, and the ticket it will complete.
+struct Pending {
+    rx: tokio::sync::oneshot::Receiver<Result<(), SinkError>>,
+    records: Vec<UsageRecord>,
+    snapshot: Arc<Snapshot>,
+}
+
 enum Phase {
     Streaming,
     /// The upstream body has ended and usage was handed over; `held` is the final frame.
     Settling {
         held: Option<Frame<Bytes>>,
-        ticket: Option<tokio::sync::oneshot::Receiver<Result<(), SinkError>>>,
+        ticket: Option<Pending>,
     },
     Done,
 }
@@ -114,7 +121,7 @@ impl MeteredBody {
     }
 
     /// Decides the outcome and hands billable usage to the sink.
-    fn settle(&mut self) -> Option<tokio::sync::oneshot::Receiver<Result<(), SinkError>>> {
+    fn settle(&mut self) -> Option<Pending> {
         let job = self.job.take()?;
         let scanned = std::mem::take(&mut self.scanner).finish();
         let catalog = &job.snapshot.loaded.catalog;
@@ -150,7 +157,11 @@ impl MeteredBody {
                         report_sink_failure(&job.snapshot, &records, &e);
                         None
                     }
-                    Ticket::Pending(rx) => Some(rx),
+                    Ticket::Pending(rx) => Some(Pending {
+                        rx,
+                        records,
+                        snapshot: Arc::clone(&job.snapshot),
+                    }),
                 }
             }
             Outcome::Unbillable => {
@@ -223,12 +234,13 @@ impl Body for MeteredBody {
                     }
                 },
                 Phase::Settling { held, ticket } => {
-                    if let Some(rx) = ticket {
-                        let result = ready!(Pin::new(rx).poll(cx));
+                    if let Some(pending) = ticket {
+                        let result = ready!(Pin::new(&mut pending.rx).poll(cx));
                         if let Err(e) | Ok(Err(e)) =
                             result.map_err(|_| SinkError("the sink went away".into()))
                         {
-                            tracing::error!(error = %e, "usage sink did not confirm a record");
+                            // Counted like a write that failed at once.
+                            report_sink_failure(&pending.snapshot, &pending.records, &e);
                         }
                     }
                     let held = held.take();

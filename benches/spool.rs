@@ -13,8 +13,18 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tollgate_gateway::metering::spool::{Spool, SpoolConfig};
 
+/// The payload of a typical usage record, encoded as the gateway encodes it (postcard).
 fn record() -> Vec<u8> {
-    br#"{"request_id":"6e1a1b59-2f2a-4b0e-9c2c-3c1d5b3f4a11","owner_uin":100000000001,"uin":100000000002,"service":"ocr","action":"GeneralBasicOCR","billing_item":"ocr.general_basic","units":1,"time_unix_ms":1795347128123}"#.to_vec()
+    tollgate_usage::record::to_payload(&tollgate_usage::UsageRecord {
+        request_id: "6e1a1b59-2f2a-4b0e-9c2c-3c1d5b3f4a11".into(),
+        owner_uin: 100_000_000_001,
+        uin: 100_000_000_002,
+        service: "ocr".into(),
+        action: "GeneralBasicOCR".into(),
+        billing_item: "ocr.general_basic".into(),
+        units: 1,
+        time_unix_ms: 1_795_347_128_123,
+    })
 }
 
 fn spool(dir: &std::path::Path) -> Spool {

@@ -4,8 +4,9 @@ mod demo;
 
 use clap::{Parser, Subcommand};
 
-// mimalloc: glibc's malloc/free were ~9% of the gateway's CPU under load (per-call request,
-// header and record allocations); the libraries are allocator-agnostic.
+// mimalloc: glibc's malloc/free showed high in the gateway's profile under load (per-call
+// request, header and record allocations; loadtest/RESULTS.md); the libraries are
+// allocator-agnostic.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

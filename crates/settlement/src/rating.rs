@@ -219,6 +219,10 @@ fn prepaid_until(purchased: DateTime<FixedOffset>, validity: Validity) -> i64 {
 }
 
 /// Rates `owner`'s `month`. `usage` may span any months; only those up to `month` count.
+///
+/// Four steps: the packs that may cover anything up to the month's end ([`packs_of`]), the
+/// replay of usage hour by hour against them in drawing order ([`replay`]), the pricing of
+/// each item's postpaid units ([`price_item`]), and what is left ([`balances_of`]).
 pub fn rate_month(
     catalog: &Catalog,
     book: &PriceBook,
@@ -236,19 +240,77 @@ pub fn rate_month(
     usage.sort_by(|a, b| {
         (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
     });
+    let mut packs = packs_of(catalog, book, owner, &usage, month);
+    let (items, events) = replay(&usage, &mut packs, month);
 
-    // When each service was activated: recorded, or at its first usage.
+    let mut lines = Vec::new();
+    let mut contract_price_required = Vec::new();
+    let mut postpaid_total = Decimal::ZERO;
+    for (item, m) in &items {
+        let line = price_item(catalog, book, owner, *item, m);
+        match line.amount {
+            Some(a) => postpaid_total += a,
+            None => contract_price_required.push(line.item.clone()),
+        }
+        lines.push(line);
+    }
+    let purchases: Vec<PurchaseLine> = owner
+        .packs
+        .iter()
+        .filter(|p| (m_start..m_end).contains(&p.purchased_at.timestamp()))
+        .map(|p| PurchaseLine {
+            pack: p.id.clone(),
+            item: catalog.item(p.item).key.to_string(),
+            size: p.size,
+            purchased_at: p.purchased_at,
+            amount: p.price_paid,
+        })
+        .collect();
+    let purchases_total: Decimal = purchases.iter().map(|p| p.amount).sum();
+    let exhausted_items = items
+        .keys()
+        .filter(|item| {
+            !packs.iter().any(|p| {
+                p.covers.contains(item) && p.remaining > 0 && p.until >= m_end && p.from < m_end
+            })
+        })
+        .map(|i| catalog.item(*i).key.to_string())
+        .collect();
+    Ok(MonthStatement {
+        owner_uin: owner.uin,
+        month: month.to_string(),
+        lines,
+        purchases,
+        postpaid_total,
+        purchases_total,
+        total: postpaid_total + purchases_total,
+        contract_price_required,
+        events,
+        balances: balances_of(catalog, &packs, m_end),
+        exhausted_items,
+    })
+}
+
+/// Every pack that may cover usage up to the end of `month`, in drawing order: free packs
+/// (each service's from its activation, recorded or at its first usage), then prepaid packs
+/// (earliest purchased first).
+fn packs_of(
+    catalog: &Catalog,
+    book: &PriceBook,
+    owner: &OwnerBilling,
+    usage: &[&UsageCount],
+    month: Month,
+) -> Vec<PackState> {
+    let m_end = month.end();
     let mut activated: FxHashMap<ServiceId, i64> = owner
         .activations
         .iter()
         .map(|(s, t)| (*s, t.timestamp()))
         .collect();
-    for u in &usage {
+    for u in usage {
         let svc = catalog.item(u.item).service;
         activated.entry(svc).or_insert(u.hour_start);
     }
-
-    // Every pack that may cover something up to the end of the month.
     let mut packs: Vec<PackState> = Vec::new();
     for def in &book.free_packs {
         let svc = catalog.item(def.covers[0]).service;
@@ -306,15 +368,28 @@ pub fn rate_month(
         ));
     }
     packs.sort_by(|a, b| (a.kind, a.order, &a.id).cmp(&(b.kind, b.order, &b.id)));
+    packs
+}
 
-    // Replay.
-    #[derive(Default)]
-    struct ItemMonth {
-        usage: u64,
-        by_interface: BTreeMap<String, u64>,
-        covered: BTreeMap<(PackKind, i64, String), u64>,
-        postpaid: u64,
-    }
+/// One item's month, as the replay leaves it.
+#[derive(Default)]
+struct ItemMonth {
+    usage: u64,
+    by_interface: BTreeMap<String, u64>,
+    covered: BTreeMap<(PackKind, i64, String), u64>,
+    postpaid: u64,
+}
+
+/// Draws `usage` (sorted by hour) from `packs` in order, each unit from the first pack valid
+/// at its hour that covers its item and has units left; what no pack covers is postpaid.
+/// Usage before `month` only draws the packs down; the month's is recorded per item, with the
+/// prepaid packs' low-balance and exhaustion events.
+fn replay(
+    usage: &[&UsageCount],
+    packs: &mut [PackState],
+    month: Month,
+) -> (BTreeMap<BillingItemId, ItemMonth>, Vec<PackEvent>) {
+    let m_start = month.start();
     let mut items: BTreeMap<BillingItemId, ItemMonth> = BTreeMap::new();
     let mut events = Vec::new();
     for u in usage {
@@ -367,98 +442,81 @@ pub fn rate_month(
             m.postpaid += left;
         }
     }
+    (items, events)
+}
 
-    // Price the month.
-    let mut lines = Vec::new();
-    let mut contract_price_required = Vec::new();
-    let mut postpaid_total = Decimal::ZERO;
-    for (item, m) in &items {
-        let meta = catalog.item(*item);
-        let covered: Vec<PackDraw> = m
-            .covered
-            .iter()
-            .map(|((kind, _, pack), units)| PackDraw {
-                pack: pack.clone(),
-                kind: *kind,
-                units: *units,
-            })
-            .collect();
-        let free_units = covered
-            .iter()
-            .filter(|d| d.kind == PackKind::Free)
-            .map(|d| d.units)
-            .sum();
-        let prepaid_units = covered
-            .iter()
-            .filter(|d| d.kind == PackKind::Prepaid)
-            .map(|d| d.units)
-            .sum();
-        let table = book.postpaid.get(item);
-        let tier = table.map(|t| t.tier_of(m.postpaid));
-        let list_price = match (table, tier) {
-            (Some(t), Some(i)) => t.tiers[i].price,
-            _ => Price::ContactSales,
-        };
-        let (unit_price, source) = match (owner.contract_prices.get(item), list_price) {
-            (Some(p), _) => (Some(*p), PriceSource::Contract),
-            (None, Price::List(p)) => (Some(p), PriceSource::List),
-            (None, Price::ContactSales) => (None, PriceSource::ContractPriceRequired),
-        };
-        let divisor = table.map_or(Decimal::ONE, |t| t.unit.divisor());
-        let amount = if m.postpaid == 0 {
-            Some(Decimal::ZERO)
-        } else {
-            unit_price.map(|p| {
-                (Decimal::from(m.postpaid) * p / divisor)
-                    .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
-            })
-        };
-        match amount {
-            Some(a) => postpaid_total += a,
-            None => contract_price_required.push(meta.key.to_string()),
-        }
-        lines.push(ItemLine {
-            item: meta.key.to_string(),
-            name: meta.name.to_string(),
-            usage: m.usage,
-            by_interface: m.by_interface.clone(),
-            covered,
-            free_units,
-            prepaid_units,
-            postpaid_units: m.postpaid,
-            tier: (m.postpaid > 0).then_some(tier).flatten(),
-            tier_label: match (table, tier) {
-                (Some(t), Some(i)) if m.postpaid > 0 => Some(t.label(i)),
-                _ => None,
-            },
-            price_unit: table.map_or("per call", |t| t.unit.as_str()),
-            unit_price: if m.postpaid > 0 { unit_price } else { None },
-            price_source: if m.postpaid > 0 {
-                source
-            } else {
-                PriceSource::List
-            },
-            amount,
-        });
-    }
-
-    let purchases: Vec<PurchaseLine> = owner
-        .packs
+/// The statement line of one item: what packs covered, and the postpaid units priced at the
+/// tier the month's postpaid volume reached (or the owner's contract price).
+fn price_item(
+    catalog: &Catalog,
+    book: &PriceBook,
+    owner: &OwnerBilling,
+    item: BillingItemId,
+    m: &ItemMonth,
+) -> ItemLine {
+    let meta = catalog.item(item);
+    let covered: Vec<PackDraw> = m
+        .covered
         .iter()
-        .filter(|p| (m_start..m_end).contains(&p.purchased_at.timestamp()))
-        .map(|p| PurchaseLine {
-            pack: p.id.clone(),
-            item: catalog.item(p.item).key.to_string(),
-            size: p.size,
-            purchased_at: p.purchased_at,
-            amount: p.price_paid,
+        .map(|((kind, _, pack), units)| PackDraw {
+            pack: pack.clone(),
+            kind: *kind,
+            units: *units,
         })
         .collect();
-    let purchases_total: Decimal = purchases.iter().map(|p| p.amount).sum();
+    let units_of = |kind: PackKind| {
+        covered
+            .iter()
+            .filter(|d| d.kind == kind)
+            .map(|d| d.units)
+            .sum()
+    };
+    let table = book.postpaid.get(&item);
+    let tier = table.map(|t| t.tier_of(m.postpaid));
+    let list_price = match (table, tier) {
+        (Some(t), Some(i)) => t.tiers[i].price,
+        _ => Price::ContactSales,
+    };
+    let (unit_price, source) = match (owner.contract_prices.get(&item), list_price) {
+        (Some(p), _) => (Some(*p), PriceSource::Contract),
+        (None, Price::List(p)) => (Some(p), PriceSource::List),
+        (None, Price::ContactSales) => (None, PriceSource::ContractPriceRequired),
+    };
+    let divisor = table.map_or(Decimal::ONE, |t| t.unit.divisor());
+    let amount = if m.postpaid == 0 {
+        Some(Decimal::ZERO)
+    } else {
+        unit_price.map(|p| {
+            (Decimal::from(m.postpaid) * p / divisor)
+                .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+        })
+    };
+    let postpaid = m.postpaid > 0;
+    ItemLine {
+        item: meta.key.to_string(),
+        name: meta.name.to_string(),
+        usage: m.usage,
+        by_interface: m.by_interface.clone(),
+        free_units: units_of(PackKind::Free),
+        prepaid_units: units_of(PackKind::Prepaid),
+        covered,
+        postpaid_units: m.postpaid,
+        tier: postpaid.then_some(tier).flatten(),
+        tier_label: match (table, tier) {
+            (Some(t), Some(i)) if postpaid => Some(t.label(i)),
+            _ => None,
+        },
+        price_unit: table.map_or("per call", |t| t.unit.as_str()),
+        unit_price: if postpaid { unit_price } else { None },
+        price_source: if postpaid { source } else { PriceSource::List },
+        amount,
+    }
+}
 
-    // Balances of prepaid and one-time packs, and of monthly packs that were drawn on (an
-    // untouched monthly pack says nothing).
-    let balances: Vec<PackBalance> = packs
+/// Balances at the end of the month of prepaid and one-time packs, and of monthly packs that
+/// were drawn on (an untouched monthly pack says nothing).
+fn balances_of(catalog: &Catalog, packs: &[PackState], m_end: i64) -> Vec<PackBalance> {
+    packs
         .iter()
         .filter(|p| p.from < m_end && p.until > m_end - 1)
         .filter(|p| p.kind == PackKind::Prepaid || p.until != m_end || p.remaining < p.size)
@@ -474,28 +532,5 @@ pub fn rate_month(
             remaining: p.remaining,
             valid_until: (p.until != i64::MAX).then(|| at(p.until)),
         })
-        .collect();
-    let exhausted_items = items
-        .keys()
-        .filter(|item| {
-            !packs.iter().any(|p| {
-                p.covers.contains(item) && p.remaining > 0 && p.until >= m_end && p.from < m_end
-            })
-        })
-        .map(|i| catalog.item(*i).key.to_string())
-        .collect();
-
-    Ok(MonthStatement {
-        owner_uin: owner.uin,
-        month: month.to_string(),
-        lines,
-        purchases,
-        postpaid_total,
-        purchases_total,
-        total: postpaid_total + purchases_total,
-        contract_price_required,
-        events,
-        balances,
-        exhausted_items,
-    })
+        .collect()
 }

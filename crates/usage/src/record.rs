@@ -5,9 +5,9 @@
 //! integers, length-prefixed strings). Spools written before this encoding hold JSON objects,
 //! whose first byte is `{`: they are still read, so an upgrade never strands unshipped records.
 //!
-//! Why not JSON any more: encoding and decoding JSON was about 2% of the gateway's CPU under
-//! load (a ~220-byte object with escaping checks, per billable call, twice), postcard a tenth of
-//! it, and its payloads are less than half the size, which the page cache, the fsync and the
+//! Why not JSON any more: encoding and decoding a ~220-byte JSON object with escaping checks,
+//! twice per billable call, showed in the gateway's profile under load (loadtest/RESULTS.md);
+//! postcard costs a fraction of it, and its payloads are less than half the size, which the page cache, the fsync and the
 //! sealer's reads all pay for.
 
 use std::borrow::Cow;

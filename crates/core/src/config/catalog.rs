@@ -128,30 +128,110 @@ fn is_code(s: &str) -> bool {
         })
 }
 
+/// The catalog as it is validated, piece by piece: services, billing items, declared groups,
+/// interfaces (with the groups of their own), the mixed-invoice rule.
+struct Build<'s> {
+    src: &'s Source,
+    services: Vec<Service>,
+    service_by_name: FxHashMap<Box<str>, ServiceId>,
+    billing_items: Vec<BillingItem>,
+    item_by_key: FxHashMap<Box<str>, BillingItemId>,
+    groups: Vec<Group>,
+    group_by_name: FxHashMap<Box<str>, GroupId>,
+    keys_seen: FxHashMap<GroupKey, String>,
+    interfaces: Vec<Interface>,
+}
+
 fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
-    let err = |key: String, reason: String| ConfigError::new(src, key, reason);
     if raw.defaults.qps == 0 {
-        return Err(err("defaults.qps".into(), "must be at least 1".into()));
+        return Err(ConfigError::new(src, "defaults.qps", "must be at least 1"));
+    }
+    let mut b = Build {
+        src,
+        services: Vec::new(),
+        service_by_name: FxHashMap::default(),
+        billing_items: Vec::new(),
+        item_by_key: FxHashMap::default(),
+        groups: Vec::new(),
+        group_by_name: FxHashMap::default(),
+        keys_seen: FxHashMap::default(),
+        interfaces: Vec::new(),
+    };
+    for (i, s) in raw.service.iter().enumerate() {
+        b.service(i, s)?;
+    }
+    for (i, it) in raw.billing_item.iter().enumerate() {
+        b.billing_item(i, it)?;
+    }
+    for (i, g) in raw.group.iter().enumerate() {
+        b.declared_group(i, g)?;
+    }
+    let explicit_groups = b.groups.len();
+    for (i, f) in raw.interface.iter().enumerate() {
+        b.interface(i, f, explicit_groups, raw.defaults.qps)?;
+    }
+    for (i, g) in b.groups[..explicit_groups].iter().enumerate() {
+        if g.interfaces.is_empty() {
+            return Err(b.err(
+                format!("group[{i}] ({}).id", g.name),
+                "no interface is in this group".into(),
+            ));
+        }
+    }
+    let mixed_invoice = b.mixed_invoice(&raw.mixed_invoice)?;
+    Ok(Catalog {
+        default_qps: raw.defaults.qps,
+        services: b.services,
+        groups: b.groups,
+        billing_items: b.billing_items,
+        interfaces: b.interfaces,
+        mixed_invoice,
+        service_by_name: b.service_by_name,
+        item_by_key: b.item_by_key,
+        group_by_name: b.group_by_name,
+    })
+}
+
+impl Build<'_> {
+    fn err(&self, key: String, reason: String) -> ConfigError {
+        ConfigError::new(self.src, key, reason)
     }
 
-    // Services.
-    let mut services = Vec::new();
-    let mut service_by_name: FxHashMap<Box<str>, ServiceId> = FxHashMap::default();
-    let mut billing_items: Vec<BillingItem> = Vec::new();
-    let mut item_by_key: FxHashMap<Box<str>, BillingItemId> = FxHashMap::default();
-    for (i, s) in raw.service.iter().enumerate() {
+    /// The service a `<service>.<name>` id names.
+    fn service_of_prefix(&self, id: &str) -> Option<ServiceId> {
+        let (prefix, rest) = id.split_once('.')?;
+        if rest.is_empty() {
+            return None;
+        }
+        self.service_by_name.get(prefix).copied()
+    }
+
+    fn item(&self, key: String, name: &str) -> Result<BillingItemId, ConfigError> {
+        self.item_by_key
+            .get(name)
+            .copied()
+            .ok_or_else(|| self.err(key, format!("unknown billing item {name:?}")))
+    }
+
+    /// A service, and the implicit billing item of its unlisted actions.
+    fn service(&mut self, i: usize, s: &RawService) -> Result<(), ConfigError> {
         let key = |k: &str| format!("service[{i}] ({}).{k}", s.name);
         if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_lowercase()) {
-            return Err(err(key("name"), "must be lower-case letters".into()));
+            return Err(self.err(key("name"), "must be lower-case letters".into()));
         }
-        let id =
-            ServiceId(u16::try_from(i).map_err(|_| err(key("name"), "too many services".into()))?);
-        if service_by_name.insert(s.name.as_str().into(), id).is_some() {
-            return Err(err(key("name"), "duplicate service".into()));
+        let id = ServiceId(
+            u16::try_from(i).map_err(|_| self.err(key("name"), "too many services".into()))?,
+        );
+        if self
+            .service_by_name
+            .insert(s.name.as_str().into(), id)
+            .is_some()
+        {
+            return Err(self.err(key("name"), "duplicate service".into()));
         }
         for (j, code) in s.billable_error_codes.iter().enumerate() {
             if !is_code(code) {
-                return Err(err(
+                return Err(self.err(
                     key(&format!("billable_error_codes[{j}]")),
                     format!("{code:?} is not a vendor error code (Dotted.PascalCase)"),
                 ));
@@ -163,7 +243,7 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             ("packs_exhausted", &s.refusal_codes.packs_exhausted),
         ] {
             if !is_code(code) {
-                return Err(err(
+                return Err(self.err(
                     key(&format!("refusal_codes.{k}")),
                     format!("{code:?} is not a vendor error code (Dotted.PascalCase)"),
                 ));
@@ -171,9 +251,10 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
         }
         // Every service has an implicit item for the actions the catalog does not list.
         let unlisted_key = format!("{}.unlisted", s.name);
-        let unlisted_item = BillingItemId(billing_items.len() as u32);
-        item_by_key.insert(unlisted_key.as_str().into(), unlisted_item);
-        billing_items.push(BillingItem {
+        let unlisted_item = BillingItemId(self.billing_items.len() as u32);
+        self.item_by_key
+            .insert(unlisted_key.as_str().into(), unlisted_item);
+        self.billing_items.push(BillingItem {
             id: unlisted_item,
             key: unlisted_key.as_str().into(),
             name: format!("{} (actions not in the catalog)", s.product).into(),
@@ -181,7 +262,7 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             service: id,
             unlisted: true,
         });
-        services.push(Service {
+        self.services.push(Service {
             id,
             name: s.name.as_str().into(),
             product: s.product.as_str().into(),
@@ -202,32 +283,25 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             unlisted_key: GroupKey::of_unlisted(&s.name),
             unlisted_label: unlisted_key.into(),
         });
+        Ok(())
     }
-    let service_of_prefix = |key: &str| -> Option<ServiceId> {
-        let (prefix, rest) = key.split_once('.')?;
-        if rest.is_empty() {
-            return None;
-        }
-        service_by_name.get(prefix).copied()
-    };
 
-    // Billing items.
-    for (i, it) in raw.billing_item.iter().enumerate() {
+    fn billing_item(&mut self, i: usize, it: &RawItem) -> Result<(), ConfigError> {
         let key = |k: &str| format!("billing_item[{i}] ({}).{k}", it.id);
-        let service = service_of_prefix(&it.id).ok_or_else(|| {
-            err(
+        let service = self.service_of_prefix(&it.id).ok_or_else(|| {
+            self.err(
                 key("id"),
                 "must be <service>.<name> with a service of this catalog".into(),
             )
         })?;
         if it.id.ends_with(".unlisted") {
-            return Err(err(key("id"), "the .unlisted items are implicit".into()));
+            return Err(self.err(key("id"), "the .unlisted items are implicit".into()));
         }
-        let id = BillingItemId(billing_items.len() as u32);
-        if item_by_key.insert(it.id.as_str().into(), id).is_some() {
-            return Err(err(key("id"), "duplicate billing item".into()));
+        let id = BillingItemId(self.billing_items.len() as u32);
+        if self.item_by_key.insert(it.id.as_str().into(), id).is_some() {
+            return Err(self.err(key("id"), "duplicate billing item".into()));
         }
-        billing_items.push(BillingItem {
+        self.billing_items.push(BillingItem {
             id,
             key: Arc::from(it.id.as_str()),
             name: it.name.as_str().into(),
@@ -238,49 +312,45 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             service,
             unlisted: false,
         });
+        Ok(())
     }
-    let item = |key: String, name: &str| -> Result<BillingItemId, ConfigError> {
-        item_by_key
-            .get(name)
-            .copied()
-            .ok_or_else(|| err(key, format!("unknown billing item {name:?}")))
-    };
 
-    // Groups declared explicitly.
-    let mut groups: Vec<Group> = Vec::new();
-    let mut group_by_name: FxHashMap<Box<str>, GroupId> = FxHashMap::default();
-    let mut keys_seen: FxHashMap<GroupKey, String> = FxHashMap::default();
-    let mut add_group =
-        |groups: &mut Vec<Group>, g: Group, key: String| -> Result<GroupId, ConfigError> {
-            if let Some(other) = keys_seen.insert(g.key, g.name.to_string()) {
-                return Err(err(
-                    key,
-                    format!("group key collides with group {other:?}; rename one of them"),
-                ));
-            }
-            if group_by_name.insert(Box::from(&*g.name), g.id).is_some() {
-                return Err(err(key, format!("duplicate group {:?}", g.name)));
-            }
-            let id = g.id;
-            groups.push(g);
-            Ok(id)
-        };
-    for (i, g) in raw.group.iter().enumerate() {
+    fn add_group(&mut self, g: Group, key: String) -> Result<GroupId, ConfigError> {
+        if let Some(other) = self.keys_seen.insert(g.key, g.name.to_string()) {
+            return Err(self.err(
+                key,
+                format!("group key collides with group {other:?}; rename one of them"),
+            ));
+        }
+        if self
+            .group_by_name
+            .insert(Box::from(&*g.name), g.id)
+            .is_some()
+        {
+            return Err(self.err(key, format!("duplicate group {:?}", g.name)));
+        }
+        let id = g.id;
+        self.groups.push(g);
+        Ok(id)
+    }
+
+    /// A group declared in `[[group]]` (several interfaces sharing one quota).
+    fn declared_group(&mut self, i: usize, g: &RawGroup) -> Result<(), ConfigError> {
         let key = |k: &str| format!("group[{i}] ({}).{k}", g.id);
-        let service = service_of_prefix(&g.id).ok_or_else(|| {
-            err(
+        let service = self.service_of_prefix(&g.id).ok_or_else(|| {
+            self.err(
                 key("id"),
                 "must be <service>.<name> with a service of this catalog".into(),
             )
         })?;
         let limit = match (g.qps, g.concurrency) {
             (Some(0), None) | (None, Some(0)) => {
-                return Err(err(key("qps"), "a limit must be at least 1".into()));
+                return Err(self.err(key("qps"), "a limit must be at least 1".into()));
             }
             (Some(qps), None) => GroupLimit::Rate { qps },
             (None, Some(n)) => GroupLimit::Concurrency { max_in_flight: n },
             _ => {
-                return Err(err(
+                return Err(self.err(
                     key("qps"),
                     "exactly one of qps and concurrency must be set".into(),
                 ));
@@ -295,14 +365,13 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             }
         }
         if g.max_purchased_qps.is_some() && !modes.qps {
-            return Err(err(
+            return Err(self.err(
                 key("max_purchased_qps"),
                 "only meaningful for a group with the \"qps\" mode".into(),
             ));
         }
-        let gid = GroupId(groups.len() as u32);
-        add_group(
-            &mut groups,
+        let gid = GroupId(self.groups.len() as u32);
+        self.add_group(
             Group {
                 id: gid,
                 name: g.id.as_str().into(),
@@ -316,23 +385,38 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             },
             key("id"),
         )?;
+        Ok(())
     }
-    let explicit_groups = groups.len();
 
-    // Interfaces (and their own groups).
-    let mut interfaces: Vec<Interface> = Vec::new();
-    for (i, f) in raw.interface.iter().enumerate() {
+    /// An interface: its billing rule, and its group (a declared one, or one of its own).
+    fn interface(
+        &mut self,
+        i: usize,
+        f: &RawInterface,
+        explicit_groups: usize,
+        default_qps: u32,
+    ) -> Result<(), ConfigError> {
         let key = |k: &str| format!("interface[{i}] ({}.{}).{k}", f.service, f.action);
-        let service = *service_by_name
+        let service = *self
+            .service_by_name
             .get(f.service.as_str())
-            .ok_or_else(|| err(key("service"), format!("unknown service {:?}", f.service)))?;
-        if f.action.is_empty() || !f.action.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(err(key("action"), "must be an API action name".into()));
+            .ok_or_else(|| self.err(key("service"), format!("unknown service {:?}", f.service)))?;
+        if !crate::catalog::is_action_name(&f.action) {
+            return Err(self.err(
+                key("action"),
+                format!(
+                    "{:?} is not an API 3.0 action (a letter, then letters and digits, at most {} in all)",
+                    f.action,
+                    crate::catalog::MAX_ACTION_LEN
+                ),
+            ));
         }
         let units = match (f.units, &f.billing_item) {
-            (RawUnits::PerCall, Some(name)) => UnitRule::PerCall(item(key("billing_item"), name)?),
+            (RawUnits::PerCall, Some(name)) => {
+                UnitRule::PerCall(self.item(key("billing_item"), name)?)
+            }
             (RawUnits::PerCall, None) => {
-                return Err(err(
+                return Err(self.err(
                     key("billing_item"),
                     "required unless units is \"none\" or \"mixed_invoice\"".into(),
                 ));
@@ -340,42 +424,39 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             (RawUnits::MixedInvoice, None) => UnitRule::MixedInvoice,
             (RawUnits::None, None) => UnitRule::None,
             (_, Some(_)) => {
-                return Err(err(
+                return Err(self.err(
                     key("billing_item"),
                     "must not be set when units is \"none\" or \"mixed_invoice\"".into(),
                 ));
             }
         };
         if let UnitRule::PerCall(it) = units
-            && billing_items[it.0 as usize].service != service
+            && self.billing_items[it.0 as usize].service != service
         {
-            return Err(err(
-                key("billing_item"),
-                "belongs to another service".into(),
-            ));
+            return Err(self.err(key("billing_item"), "belongs to another service".into()));
         }
         if f.overlay_class.is_some() && f.service != "ocr" {
-            return Err(err(
+            return Err(self.err(
                 key("overlay_class"),
                 "overlay packs exist only for OCR interfaces".into(),
             ));
         }
-        let iid = InterfaceId(interfaces.len() as u32);
+        let iid = InterfaceId(self.interfaces.len() as u32);
         let group = match (&f.group, f.qps) {
             (Some(_), Some(_)) => {
-                return Err(err(
+                return Err(self.err(
                     key("qps"),
                     "an interface in a declared group takes the group's limit; remove qps".into(),
                 ));
             }
             (Some(name), None) => {
-                let gid = *group_by_name_lookup(&groups[..explicit_groups], name)
-                    .ok_or_else(|| err(key("group"), format!("unknown group {name:?}")))?;
-                if groups[gid.0 as usize].service != service {
-                    return Err(err(key("group"), "belongs to another service".into()));
+                let gid = *group_by_name_lookup(&self.groups[..explicit_groups], name)
+                    .ok_or_else(|| self.err(key("group"), format!("unknown group {name:?}")))?;
+                if self.groups[gid.0 as usize].service != service {
+                    return Err(self.err(key("group"), "belongs to another service".into()));
                 }
                 if f.overlay_class.is_some() {
-                    return Err(err(
+                    return Err(self.err(
                         key("overlay_class"),
                         "overlay packs are bought per interface, so an interface with an overlay class must be a group of its own".into(),
                     ));
@@ -383,14 +464,13 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
                 gid
             }
             (None, qps) => {
-                let qps = qps.unwrap_or(raw.defaults.qps);
+                let qps = qps.unwrap_or(default_qps);
                 if qps == 0 {
-                    return Err(err(key("qps"), "must be at least 1".into()));
+                    return Err(self.err(key("qps"), "must be at least 1".into()));
                 }
                 let name = format!("{}.{}", f.service, f.action);
-                let gid = GroupId(groups.len() as u32);
-                add_group(
-                    &mut groups,
+                let gid = GroupId(self.groups.len() as u32);
+                self.add_group(
                     Group {
                         id: gid,
                         key: GroupKey::of_group(&name),
@@ -406,36 +486,27 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
                 )?
             }
         };
-        if !crate::catalog::is_action_name(&f.action) {
-            return Err(err(
-                key("action"),
-                format!(
-                    "{:?} is not an API 3.0 action (a letter, then letters and digits, at most {} in all)",
-                    f.action,
-                    crate::catalog::MAX_ACTION_LEN
-                ),
-            ));
-        }
-        let svc = &mut services[usize::from(service.0)];
+        let svc = &mut self.services[usize::from(service.0)];
         if svc.actions.insert(f.action.as_str().into(), iid).is_some() {
-            return Err(err(key("action"), "duplicate interface".into()));
+            return Err(self.err(key("action"), "duplicate interface".into()));
         }
         // Actions are matched exactly; a case variant of a listed action is refused, so two
         // listed actions may not differ only by case.
+        let svc = &mut self.services[usize::from(service.0)];
         if let Some(other) = svc
             .actions_folded
             .insert(f.action.to_ascii_lowercase().into(), iid)
         {
-            return Err(err(
+            return Err(self.err(
                 key("action"),
                 format!(
                     "differs only by letter case from interface[{}] ({}): calls could not tell them apart",
-                    other.0, interfaces[other.0 as usize].action
+                    other.0, self.interfaces[other.0 as usize].action
                 ),
             ));
         }
-        groups[group.0 as usize].interfaces.push(iid);
-        interfaces.push(Interface {
+        self.groups[group.0 as usize].interfaces.push(iid);
+        self.interfaces.push(Interface {
             id: iid,
             service,
             action: f.action.as_str().into(),
@@ -444,41 +515,24 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             units,
             overlay_class: f.overlay_class,
         });
+        Ok(())
     }
-    for (i, g) in groups[..explicit_groups].iter().enumerate() {
-        if g.interfaces.is_empty() {
-            return Err(err(
-                format!("group[{i}] ({}).id", g.name),
-                "no interface is in this group".into(),
+
+    fn mixed_invoice(&self, mi: &RawMixedInvoice) -> Result<MixedInvoiceRule, ConfigError> {
+        let rule = MixedInvoiceRule {
+            big: self.item("mixed_invoice.big_item".into(), &mi.big_item)?,
+            small: self.item("mixed_invoice.small_item".into(), &mi.small_item)?,
+            big_types: mi.big_types.clone(),
+        };
+        let distinct: FxHashSet<i64> = mi.big_types.iter().copied().collect();
+        if distinct.len() != mi.big_types.len() {
+            return Err(self.err(
+                "mixed_invoice.big_types".into(),
+                "lists a type twice".into(),
             ));
         }
+        Ok(rule)
     }
-
-    let mi = &raw.mixed_invoice;
-    let mixed_invoice = MixedInvoiceRule {
-        big: item("mixed_invoice.big_item".into(), &mi.big_item)?,
-        small: item("mixed_invoice.small_item".into(), &mi.small_item)?,
-        big_types: mi.big_types.clone(),
-    };
-    let distinct: FxHashSet<i64> = mi.big_types.iter().copied().collect();
-    if distinct.len() != mi.big_types.len() {
-        return Err(err(
-            "mixed_invoice.big_types".into(),
-            "lists a type twice".into(),
-        ));
-    }
-
-    Ok(Catalog {
-        default_qps: raw.defaults.qps,
-        services,
-        groups,
-        billing_items,
-        interfaces,
-        mixed_invoice,
-        service_by_name,
-        item_by_key,
-        group_by_name,
-    })
 }
 
 fn group_by_name_lookup<'g>(groups: &'g [Group], name: &str) -> Option<&'g GroupId> {
@@ -623,6 +677,20 @@ kind = "shared"
 
     #[test]
     fn errors_name_the_key_and_reason() {
+        check_error(
+            &format!(
+                "{HEAD}[[interface]]\nservice = \"ocr\"\naction = \"ReadIt\"\nname = \"a\"\nbilling_item = \"ocr.big\"\n[[interface]]\nservice = \"ocr\"\naction = \"Readit\"\nname = \"b\"\nbilling_item = \"ocr.big\"\n"
+            ),
+            "interface[1] (ocr.Readit).action",
+            "differs only by letter case from interface[0] (ReadIt)",
+        );
+        check_error(
+            &format!(
+                "{HEAD}[[interface]]\nservice = \"ocr\"\naction = \"Read-It\"\nname = \"a\"\nbilling_item = \"ocr.big\"\n"
+            ),
+            "interface[0] (ocr.Read-It).action",
+            "is not an API 3.0 action",
+        );
         check_error(
             &format!(
                 "{HEAD}[[interface]]\nservice = \"ocr\"\naction = \"A\"\nname = \"a\"\nbilling_item = \"ocr.nope\"\n"

@@ -2,10 +2,9 @@
 //! mapped into memory, so that appending a record is a copy into the page cache instead of a
 //! `write(2)`.
 //!
-//! Why (loadtest/RESULTS.md, "Metering on vs off"): with a `write(2)` per group of records the
-//! spool cost the gateway about 5 µs of CPU per billable call, most of it the syscall and
-//! ext4's buffered-write path (`ext4_da_write_begin`), a fifth of all the gateway's CPU per
-//! admitted call. A store into a shared file mapping lands in the same page cache: it
+//! Why (loadtest/RESULTS.md, "Metering on vs off", has the figures): with a `write(2)` per
+//! group of records, the syscall and ext4's buffered-write path (`ext4_da_write_begin`) were a
+//! large share of the gateway's CPU per billable call. A store into a shared file mapping lands in the same page cache: it
 //! survives the death of the process (SIGKILL) exactly as a completed `write(2)` does, and
 //! `fdatasync` on the file writes it back for power loss as before. The kernel takes a page
 //! fault the first time each page is touched (and again after writeback), once per ~18

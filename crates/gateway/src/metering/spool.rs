@@ -20,8 +20,8 @@
 //! its record and waits for its ticket, which the leader completes. No call ever waits on the
 //! writer's lock (followers only push to a queue), and sequence numbers follow file order
 //! because only the leader assigns them. An earlier design handed every record to a writer
-//! thread (later a task); the extra wake-ups on the way in and out cost the gateway 10% of its
-//! throughput in the side-by-side benchmark, against 4% for a direct write.
+//! thread (later a task); the extra wake-ups on the way in and out cost more throughput in the
+//! side-by-side benchmark than a direct write (loadtest/RESULTS.md).
 //! `fdatasync` runs on its own interval (`fsync_interval_ms`) on a syncer thread that only
 //! clones the descriptor under the lock, so it never blocks writers; the page cache alone
 //! already survives SIGKILL, fsync is for power loss.

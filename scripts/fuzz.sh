@@ -27,8 +27,9 @@ case "$mode" in
     cargo fuzz build -s none >/dev/null
     for t in "${TARGETS[@]}"; do
       mkdir -p "corpus/$t"
-      # Corpus inputs first (every regression input is in there), then 5 s of new ones.
-      out=$(cargo fuzz run -s none "$t" "corpus/$t" -- -max_total_time=5 -timeout=10 2>&1) || {
+      # Every corpus input first (the regression inputs are in there), then 5 s of new ones.
+      out=$(cargo fuzz run -s none "$t" "corpus/$t" -- -runs=0 -timeout=10 2>&1 &&
+        cargo fuzz run -s none "$t" "corpus/$t" -- -max_total_time=5 -timeout=10 2>&1) || {
         echo "$out" | tail -n 40
         echo "fuzz target $t failed" >&2
         exit 1

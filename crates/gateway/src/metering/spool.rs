@@ -221,6 +221,11 @@ pub(crate) fn frame_at(bytes: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
         return None;
     }
     let seq = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    if seq == 0 {
+        // Sequences start at 1: a frame numbered 0 was never written by a spool, whatever
+        // its checksum says (recovery counted it as a record that no reader would return).
+        return None;
+    }
     Some((
         SpoolEntry {
             seq,
@@ -873,6 +878,27 @@ mod tests {
             .unwrap()
             .block_on(rx)
             .unwrap()
+    }
+
+    /// Found by the `spool_recovery` fuzz target: a frame numbered 0 with a valid checksum was
+    /// counted by recovery as a record, but no reader returns sequence 0.
+    #[test]
+    fn a_frame_numbered_zero_is_not_a_record() {
+        let frame = |seq: u64, payload: &[u8]| {
+            let mut body = seq.to_le_bytes().to_vec();
+            body.extend_from_slice(payload);
+            let mut f = (body.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            f.extend_from_slice(&body);
+            f
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = frame(0, b"never written");
+        bytes.extend(frame(1, b"one"));
+        std::fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+        let r = recover(dir.path()).unwrap();
+        assert_eq!((r.records, r.corrupt_frames), (1, 1));
+        assert_eq!(read_after(dir.path(), 0, u64::MAX).unwrap().len(), 1);
     }
 
     /// A rolled segment whose fdatasync failed stays queued and is synced on a later round

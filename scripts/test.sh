@@ -5,8 +5,9 @@
 # it and nothing else.
 #
 # What the tests need, and why:
-# - nats-server (JetStream) and PostgreSQL: the pipeline and settlement tests start private
-#   instances on ephemeral ports in temp dirs (never the machine's shared ones);
+# - nats-server (JetStream), PostgreSQL and redis-server: the pipeline, settlement and fleet
+#   tests start private instances on ephemeral ports in temp dirs (never the machine's shared
+#   ones);
 # - prometheus and promtool: the deploy tests (alert rule tests, a real scrape);
 # - python3 with venv and the official SDK (tests/sdk/requirements.txt): the SDK tests;
 # - cargo-fuzz: the fuzz smoke run.
@@ -31,8 +32,9 @@ cargo --version
 rustup component list --installed 2>/dev/null | grep -qE '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -qE '^clippy' || rustup component add clippy
 
-log "servers the pipeline tests start privately (nats-server with JetStream, PostgreSQL)"
+log "servers the tests start privately (nats-server with JetStream, PostgreSQL, redis-server)"
 have nats-server || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+have redis-server || apt_install redis-server
 if ! have initdb && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install postgresql
 fi
@@ -50,6 +52,7 @@ if ! have nats-server && [ -x /usr/sbin/nats-server ]; then
 fi
 nats-server --version
 initdb --version
+redis-server --version
 
 log "prometheus + promtool (the deploy tests: alert rule tests, a real Prometheus scrape)"
 if ! have promtool || ! have prometheus; then

@@ -138,6 +138,11 @@ pub struct Builder {
     /// `[shutdown]` lines besides `drain_timeout_seconds` (default: a 50 ms idle grace, so
     /// stopping a harness with pooled client connections does not wait a second).
     pub shutdown: String,
+    /// `[quota]` lines (default: none, the local store).
+    pub quota: String,
+    /// Forward to this backend instead of the harness's own stub (several gateways, one
+    /// backend that counts them all).
+    pub upstream: Option<SocketAddr>,
 }
 
 impl Default for Builder {
@@ -155,6 +160,8 @@ impl Default for Builder {
             auth: String::new(),
             sink: None,
             shutdown: "drain_timeout_seconds = 10\nidle_grace_ms = 50\n".into(),
+            quota: String::new(),
+            upstream: None,
         }
     }
 }
@@ -237,7 +244,9 @@ impl Harness {
                 let _ = stop_rx.await;
             },
         ));
-        let upstream = if b.dead_upstream {
+        let upstream = if let Some(u) = b.upstream {
+            u
+        } else if b.dead_upstream {
             // A port that was just free: nothing listens there.
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let a = l.local_addr().unwrap();
@@ -280,6 +289,8 @@ url = "http://{upstream}"
 poll_interval_ms = 100
 [shutdown]
 {}
+[quota]
+{}
 "#,
             b.response_timeout_ms,
             b.max_request_bytes,
@@ -287,6 +298,7 @@ poll_interval_ms = 100
             b.proxy_extra,
             b.auth,
             b.shutdown,
+            b.quota,
         );
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();

@@ -228,3 +228,93 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// A private redis-server: nothing on disk, killed when dropped.
+pub struct Redis {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.up();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts (again, empty) on the same port.
+    pub fn up(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new(binary(
+            "redis-server",
+            &["/usr/bin/redis-server", "/usr/local/bin/redis-server"],
+        ))
+        .args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(self.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "redis-server did not listen"
+        );
+    }
+
+    /// SIGKILL: everything it held is gone.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGSTOP: the port stays open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.down();
+    }
+}

@@ -12,7 +12,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admission::fleet::{FleetShared, FleetStore};
 use crate::admission::{Admission, LocalStore, QuotaStore};
+use crate::fleet::{FleetMetrics, FleetTask};
 use crate::metering::file::FileSink;
 use crate::metering::ship::{self, ShipMetrics, Shipper};
 use crate::metering::spool::Spool;
@@ -21,7 +23,7 @@ use crate::metering::{NoSink, UsageSink};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, server};
 use crate::reload::{self, ReloadStatus};
-use crate::settings::{MeteringSink, Settings};
+use crate::settings::{MeteringSink, QuotaSettings, RedisQuota, Settings};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::clock::{Clock, SystemClock};
 use tollgate_core::config::{self, ConfigError};
@@ -52,6 +54,8 @@ pub struct Running {
     pub spool: Option<Arc<Spool>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    fleet_stop: watch::Sender<bool>,
+    fleet_task: Option<JoinHandle<()>>,
     ship_stop: watch::Sender<bool>,
     ship_task: Option<JoinHandle<()>>,
     admin_stop: watch::Sender<bool>,
@@ -65,6 +69,10 @@ impl Running {
         self.gateway.start_draining();
         let _ = self.shutdown.send(true);
         for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.fleet_stop.send(true);
+        if let Some(t) = self.fleet_task {
             let _ = t.await;
         }
         let _ = self.ship_stop.send(true);
@@ -179,6 +187,24 @@ fn build_sink(settings: &Settings) -> anyhow::Result<Arc<dyn UsageSink>> {
     })
 }
 
+/// Every group named in `quota.failure_modes` must be a catalog group.
+fn check_failure_groups(
+    settings: &Settings,
+    q: &RedisQuota,
+    catalog: &Catalog,
+) -> Result<(), ConfigError> {
+    for g in q.failure_groups.keys() {
+        if catalog.group_by_name(g).is_none() {
+            return Err(ConfigError::new(
+                &settings.source,
+                format!("quota.failure_modes.{g}"),
+                format!("{g:?} is not a group of the catalog"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Starts the gateway.
 pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Running> {
     // Config: watched from before the first read, validated whole before anything listens.
@@ -187,10 +213,29 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
     check_upstreams(&settings, &loaded.catalog)?;
     let settings = Arc::new(settings);
 
-    // Admission state lives outside the config: reloads never reset it.
-    let store = Arc::new(LocalStore::new());
-    let admission = Admission::new(store.clone() as Arc<dyn QuotaStore>, settings.burst_millis);
+    // Admission state lives outside the config: reloads never reset it. With a fleet store,
+    // the fleet task keeps this replica's leases and slices filled from Redis.
     let metrics = Arc::new(Metrics::new());
+    let (store, fleet_task): (Arc<dyn QuotaStore>, Option<FleetTask>) = match &settings.quota {
+        QuotaSettings::Local => (Arc::new(LocalStore::new()), None),
+        QuotaSettings::Redis(q) => {
+            check_failure_groups(&settings, q, &loaded.catalog)?;
+            let store = Arc::new(FleetStore::new(FleetShared::new(q.tuning())));
+            let task = FleetTask::new(
+                Arc::clone(&store),
+                q.fleet.clone(),
+                FleetMetrics::new(&metrics.registry),
+                Arc::clone(&options.clock),
+            )?;
+            tracing::info!(
+                member = %q.fleet.member_id,
+                redis = %q.fleet.redis_url,
+                "quotas are fleet-wide (Redis); until Redis first answers they run in their failure mode"
+            );
+            (store, Some(task))
+        }
+    };
+    let admission = Admission::new(Arc::clone(&store), settings.burst_millis);
     // Metering: where billable usage goes (the spool: written before each answer completes).
     let (sink, spool, shipper) = match (options.sink, &settings.metering) {
         (Some(s), _) => (s, None, None),
@@ -312,6 +357,15 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             }
         }));
     }
+    // The fleet task stops after the API has drained (in-flight calls keep their slices),
+    // then leaves the fleet.
+    let (fleet_stop, fleet_rx) = watch::channel(false);
+    let fleet_task = fleet_task.map(|task| {
+        let mut rx = fleet_rx;
+        tokio::spawn(task.run(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }))
+    });
     // Shipping: seal the spool into batches, publish, advance the cursor after the ack. It
     // stops after the API has drained, so the last calls' usage is shipped too.
     let (ship_stop, ship_rx) = watch::channel(false);
@@ -333,6 +387,8 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         spool,
         shutdown: shutdown_tx,
         tasks,
+        fleet_stop,
+        fleet_task,
         ship_stop,
         ship_task,
         admin_stop,

@@ -63,6 +63,11 @@ pub fn load_settings(config: Option<PathBuf>, o: &Overrides) -> anyhow::Result<S
                 settings::check_gateway_id(id)
                     .map_err(|reason| anyhow::anyhow!("--gateway-id {id:?}: {reason}"))?;
                 sp.ship.gateway_id = id.clone();
+                if let settings::QuotaSettings::Redis(q) = &mut s.quota
+                    && q.member_id_is_gateway_id
+                {
+                    q.fleet.member_id = id.clone();
+                }
             }
             _ => {
                 anyhow::bail!("--gateway-id applies to the spool sink (metering.sink = \"spool\")")

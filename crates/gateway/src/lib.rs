@@ -14,6 +14,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod cli;
+pub mod fleet;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;

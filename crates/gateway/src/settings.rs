@@ -23,6 +23,8 @@ struct RawSettings {
     #[serde(default)]
     admission: RawAdmission,
     #[serde(default)]
+    quota: RawQuota,
+    #[serde(default)]
     proxy: RawProxy,
     upstream: BTreeMap<String, RawUpstream>,
     metering: RawMetering,
@@ -91,6 +93,76 @@ impl Default for RawAdmission {
         RawAdmission {
             burst_millis: 1000,
             sweep_interval_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQuota {
+    store: String,
+    redis_url: Option<String>,
+    member_id: Option<String>,
+    key_prefix: String,
+    lease_ms: u64,
+    timeout_ms: u64,
+    membership_ttl_ms: u64,
+    probe_interval_ms: u64,
+    failure_mode: String,
+    failure_modes: BTreeMap<String, String>,
+}
+
+impl Default for RawQuota {
+    fn default() -> Self {
+        RawQuota {
+            store: "local".into(),
+            redis_url: None,
+            member_id: None,
+            key_prefix: "tollgate".into(),
+            lease_ms: 100,
+            timeout_ms: 50,
+            membership_ttl_ms: 3000,
+            probe_interval_ms: 200,
+            failure_mode: "fail_static".into(),
+            failure_modes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where quota state lives (`[quota]`).
+#[derive(Debug, Clone)]
+pub enum QuotaSettings {
+    /// In this process: one gateway, or replicas that each enforce the whole limit.
+    Local,
+    /// Shared by the fleet through Redis.
+    Redis(Box<RedisQuota>),
+}
+
+/// `[quota]` with `store = "redis"`.
+#[derive(Debug, Clone)]
+pub struct RedisQuota {
+    pub fleet: crate::fleet::FleetSettings,
+    /// The member id is the gateway id (`metering.gateway_id`, so `--gateway-id` too).
+    pub member_id_is_gateway_id: bool,
+    pub failure_default: crate::admission::fleet::FailureMode,
+    /// By catalog group id (checked against the catalog at start).
+    pub failure_groups: BTreeMap<String, crate::admission::fleet::FailureMode>,
+}
+
+impl RedisQuota {
+    /// The admission side's tuning; group ids resolved to their keys.
+    pub fn tuning(&self) -> crate::admission::fleet::FleetTuning {
+        let lease = self.fleet.refresh.as_nanos() as u64;
+        crate::admission::fleet::FleetTuning {
+            lease_nanos: lease,
+            lease_ttl_nanos: 2 * lease,
+            warm_nanos: 1_000_000_000,
+            failure_default: self.failure_default,
+            failure_groups: self
+                .failure_groups
+                .iter()
+                .map(|(g, m)| (tollgate_core::catalog::GroupKey::of_group(g), *m))
+                .collect(),
         }
     }
 }
@@ -286,6 +358,7 @@ pub struct Settings {
     pub replay_guard_capacity: Option<usize>,
     pub burst_millis: u32,
     pub sweep_interval: Duration,
+    pub quota: QuotaSettings,
     pub max_request_bytes: usize,
     /// Request bytes buffered at once by the whole gateway (bodies being read or forwarded).
     pub max_buffered_request_bytes: usize,
@@ -573,6 +646,7 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
             }))
         }
     };
+    let quota = parse_quota(&raw.quota, &metering, &err)?;
     Ok(Settings {
         source: source.clone(),
         api_listen: addr("listen.api", &raw.listen.api)?,
@@ -586,6 +660,7 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
             .then_some(raw.auth.replay_guard_capacity),
         burst_millis: raw.admission.burst_millis,
         sweep_interval: Duration::from_secs(raw.admission.sweep_interval_seconds.max(1)),
+        quota,
         max_request_bytes: raw.proxy.max_request_bytes,
         max_buffered_request_bytes: raw.proxy.max_buffered_request_bytes,
         header_read_timeout: Duration::from_millis(raw.proxy.header_read_timeout_ms),
@@ -605,6 +680,98 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         log_format: raw.log.format,
         log_level: raw.log.level,
     })
+}
+
+fn parse_quota(
+    q: &RawQuota,
+    metering: &MeteringSink,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<QuotaSettings, ConfigError> {
+    use crate::admission::fleet::FailureMode;
+    match q.store.as_str() {
+        "local" => return Ok(QuotaSettings::Local),
+        "redis" => {}
+        other => {
+            return Err(err(
+                "quota.store",
+                format!("{other:?} is not a quota store (\"local\" or \"redis\")"),
+            ));
+        }
+    }
+    let url = q.redis_url.clone().ok_or_else(|| {
+        err(
+            "quota.redis_url",
+            "is required with store = \"redis\" (e.g. \"redis://redis:6379/\")".into(),
+        )
+    })?;
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(err("quota.redis_url", format!("{url:?}: {e}")));
+    }
+    let member_id = match (&q.member_id, metering) {
+        (Some(m), _) => m.clone(),
+        (None, MeteringSink::Spool(s)) => s.ship.gateway_id.clone(),
+        (None, _) => {
+            return Err(err(
+                "quota.member_id",
+                "is required with store = \"redis\" unless metering.gateway_id names this gateway"
+                    .into(),
+            ));
+        }
+    };
+    check_gateway_id(&member_id)
+        .map_err(|reason| err("quota.member_id", format!("{member_id:?} {reason}")))?;
+    if q.key_prefix.is_empty()
+        || q.key_prefix.contains(['{', '}'])
+        || q.key_prefix.chars().any(char::is_whitespace)
+    {
+        return Err(err(
+            "quota.key_prefix",
+            format!(
+                "{:?} must be non-empty, without braces or spaces (keys hash-tag the account)",
+                q.key_prefix
+            ),
+        ));
+    }
+    let range = |key: &str, v: u64, lo: u64, hi: u64| -> Result<Duration, ConfigError> {
+        if !(lo..=hi).contains(&v) {
+            return Err(err(key, format!("{v} is outside {lo}..={hi}")));
+        }
+        Ok(Duration::from_millis(v))
+    };
+    let refresh = range("quota.lease_ms", q.lease_ms, 10, 1000)?;
+    let timeout = range("quota.timeout_ms", q.timeout_ms, 1, 5000)?;
+    let membership_ttl = range("quota.membership_ttl_ms", q.membership_ttl_ms, 500, 60_000)?;
+    let probe_interval = range("quota.probe_interval_ms", q.probe_interval_ms, 10, 10_000)?;
+    let mode = |key: &str, v: &str| {
+        FailureMode::parse(v).ok_or_else(|| {
+            err(
+                key,
+                format!("{v:?} is not a failure mode (fail_static, fail_open or fail_closed)"),
+            )
+        })
+    };
+    let failure_default = mode("quota.failure_mode", &q.failure_mode)?;
+    let mut failure_groups = BTreeMap::new();
+    for (g, m) in &q.failure_modes {
+        failure_groups.insert(g.clone(), mode(&format!("quota.failure_modes.{g}"), m)?);
+    }
+    Ok(QuotaSettings::Redis(Box::new(RedisQuota {
+        fleet: crate::fleet::FleetSettings {
+            redis_url: url,
+            member_id,
+            key_prefix: q.key_prefix.clone(),
+            timeout,
+            refresh,
+            slice_refresh: refresh.max(Duration::from_millis(250)),
+            membership_ttl,
+            announce_interval: membership_ttl / 3,
+            probe_interval,
+            slice_idle: Duration::from_secs(10),
+        },
+        member_id_is_gateway_id: q.member_id.is_none(),
+        failure_default,
+        failure_groups,
+    })))
 }
 
 #[cfg(test)]

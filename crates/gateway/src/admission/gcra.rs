@@ -57,8 +57,16 @@ pub fn check(tat: &AtomicU64, now: u64, rate: Rate) -> Verdict {
         };
     }
     let interval = rate.emission_interval_nanos();
+    check_interval(tat, now, interval, rate.burst)
+}
+
+/// [`check`] at an emission interval of `interval` nanoseconds (one call per interval) with
+/// up to `burst` calls back to back: a rate that need not be a whole number of calls per
+/// second (a fleet member's share of a limit, say).
+pub fn check_interval(tat: &AtomicU64, now: u64, interval: u64, burst: u32) -> Verdict {
+    let interval = interval.max(1);
     // Delay-variation tolerance: how far ahead of `now` the TAT may be and still admit.
-    let tolerance = interval.saturating_mul(u64::from(rate.burst.max(1) - 1));
+    let tolerance = interval.saturating_mul(u64::from(burst.max(1) - 1));
     let mut current = tat.load(Ordering::Acquire);
     loop {
         let base = current.max(now);

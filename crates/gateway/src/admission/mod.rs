@@ -4,10 +4,12 @@
 //! key) only; the limit comes from the caller (resolved from the entitlements at this instant),
 //! so quota changes take effect on the next call and never reset a bucket.
 //!
-//! [`QuotaStore`] is the seam for a cluster-wide store: [`LocalStore`] keeps the state in this
-//! process; a store shared by several replicas (through Redis) would implement the same two
-//! calls without changing the request path's shape (see ARCHITECTURE.md, "Cluster-wide quotas").
+//! [`QuotaStore`] is where the state lives: [`LocalStore`] keeps it in this process (one
+//! gateway); [`fleet::FleetStore`] decides from capacity leased from the fleet's Redis, which
+//! the fleet task (`crate::fleet`) refills in the background (see ARCHITECTURE.md, "One quota
+//! across the fleet"). Either way the decision never waits for I/O.
 
+pub mod fleet;
 pub mod gcra;
 pub mod inflight;
 
@@ -53,8 +55,9 @@ pub enum Decision {
 pub trait QuotaStore: Send + Sync + 'static {
     /// One GCRA check of `key` at monotonic `now` under `rate`.
     fn check_rate(&self, key: QuotaKey, rate: Rate, now: u64) -> Verdict;
-    /// Takes one of `limit` concurrency slots of `key`, or returns `None` when all are taken.
-    fn acquire(&self, key: QuotaKey, limit: u32) -> Option<Permit>;
+    /// Takes one of `limit` concurrency slots of `key` at monotonic `now`, or returns `None`
+    /// when all are taken.
+    fn acquire(&self, key: QuotaKey, limit: u32, now: u64) -> Option<Permit>;
     /// Drops state that no longer affects any decision; returns how many entries remain.
     fn sweep(&self, now: u64) -> usize;
     /// Entries currently held (rate buckets plus concurrency counters).
@@ -94,7 +97,7 @@ impl QuotaStore for LocalStore {
         gcra::check(&tat, now, rate)
     }
 
-    fn acquire(&self, key: QuotaKey, limit: u32) -> Option<Permit> {
+    fn acquire(&self, key: QuotaKey, limit: u32, _now: u64) -> Option<Permit> {
         if let Some(slots) = self.slots.get(&key) {
             return slots.try_acquire(limit);
         }
@@ -155,7 +158,7 @@ impl Admission {
                     retry_after_nanos: Some(retry_after_nanos),
                 },
             },
-            Limit::Concurrency(max) => match self.store.acquire(key, max) {
+            Limit::Concurrency(max) => match self.store.acquire(key, max, now) {
                 Some(permit) => Decision::Admitted {
                     permit: Some(permit),
                     remaining: 0,

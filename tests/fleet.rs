@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::servers::Redis;
+use support::servers::{free_port, wait_for_port};
 use support::{Builder, Call, Harness, Reply, count_codes, eventually};
 
-const ENTITLEMENTS_OVERLAY_LATER: &str = "";
+/// The fleet tests offer real load on two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn quota(redis: &Redis, member: &str, extra: &str) -> String {
     format!(
@@ -107,6 +109,7 @@ async fn stop_all(fleet: Vec<Arc<Harness>>) {
 /// what one gateway would, within [190, 200 + burst].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_one_quota_round_robin() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start();
     let fleet = fleet_of(&redis, 3, |_| {}).await;
     settled(&fleet).await;
@@ -134,6 +137,7 @@ async fn three_replicas_admit_one_quota_round_robin() {
 /// The same load all on one replica of three: the same bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_one_quota_all_on_one() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start();
     let fleet = fleet_of(&redis, 3, |_| {}).await;
     settled(&fleet).await;
@@ -166,6 +170,7 @@ fn overlay_today() -> String {
 /// (+ the burst), within 5%.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlay_group_is_shared_too() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start();
     let entitlements = overlay_today();
     let fleet = fleet_of(&redis, 3, |b| b.entitlements = entitlements.clone()).await;
@@ -187,6 +192,7 @@ async fn an_overlay_group_is_shared_too() {
 /// admits at the new limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_bought_applies_fleet_wide_within_a_second() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start();
     let fleet = fleet_of(&redis, 3, |_| {}).await;
     settled(&fleet).await;
@@ -225,7 +231,6 @@ async fn a_pack_bought_applies_fleet_wide_within_a_second() {
             "a replica did not reload"
         );
     }
-    let _ = ENTITLEMENTS_OVERLAY_LATER;
     stop_all(fleet).await;
 }
 
@@ -233,6 +238,7 @@ async fn a_pack_bought_applies_fleet_wide_within_a_second() {
 /// replicas: the backend, shared by all three, never sees more than 10 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_is_shared_across_the_fleet() {
+    let _serial = SERIAL.lock().await;
     let redis = Redis::start();
     let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stub_addr = stub_listener.local_addr().unwrap();
@@ -280,9 +286,290 @@ async fn concurrency_is_shared_across_the_fleet() {
     let max = stats["actions"]["FuseFaceUltra"]["max_in_flight"]
         .as_u64()
         .unwrap();
-    assert!(max <= 10, "the backend saw {max} in flight: {codes:?}");
+    let mut transitions = 0.0;
+    for h in &fleet {
+        transitions += h
+            .metric("tollgate_fleet_transitions_total", &[("to", "degraded")])
+            .await;
+    }
+    assert!(
+        max <= 10,
+        "the backend saw {max} in flight: {codes:?} ({transitions} degraded spells)"
+    );
     // The fleet uses the limit: 4 s of 300 ms calls at up to 10 in flight is up to ~130.
     let admitted = codes.get("success").copied().unwrap_or(0);
     assert!(max >= 8 && admitted >= 60, "max {max}, {codes:?}");
+    stop_all(fleet).await;
+}
+
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+async fn degraded_everywhere(fleet: &[Arc<Harness>], value: f64, within: Duration) -> bool {
+    for h in fleet {
+        if !eventually(within, || async {
+            h.metric("tollgate_fleet_degraded", &[]).await == value
+        })
+        .await
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Offers 200 calls/s round-robin in the background, recording when each was sent, how
+/// long it took, and whether it was admitted.
+fn background_load(
+    fleet: &[Arc<Harness>],
+    call: &Call,
+    seconds: u64,
+) -> tokio::task::JoinHandle<Vec<(Instant, Duration, Reply)>> {
+    let fleet = fleet.to_vec();
+    let call = call.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..(200 * seconds) as usize {
+            ticker.tick().await;
+            let h = Arc::clone(&fleet[i % fleet.len()]);
+            let c = call.clone();
+            set.spawn(async move {
+                let sent = Instant::now();
+                let r = h.call(&c).await;
+                (sent, sent.elapsed(), r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out.sort_by_key(|(t, _, _)| *t);
+        out
+    })
+}
+
+fn admitted_between(replies: &[(Instant, Duration, Reply)], from: Instant, to: Instant) -> usize {
+    replies
+        .iter()
+        .filter(|(t, _, r)| *t >= from && *t < to && r.is_success())
+        .count()
+}
+
+/// Redis frozen (SIGSTOP) for 10 s under load: every call is still answered as quickly (the
+/// request path never waits for Redis), the fleet admits at most N × (limit ÷ N) + burst,
+/// the degraded gauge reads 1, and 0 again within a second of SIGCONT. Then Redis killed
+/// and restarted empty: the same, and the quota is exact again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_or_restarted_empty_degrades_to_static_shares() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = Redis::start();
+    let fleet = fleet_of(&redis, 3, |_| {}).await;
+    settled(&fleet).await;
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDsubB");
+    let load = background_load(&fleet, &call, 30);
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let paused = Instant::now();
+    redis.pause();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        degraded_everywhere(&fleet, 1.0, Duration::from_secs(1)).await,
+        "not degraded while Redis is frozen"
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let resumed = Instant::now();
+    redis.resume();
+    assert!(
+        degraded_everywhere(&fleet, 0.0, Duration::from_secs(1)).await,
+        "still degraded a second after SIGCONT"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let killed = Instant::now();
+    redis.down();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(degraded_everywhere(&fleet, 1.0, Duration::from_secs(1)).await);
+    redis.up();
+    let restarted = Instant::now();
+    assert!(
+        degraded_everywhere(&fleet, 0.0, Duration::from_secs(1)).await,
+        "still degraded a second after Redis came back"
+    );
+    let replies = load.await.unwrap();
+    let end = replies.last().unwrap().0;
+
+    for (_, _, r) in &replies {
+        assert!(
+            r.is_success() || r.error_code() == Some("RequestLimitExceeded"),
+            "{:?}",
+            r.json
+        );
+    }
+    // The request path never waited for Redis: no call took anywhere near the freeze.
+    let before: Vec<Duration> = replies
+        .iter()
+        .filter(|(t, _, _)| *t < paused)
+        .map(|(_, d, _)| *d)
+        .collect();
+    let during: Vec<Duration> = replies
+        .iter()
+        .filter(|(t, _, _)| *t >= paused && *t < resumed)
+        .map(|(_, d, _)| *d)
+        .collect();
+    let slowest = during.iter().max().copied().unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a call took {slowest:?} while Redis was frozen"
+    );
+    eprintln!(
+        "p99 before the freeze {:?}, during {:?}",
+        p99(before),
+        p99(during)
+    );
+    // While frozen: each replica admits a third of the limit.
+    let secs = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64();
+    let frozen = admitted_between(&replies, paused, resumed);
+    let bound = (20.0 * secs(paused, resumed)).ceil() as usize + 20;
+    assert!(
+        frozen <= bound && frozen as f64 >= 0.8 * 20.0 * secs(paused, resumed),
+        "{frozen} admitted in the {:.1} s Redis was frozen (bound {bound})",
+        secs(paused, resumed)
+    );
+    // Killed and restarted empty: static shares meanwhile, then exact again.
+    let down = admitted_between(&replies, killed, restarted);
+    assert!(down <= (20.0 * secs(killed, restarted)).ceil() as usize + 20);
+    let after_from = restarted + Duration::from_secs(1);
+    let after = admitted_between(&replies, after_from, end);
+    let span = secs(after_from, end);
+    // The bound of one bucket (rate × window + burst) plus a lease per replica (2 calls at
+    // 20 QPS: leased calls are counted when reserved, and used up to a lease TTL later).
+    assert!(
+        after as f64 >= 0.9 * 20.0 * span && after as f64 <= 20.0 * span + 20.0 + 3.0 * 2.0,
+        "{after} admitted in the {span:.1} s after the restart"
+    );
+    stop_all(fleet).await;
+}
+
+/// A gateway run as its own process, SIGKILLed while it holds FuseFaceUltra slots: its
+/// slots come back to the fleet within the membership TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_frees_its_slots_within_the_ttl() {
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start();
+    let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub_addr = stub_listener.local_addr().unwrap();
+    tokio::spawn(tollgate_stub::serve(
+        stub_listener,
+        tollgate_stub::Stub::new(Default::default()),
+        std::future::pending(),
+    ));
+    let ttl_ms = 1500;
+    let fleet = fleet_of(&redis, 2, |b| {
+        b.upstream = Some(stub_addr);
+        b.quota.push_str(&format!("membership_ttl_ms = {ttl_ms}\n"));
+    })
+    .await;
+    // The third member: a process of its own.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["catalog.toml", "entitlements.toml", "credentials.toml"] {
+        std::fs::copy(fleet[0].config_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let (api_port, admin_port) = (free_port(), free_port());
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\napi = \"127.0.0.1:{api_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n[upstream.default]\nurl = \"http://{stub_addr}\"\n[metering]\nsink = \"file\"\npath = \"{}\"\n[quota]\n{}membership_ttl_ms = {ttl_ms}\n[log]\nlevel = \"warn\"\n",
+            dir.path().join("usage.jsonl").display(),
+            quota(&redis, "gw-proc", "")
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_port(api_port, Duration::from_secs(10)));
+    let proc_addr: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    for h in &fleet {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                h.metric("tollgate_fleet_members", &[]).await == 3.0
+            })
+            .await
+        );
+    }
+    // Fill the process's slots with calls that outlive it (30 s at the backend).
+    let slow =
+        Call::new("facefusion", "FuseFaceUltra", "AKIDmain").header("X-Stub-Latency-Ms", "30000");
+    let mut holders = Vec::new();
+    for _ in 0..40 {
+        let req = fleet[0].request_for(proc_addr, &slow);
+        holders.push(tokio::spawn(async move {
+            use hyper_util::client::legacy::Client;
+            let client: Client<_, http_body_util::Full<bytes::Bytes>> =
+                Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(hyper_util::client::legacy::connect::HttpConnector::new());
+            // Cut when the process dies: that is the point.
+            let _ = client.request(req).await;
+        }));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The process holds what the fleet let it take; the other two have nothing in flight.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = fleet[0].get_text(stub_addr, "/stub/stats").await.1;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let held = stats["actions"]["FuseFaceUltra"]["in_flight"]
+        .as_u64()
+        .unwrap();
+    assert!((5..=10).contains(&held), "the process holds {held}");
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    for h in holders {
+        h.abort();
+    }
+    // The slots come back: the two live gateways together reach 10 in flight again (counted
+    // by the gateways: the backend may still be running the dead one's orphaned calls).
+    let quick =
+        Call::new("facefusion", "FuseFaceUltra", "AKIDmain").header("X-Stub-Latency-Ms", "8000");
+    let mut got = Vec::new();
+    let deadline = killed + Duration::from_millis(ttl_ms) * 4;
+    let mut in_flight = 0.0;
+    while Instant::now() < deadline {
+        for h in &fleet {
+            let h = Arc::clone(h);
+            let c = quick.clone();
+            got.push(tokio::spawn(async move { h.call(&c).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        in_flight = 0.0;
+        for h in &fleet {
+            in_flight += h
+                .metric(
+                    "tollgate_concurrency_in_flight",
+                    &[("group", "facefusion.fuse_ultra")],
+                )
+                .await;
+        }
+        if in_flight >= 10.0 {
+            break;
+        }
+    }
+    let freed_after = killed.elapsed();
+    eprintln!("the live members held {in_flight} slots {freed_after:?} after the kill");
+    assert!(
+        in_flight == 10.0,
+        "{in_flight} in flight {freed_after:?} after the kill (membership TTL {ttl_ms} ms)"
+    );
+    for t in got {
+        t.abort();
+    }
     stop_all(fleet).await;
 }

@@ -341,8 +341,8 @@ pub struct SliceAsk {
     pub limit: u32,
     pub in_use: u32,
     pub demand: u32,
-    /// The cap this member applies until the answer arrives (its slice, or 0 unregistered:
-    /// an entry with a request queued admits nothing from the static share).
+    /// The cap this member applies until the answer arrives: its slice; unregistered, its
+    /// static share if settled (an entry with a request queued admits nothing more from it).
     pub held: u32,
 }
 
@@ -364,9 +364,10 @@ impl SliceState {
         !self.pending.swap(true, Ordering::AcqRel)
     }
 
-    /// The report to send now: what is in flight, and the slots this member would use (what it
-    /// used at its peak, plus what it refused, plus one so the next call need not wait).
-    pub fn ask(&self) -> SliceAsk {
+    /// The report to send now: what is in flight, the slots this member would use (what it
+    /// used at its peak, plus what it refused, plus one so the next call need not wait), and
+    /// the cap it applies until the answer comes.
+    pub fn ask(&self, shared: &FleetShared) -> SliceAsk {
         let limit = self.limit.load(Ordering::Acquire);
         let in_use = self.slots.in_flight();
         let peak = self.peak.swap(in_use, Ordering::AcqRel).max(in_use);
@@ -376,8 +377,12 @@ impl SliceState {
         } else {
             (peak + refused + 1).min(limit)
         };
+        // Unregistered, a settled member may have admitted up to its static share (racing
+        // this report): the entry must cover that much.
         let held = if self.is_registered() {
             self.slice()
+        } else if shared.is_settled() {
+            limit / shared.members_wide()
         } else {
             0
         };
@@ -387,6 +392,14 @@ impl SliceState {
             demand,
             held,
         }
+    }
+
+    /// After a degraded spell this member's entry may have lapsed (others then keep only a
+    /// static share for it): apply no more than that until the next answer.
+    pub fn clamp_to_share(&self, shared: &FleetShared) {
+        let share = self.limit.load(Ordering::Acquire) / shared.members_wide();
+        let s = self.slice.load(Ordering::Acquire);
+        self.slice.store(s.min(share), Ordering::Release);
     }
 
     /// Redis granted `slice` (`registered`: this member holds an entry).

@@ -219,6 +219,9 @@ pub struct FleetTask {
     members_script: Script,
     /// Members by when this one last saw them live.
     seen: HashMap<String, Instant>,
+    /// The members live in the last announce's answer (the list the slice script gets: a
+    /// member missing from it whose entry lapsed is dead, and its slots are free).
+    current: Vec<String>,
     /// When this member's current healthy spell first announced it.
     announced_since: Option<Instant>,
     /// Keys whose lease is out or which wait for `not_before` (refunds, re-asks).
@@ -252,6 +255,7 @@ impl FleetTask {
             slice: Script::new(SLICE_LUA),
             members_script: Script::new(MEMBERS_LUA),
             seen: HashMap::new(),
+            current: Vec::new(),
             announced_since: None,
             leased: FxHashMap::default(),
             waiting: BinaryHeap::new(),
@@ -355,6 +359,11 @@ impl FleetTask {
             .inc();
         self.announced_since = None;
         self.shared.set_settled(false);
+        let mut entries = Vec::new();
+        self.store.slice_entries(&mut entries);
+        for (_, s) in entries {
+            s.clamp_to_share(&self.shared);
+        }
         self.shared.set_healthy();
     }
 
@@ -413,8 +422,10 @@ impl FleetTask {
         }
         let now = Instant::now();
         let mut parts = reply.split(|s| s.is_empty());
+        self.current.clear();
         for m in parts.next().unwrap_or_default() {
             self.seen.insert(m.clone(), now);
+            self.current.push(m.clone());
         }
         self.seen.insert(self.settings.member_id.clone(), now);
         let ttl = self.settings.membership_ttl;
@@ -431,7 +442,7 @@ impl FleetTask {
             if let Some(k) = parse_contended(c) {
                 let s = self.store.slice_entry(k);
                 if !s.is_registered() && s.claim() {
-                    let ask = s.ask();
+                    let ask = s.ask(&self.shared);
                     self.pending.push(Request::Slice(k, s, ask, false));
                 }
             }
@@ -452,7 +463,7 @@ impl FleetTask {
                     self.pending.push(Request::Rate(k, l, ask));
                 }
                 Wanted::Slice(k, s) => {
-                    let ask = s.ask();
+                    let ask = s.ask(&self.shared);
                     self.pending.push(Request::Slice(k, s, ask, false));
                 }
             }
@@ -497,7 +508,7 @@ impl FleetTask {
                 continue;
             }
             if (s.is_registered() || s.in_flight() > 0) && s.claim() {
-                let ask = s.ask();
+                let ask = s.ask(&self.shared);
                 self.pending.push(Request::Slice(k, s, ask, leave));
             }
         }
@@ -514,7 +525,7 @@ impl FleetTask {
         };
         let prefix = self.settings.key_prefix.as_str();
         let ttl_ms = self.settings.membership_ttl.as_millis() as u64;
-        let live = self.live(self.settings.membership_ttl);
+        let live: Vec<&str> = self.current.iter().map(String::as_str).collect();
         let members_wide = self.shared.members_wide().max(live.len() as u32);
         let member = self.settings.member_id.as_str();
         let (rate, slice) = (&self.rate, &self.slice);
@@ -658,7 +669,7 @@ impl FleetTask {
         self.store.slice_entries(&mut entries);
         for (k, s) in entries {
             if s.is_registered() && s.claim() {
-                let ask = s.ask();
+                let ask = s.ask(&self.shared);
                 self.pending.push(Request::Slice(k, s, ask, true));
             }
         }

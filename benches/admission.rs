@@ -1,6 +1,7 @@
 //! Admission benches: the decision on one hot key, across 1 million active keys, and from two
 //! threads on different keys and on the same key, each against a naive `Mutex<HashMap>`
-//! baseline running the same GCRA behind the same trait (pingora-limits' bench shape). Plus
+//! baseline running the same GCRA behind the same trait (pingora-limits' bench shape), and
+//! for the fleet store deciding from its leases (`fleet_leases`). Plus
 //! every synchronous phase of the request path, through the gateway itself.
 //!
 //! Run: `cargo bench --bench admission`. Figures go in loadtest/RESULTS.md as ratios.
@@ -18,6 +19,9 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_core::catalog::GroupKey;
 use tollgate_core::clock::{Clock, FakeClock};
+use tollgate_gateway::admission::fleet::{
+    FailureMode, FleetShared, FleetStore, FleetTuning, Wanted,
+};
 use tollgate_gateway::admission::{LocalStore, QuotaKey, QuotaStore, Rate, gcra};
 
 /// What both stores implement: one rate check.
@@ -52,6 +56,51 @@ impl Limiter for MutexMap {
     }
 }
 
+/// The fleet store (`[quota] store = "redis"`), deciding from leases. Its refills are
+/// answered in process every 64 decisions, as the fleet task would answer them from Redis:
+/// the decision itself never touches Redis, so this is what it costs on the request path.
+struct FleetLeases {
+    store: FleetStore,
+    shared: Arc<FleetShared>,
+    buf: Mutex<Vec<Wanted>>,
+    calls: AtomicU64,
+}
+
+impl FleetLeases {
+    fn new() -> FleetLeases {
+        let shared = FleetShared::new(FleetTuning {
+            lease_nanos: 100_000_000,
+            // Leases outlive the bench's simulated clock (it advances 100 ns a call).
+            lease_ttl_nanos: u64::MAX / 4,
+            warm_nanos: u64::MAX / 4,
+            failure_default: FailureMode::Static,
+            failure_groups: Default::default(),
+        });
+        shared.set_healthy();
+        shared.set_members(3, 3);
+        FleetLeases {
+            store: FleetStore::new(Arc::clone(&shared)),
+            shared,
+            buf: Mutex::new(Vec::with_capacity(1 << 20)),
+            calls: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Limiter for FleetLeases {
+    fn check(&self, key: QuotaKey, rate: Rate, now: u64) -> bool {
+        let ok = matches!(
+            self.store.check_rate(key, rate, now),
+            gcra::Verdict::Admitted { .. }
+        );
+        if self.calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(64) {
+            let mut buf = self.buf.lock().unwrap();
+            self.shared.grant_all_locally(&mut buf, now);
+        }
+        ok
+    }
+}
+
 fn key(i: u64) -> QuotaKey {
     QuotaKey {
         uin: 100_000_000_000 + i,
@@ -68,6 +117,7 @@ fn stores() -> Vec<(&'static str, Arc<dyn Limiter>)> {
     vec![
         ("dashmap_gcra", Arc::new(LocalStore::new())),
         ("mutex_hashmap", Arc::new(MutexMap::default())),
+        ("fleet_leases", Arc::new(FleetLeases::new())),
     ]
 }
 

@@ -183,6 +183,80 @@ fn tc3_verification_and_the_billability_scan_allocate_nothing() {
     assert_eq!(allocations, 0, "allocations scanning a 256 KiB answer");
 }
 
+/// The fleet store decides without allocating too: rate calls taken from leases and
+/// concurrency slots from slices, refills queued for the fleet task (answered here in
+/// process, as Redis would), admitted and refused alike.
+#[test]
+fn the_fleet_store_decides_without_allocating() {
+    use tollgate_core::entitlement::Limit;
+    use tollgate_gateway::admission::fleet::{FailureMode, FleetShared, FleetStore, FleetTuning};
+    use tollgate_gateway::admission::{Decision, QuotaStore};
+    let shared = FleetShared::new(FleetTuning {
+        lease_nanos: 100_000_000,
+        lease_ttl_nanos: 200_000_000,
+        warm_nanos: 1_000_000_000,
+        failure_default: FailureMode::Static,
+        failure_groups: Default::default(),
+    });
+    shared.set_healthy();
+    shared.set_members(3, 3);
+    shared.set_settled(true);
+    let store = Arc::new(FleetStore::new(Arc::clone(&shared)));
+    let admission = Admission::new(Arc::clone(&store) as Arc<dyn QuotaStore>, 1000);
+    let ocr = GroupKey::of_group("ocr.GeneralBasicOCR");
+    let fuse = GroupKey::of_group("facefusion.fuse_ultra");
+    let keys = [
+        (QuotaKey { uin: 1, group: ocr }, Limit::Rate(20)),
+        (QuotaKey { uin: 2, group: ocr }, Limit::Rate(2000)),
+        (
+            QuotaKey {
+                uin: 1,
+                group: fuse,
+            },
+            Limit::Concurrency(10),
+        ),
+    ];
+    let mut buf = Vec::with_capacity(64);
+    let mut now = 1_000_000_000u64;
+    // First calls make the entries (per key, not per call).
+    for (k, l) in keys {
+        let _ = admission.decide(k, l, now);
+        shared.grant_all_locally(&mut buf, now);
+    }
+    let mut held = Vec::with_capacity(16);
+    let ((admitted, refused), allocations, _) = counted(|| {
+        let (mut admitted, mut refused) = (0u32, 0u32);
+        for i in 0..30_000usize {
+            now += 1_000_000; // 1,000 calls/s over the three keys
+            let (k, l) = keys[i % 3];
+            match admission.decide(k, l, now) {
+                Decision::Admitted { permit, .. } => {
+                    admitted += 1;
+                    if let Some(p) = permit {
+                        held.push(p);
+                    }
+                }
+                Decision::OverLimit { .. } => refused += 1,
+            }
+            if held.len() >= 8 {
+                held.clear();
+            }
+            if i % 50 == 0 {
+                shared.grant_all_locally(&mut buf, now);
+            }
+        }
+        (admitted, refused)
+    });
+    assert!(
+        admitted > 1_000 && refused > 1_000,
+        "{admitted} admitted, {refused} refused"
+    );
+    assert_eq!(
+        allocations, 0,
+        "allocations in 30,000 fleet-store decisions"
+    );
+}
+
 /// What one active (account, group) bucket costs in memory, table overhead included.
 #[test]
 fn memory_per_active_bucket() {

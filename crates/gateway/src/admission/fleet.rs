@@ -173,6 +173,25 @@ impl FleetShared {
         std::mem::swap(&mut *q, into);
     }
 
+    /// Answers everything queued as a Redis with room for all of it would (each rate key a
+    /// whole lease, each concurrency key its demand), without Redis: for benches and tests of
+    /// the decision itself. `buf` is reused, so once warm this allocates nothing.
+    pub fn grant_all_locally(&self, buf: &mut Vec<Wanted>, now: u64) {
+        self.take_wanted(buf);
+        for w in buf.drain(..) {
+            match w {
+                Wanted::Rate(_, l) => {
+                    let ask = l.ask(&self.tuning, now);
+                    l.granted(&self.tuning, now, ask.want, 0);
+                }
+                Wanted::Slice(_, s) => {
+                    let ask = s.ask(self);
+                    s.granted(ask.demand.max(ask.in_use), true);
+                }
+            }
+        }
+    }
+
     /// Resolves when admission wants something.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.wake.notified()

@@ -4,8 +4,8 @@
 Collects the expressions of deploy/prometheus/alerts.yml and of the Grafana dashboard (panel
 targets, annotation queries, template variable queries), then:
 
-  1. every metric name they use must be one that the gateway (src/metrics.rs) or the
-     settlement consumer (src/settlement/consumer.rs) registers (histograms with their
+  1. every metric name they use must be one that the gateway (crates/gateway/src/metrics.rs, crates/gateway/src/fleet/mod.rs) or the
+     settlement consumer (crates/settlement/src/consumer.rs) registers (histograms with their
      _bucket/_sum/_count series), or Prometheus' own `up`;
   2. every selector of such a metric must select the job that scrapes its component: the
      gateway's job="tollgate" / the consumer's job="tollgate-consumer" in alerts.yml, and the
@@ -37,8 +37,10 @@ DASHBOARD = DEPLOY / "grafana" / "tollgate-dashboard.json"
 # Where each component registers its metrics, and the job that scrapes it (alerts.yml, then
 # the dashboard's variable).
 COMPONENTS = {
-    "gateway": (REPO / "src" / "metrics.rs", 'job="tollgate"', 'job=~"$job"'),
-    "consumer": (REPO / "src" / "settlement" / "consumer.rs",
+    "gateway": ([REPO / "crates" / "gateway" / "src" / "metrics.rs",
+                 REPO / "crates" / "gateway" / "src" / "fleet" / "mod.rs"],
+                'job="tollgate"', 'job=~"$job"'),
+    "consumer": ([REPO / "crates" / "settlement" / "src" / "consumer.rs"],
                  'job="tollgate-consumer"', 'job=~"$consumer_job"'),
 }
 
@@ -62,10 +64,13 @@ TOKEN = re.compile(
 def exported_metrics() -> dict:
     """Series name -> component ("gateway", "consumer"); `up` -> None (any job)."""
     owner = {}
-    for component, (source, _, _) in COMPONENTS.items():
-        names = set(re.findall(r'"(tollgate_[a-z0-9_]+)"', source.read_text(encoding="utf-8")))
-        if not names:
-            sys.exit(f"no metric names found in {source}")
+    for component, (sources, _, _) in COMPONENTS.items():
+        names = set()
+        for source in sources:
+            found = set(re.findall(r'"(tollgate_[a-z0-9_]+)"', source.read_text(encoding="utf-8")))
+            if not found:
+                sys.exit(f"no metric names found in {source}")
+            names |= found
         for n in names:
             for series in (n, n + "_bucket", n + "_sum", n + "_count"):
                 if owner.get(series, component) != component:

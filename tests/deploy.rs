@@ -134,6 +134,29 @@ async fn the_dashboard_and_alerts_name_only_exported_metrics() {
     names.extend(exported(
         &tollgate_settlement::consumer::ConsumerMetrics::new().render(),
     ));
+    // The fleet store's metrics exist with `[quota] store = "redis"` only.
+    {
+        let registry = prometheus::Registry::new();
+        let m = tollgate_gateway::fleet::FleetMetrics::new(&registry);
+        for op in ["rate", "slice", "members", "probe"] {
+            m.commands.with_label_values(&[op]).inc();
+        }
+        for kind in ["timeout", "connection", "script"] {
+            m.errors.with_label_values(&[kind]).inc();
+        }
+        for to in ["degraded", "healthy"] {
+            m.transitions.with_label_values(&[to]).inc();
+        }
+        for kind in ["granted", "debt", "refund"] {
+            m.leased_calls.with_label_values(&[kind]).inc();
+        }
+        m.round_seconds.observe(0.001);
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .unwrap();
+        names.extend(exported(&text));
+    }
 
     let mut missing = vec![];
     for (path, text) in deploy_texts() {

@@ -93,7 +93,11 @@ impl Limiter for FleetLeases {
             self.store.check_rate(key, rate, now),
             gcra::Verdict::Admitted { .. }
         );
-        if self.calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(64) {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(64)
+        {
             let mut buf = self.buf.lock().unwrap();
             self.shared.grant_all_locally(&mut buf, now);
         }

@@ -193,7 +193,7 @@ fn the_fleet_store_decides_without_allocating() {
     use tollgate_gateway::admission::{Decision, QuotaStore};
     let shared = FleetShared::new(FleetTuning {
         lease_nanos: 100_000_000,
-        lease_ttl_nanos: 200_000_000,
+        lease_idle_nanos: 200_000_000,
         warm_nanos: 1_000_000_000,
         failure_default: FailureMode::Static,
         failure_groups: Default::default(),

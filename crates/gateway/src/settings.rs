@@ -120,7 +120,7 @@ impl Default for RawQuota {
             member_id: None,
             key_prefix: "tollgate".into(),
             lease_ms: 100,
-            timeout_ms: 50,
+            timeout_ms: 100,
             membership_ttl_ms: 3000,
             probe_interval_ms: 200,
             failure_mode: "fail_static".into(),
@@ -155,7 +155,7 @@ impl RedisQuota {
         let lease = self.fleet.refresh.as_nanos() as u64;
         crate::admission::fleet::FleetTuning {
             lease_nanos: lease,
-            lease_ttl_nanos: 2 * lease,
+            lease_idle_nanos: 2 * lease,
             warm_nanos: 1_000_000_000,
             failure_default: self.failure_default,
             failure_groups: self

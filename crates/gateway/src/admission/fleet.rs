@@ -8,7 +8,7 @@
 //! **Rate groups** take calls from a *lease*: calls reserved atomically in the fleet's GCRA
 //! bucket in Redis (`fleet/rate.lua`), so a leased call is already counted fleet-wide and the
 //! fleet never admits more than the bucket allows. A lease is sized rate × `lease` (about
-//! 100 ms of calls), refilled at half, and given back when it expires unused. A cold key (no
+//! 100 ms of calls), refilled at half, and given back if its key goes quiet. A cold key (no
 //! lease in the last second) admits from this replica's *static share* (limit ÷ N) and
 //! charges those calls to the bucket with the next lease (its *debt*), so the first call of a
 //! key never waits and a key nobody calls costs nothing.
@@ -64,8 +64,9 @@ impl FailureMode {
 pub struct FleetTuning {
     /// A lease holds this long's worth of calls at the limit (and at most the burst).
     pub lease_nanos: u64,
-    /// A lease not used up within this is given back.
-    pub lease_ttl_nanos: u64,
+    /// A lease whose key has had no call for this long gives its calls back (a quiet replica
+    /// does not sit on capacity the others could use).
+    pub lease_idle_nanos: u64,
     /// A key that had an answer from Redis within this is warm: an empty lease refuses
     /// instead of falling back to the static share.
     pub warm_nanos: u64,
@@ -181,7 +182,7 @@ impl FleetShared {
         for w in buf.drain(..) {
             match w {
                 Wanted::Rate(_, l) => {
-                    let ask = l.ask(&self.tuning, now);
+                    let ask = l.ask(&self.tuning, self.members(), now);
                     l.granted(&self.tuning, now, ask.want, 0);
                 }
                 Wanted::Slice(_, s) => {
@@ -206,10 +207,11 @@ impl FleetShared {
 /// One (account, rate group) on this replica.
 #[derive(Debug, Default)]
 pub struct RateLease {
-    /// Calls of the current lease not yet used.
+    /// Calls of the current lease not yet used. They were counted in the fleet's bucket when
+    /// reserved, so they stay good until used or given back: at most one and a half leases
+    /// per replica are outstanding (a refill at half adds one), which bounds how far a window
+    /// can exceed the bucket's own bound.
     granted: AtomicU32,
-    /// Monotonic nanos until which the lease may be used.
-    expires: AtomicU64,
     /// Calls admitted from the static share, not yet charged to the fleet's bucket.
     debt: AtomicU32,
     /// The static share's own GCRA (cold keys and `fail_static`).
@@ -249,11 +251,8 @@ fn unpack(v: u64) -> Rate {
 }
 
 impl RateLease {
-    /// Takes one leased call if the lease has one and is still valid.
-    fn take(&self, now: u64) -> Option<u32> {
-        if self.expires.load(Ordering::Acquire) <= now {
-            return None;
-        }
+    /// Takes one leased call if the lease has one.
+    fn take(&self) -> Option<u32> {
         let mut g = self.granted.load(Ordering::Acquire);
         while g > 0 {
             match self
@@ -269,32 +268,44 @@ impl RateLease {
 
     /// The request to send now: the lease to reserve, the debt to charge, and what an expired
     /// lease gives back. Clears the debt and the refund (they travel with the request).
-    pub fn ask(&self, tuning: &FleetTuning, now: u64) -> RateAsk {
+    pub fn ask(&self, tuning: &FleetTuning, members: u32, now: u64) -> RateAsk {
         let rate = unpack(self.rate.load(Ordering::Acquire));
-        let refund = if self.expires.load(Ordering::Acquire) <= now {
+        let refund = if self.is_quiet(tuning, now) {
             self.granted.swap(0, Ordering::AcqRel)
         } else {
             0
         };
+        // Calls admitted on this replica's own (a cold key's first calls, or a degraded
+        // spell's fail_static share) are charged to the bucket, up to this replica's share of
+        // one burst: the fleet's charge is then at most a burst, enough that short spells do
+        // not each add one, without a long outage refusing for as long after it.
+        let n = members.max(1);
+        let debt = self
+            .debt
+            .swap(0, Ordering::AcqRel)
+            .min((rate.burst / n).max(1));
         RateAsk {
             rate,
             want: tuning.lease_size(rate),
-            debt: self.debt.swap(0, Ordering::AcqRel),
+            debt,
             refund,
         }
     }
 
-    /// True when the request to send now would carry nothing but an expired lease's refund.
-    pub fn expired_with_calls(&self, now: u64) -> bool {
-        self.expires.load(Ordering::Acquire) <= now && self.granted.load(Ordering::Acquire) > 0
+    /// No call for `lease_idle`.
+    fn is_quiet(&self, tuning: &FleetTuning, now: u64) -> bool {
+        self.touched.load(Ordering::Acquire) + tuning.lease_idle_nanos <= now
+    }
+
+    /// The key went quiet with leased calls left: they should be given back.
+    pub fn quiet_with_calls(&self, tuning: &FleetTuning, now: u64) -> bool {
+        self.is_quiet(tuning, now) && self.granted.load(Ordering::Acquire) > 0
     }
 
     /// Redis reserved `granted` calls; `wait_nanos` until a whole lease would fit.
     pub fn granted(&self, tuning: &FleetTuning, now: u64, granted: u32, wait_nanos: u64) {
         if granted > 0 {
             self.granted.fetch_add(granted, Ordering::AcqRel);
-            self.expires
-                .store(now + tuning.lease_ttl_nanos, Ordering::Release);
         }
         self.not_before.store(now + wait_nanos, Ordering::Release);
         self.warm_until
@@ -328,11 +339,11 @@ impl RateLease {
         !self.pending.swap(true, Ordering::AcqRel)
     }
 
-    /// No call for 10 s and nothing leased, owed or asked: the entry may be forgotten.
+    /// No call for 10 s and nothing leased or asked: the entry may be forgotten.
     pub fn is_idle(&self, now: u64) -> bool {
+        // Debt left on a key quiet for 10 s no longer matters: its bucket has rested since.
         self.touched.load(Ordering::Acquire) + 10 * NANOS_PER_SECOND <= now
             && self.granted.load(Ordering::Acquire) == 0
-            && self.debt.load(Ordering::Acquire) == 0
             && !self.pending.load(Ordering::Acquire)
     }
 }
@@ -533,7 +544,13 @@ impl QuotaStore for FleetStore {
         lease.touched.store(now, Ordering::Release);
         if !self.shared.is_healthy() {
             return match self.shared.tuning.failure_mode(key.group) {
-                FailureMode::Static => self.share_check(&lease, rate, now),
+                FailureMode::Static => {
+                    let verdict = self.share_check(&lease, rate, now);
+                    if let Verdict::Admitted { .. } = verdict {
+                        lease.debt.fetch_add(1, Ordering::AcqRel);
+                    }
+                    verdict
+                }
                 FailureMode::Open => Verdict::Admitted {
                     remaining: rate.burst,
                 },
@@ -542,9 +559,10 @@ impl QuotaStore for FleetStore {
                 },
             };
         }
-        if let Some(remaining) = lease.take(now) {
-            // Refill at half, so a hot key almost never finds its lease empty.
-            if remaining <= self.shared.tuning.lease_size(rate) / 2 {
+        if let Some(remaining) = lease.take() {
+            // Refill at half, so a hot key almost never finds its lease empty; unless Redis
+            // said no lease fits yet (a key at its limit would otherwise ask per few calls).
+            if remaining <= self.shared.tuning.lease_size(rate) / 2 && lease.not_before() <= now {
                 self.want_rate(key, &lease);
             }
             return Verdict::Admitted { remaining };
@@ -630,5 +648,139 @@ impl QuotaStore for FleetStore {
 
     fn n_entries(&self) -> usize {
         self.rates.len() + self.slices.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn healthy_store() -> (FleetStore, Arc<FleetShared>) {
+        let shared = FleetShared::new(FleetTuning {
+            lease_nanos: 100 * MS,
+            lease_idle_nanos: 200 * MS,
+            warm_nanos: 1000 * MS,
+            failure_default: FailureMode::Static,
+            failure_groups: FxHashMap::default(),
+        });
+        shared.set_healthy();
+        shared.set_members(3, 3);
+        shared.set_settled(true);
+        (FleetStore::new(Arc::clone(&shared)), shared)
+    }
+
+    fn key() -> QuotaKey {
+        QuotaKey {
+            uin: 7,
+            group: GroupKey::of_group("ocr.GeneralBasicOCR"),
+        }
+    }
+
+    fn queued(shared: &FleetShared) -> Vec<Wanted> {
+        let mut v = Vec::new();
+        shared.take_wanted(&mut v);
+        v
+    }
+
+    /// A key used well below its limit keeps its lease: leased calls are counted already, so
+    /// they stay good however slowly they are used (a lease that lapsed under a key still in
+    /// use refused calls within its quota).
+    #[test]
+    fn a_slow_key_keeps_its_lease() {
+        let (store, shared) = healthy_store();
+        let rate = Rate::with_burst_window(2000, 1000);
+        let mut now = 1000 * MS;
+        let mut refused = 0;
+        // 100 calls/s on 2,000 QPS for 3 s; Redis (here: in process) answers every request.
+        for _ in 0..300 {
+            now += 10 * MS;
+            if let Verdict::Limited { .. } = store.check_rate(key(), rate, now) {
+                refused += 1;
+            }
+            shared.grant_all_locally(&mut Vec::new(), now);
+        }
+        assert_eq!(refused, 0);
+        // One lease (200 calls) and its refill at half carried all 300 calls.
+        let lease = store.rate_entry(key());
+        assert!(lease.granted.load(Ordering::Acquire) <= 300);
+    }
+
+    /// A key gone quiet gives its leased calls back (and only then).
+    #[test]
+    fn a_quiet_key_gives_its_lease_back() {
+        let (store, shared) = healthy_store();
+        let rate = Rate::with_burst_window(2000, 1000);
+        let now = 1000 * MS;
+        assert!(matches!(
+            store.check_rate(key(), rate, now),
+            Verdict::Admitted { .. }
+        ));
+        shared.grant_all_locally(&mut Vec::new(), now);
+        let lease = store.rate_entry(key());
+        assert!(!lease.quiet_with_calls(&shared.tuning, now + 100 * MS));
+        assert!(lease.quiet_with_calls(&shared.tuning, now + 200 * MS));
+        let ask = lease.ask(&shared.tuning, 3, now + 200 * MS);
+        assert_eq!(ask.refund, 200);
+        assert_eq!(lease.granted.load(Ordering::Acquire), 0);
+    }
+
+    /// At its limit, a key asks once per lease: after Redis said "not before", taking the
+    /// lease's last calls queues nothing until then.
+    #[test]
+    fn a_key_at_its_limit_does_not_ask_per_call() {
+        let (store, shared) = healthy_store();
+        let rate = Rate::with_burst_window(2000, 1000);
+        let now = 1000 * MS;
+        let _ = store.check_rate(key(), rate, now);
+        for w in queued(&shared) {
+            let Wanted::Rate(_, l) = w else { panic!() };
+            let _ = l.ask(&shared.tuning, 3, now);
+            // Redis had room for 10 of the 200 asked; a whole lease fits in 95 ms.
+            l.granted(&shared.tuning, now, 10, 95 * MS);
+        }
+        for i in 0..10 {
+            assert!(matches!(
+                store.check_rate(key(), rate, now + i),
+                Verdict::Admitted { .. }
+            ));
+        }
+        assert!(
+            queued(&shared).is_empty(),
+            "asked before Redis said it could"
+        );
+        // Spent: refused, and the refusal is remembered for the re-ask at `not_before`.
+        assert!(matches!(
+            store.check_rate(key(), rate, now + 11),
+            Verdict::Limited { .. }
+        ));
+        assert!(queued(&shared).is_empty());
+        assert!(store.rate_entry(key()).take_demand());
+        // Once the time has come, the next call asks.
+        let _ = store.check_rate(key(), rate, now + 95 * MS);
+        assert_eq!(queued(&shared).len(), 1);
+    }
+
+    /// Calls admitted from the static share while degraded are charged on recovery, up to
+    /// this replica's share of one burst.
+    #[test]
+    fn degraded_admissions_are_charged_up_to_a_burst() {
+        let (store, shared) = healthy_store();
+        let rate = Rate::with_burst_window(20, 1000);
+        shared.set_degraded(0);
+        let mut now = 1000 * MS;
+        let mut admitted = 0u32;
+        for _ in 0..400 {
+            now += 5 * MS; // 200 calls/s for 2 s
+            if let Verdict::Admitted { .. } = store.check_rate(key(), rate, now) {
+                admitted += 1;
+            }
+        }
+        // limit ÷ 3 for 2 s, plus the share's burst.
+        assert!((12..=6 + 14).contains(&admitted), "{admitted}");
+        shared.set_healthy();
+        let ask = store.rate_entry(key()).ask(&shared.tuning, 3, now);
+        assert_eq!(ask.debt, admitted.min(20 / 3));
     }
 }

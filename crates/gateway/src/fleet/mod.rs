@@ -454,11 +454,12 @@ impl FleetTask {
     fn collect(&mut self, wanted: &mut Vec<Wanted>) {
         let now = self.clock.monotonic_nanos();
         let tuning = &self.shared.tuning;
+        let members = self.shared.members();
         self.shared.take_wanted(wanted);
         for w in wanted.drain(..) {
             match w {
                 Wanted::Rate(k, l) => {
-                    let ask = l.ask(tuning, now);
+                    let ask = l.ask(tuning, members, now);
                     self.leased.entry(k).or_insert_with(|| Arc::clone(&l));
                     self.pending.push(Request::Rate(k, l, ask));
                 }
@@ -479,19 +480,19 @@ impl FleetTask {
                 && l.take_demand()
                 && l.claim()
             {
-                let ask = l.ask(tuning, now);
+                let ask = l.ask(tuning, members, now);
                 self.pending.push(Request::Rate(k, Arc::clone(l), ask));
             }
         }
-        // Leases that expired with calls left give them back; keys gone quiet are forgotten.
+        // Keys gone quiet with leased calls left give them back; idle keys are forgotten.
         self.leased.retain(|k, l| {
-            if l.expired_with_calls(now) && l.claim() {
-                let mut ask = l.ask(tuning, now);
+            if l.quiet_with_calls(tuning, now) && l.claim() {
+                let mut ask = l.ask(tuning, members, now);
                 ask.want = 0;
                 self.pending.push(Request::Rate(*k, Arc::clone(l), ask));
                 return true;
             }
-            !l.is_idle(now)
+            !l.is_idle(now) || l.quiet_with_calls(tuning, now)
         });
     }
 

@@ -795,6 +795,65 @@ mod tests {
     }
 
     #[test]
+    fn quota_errors_name_the_key() {
+        let base = "[listen]\napi = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:3\"\n[upstream.default]\nurl = \"http://127.0.0.1:2\"\n[metering]\nsink = \"off\"\n[quota]\n";
+        let src = Source::Embedded {
+            name: "tollgate.toml",
+            text: "",
+        };
+        let cases = [
+            (
+                "store = \"memcached\"\n",
+                "quota.store",
+                "not a quota store",
+            ),
+            ("store = \"redis\"\n", "quota.redis_url", "is required"),
+            (
+                "store = \"redis\"\nredis_url = \"redis://r:6379/\"\n",
+                "quota.member_id",
+                "is required",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a b\"\n",
+                "quota.member_id",
+                "1-64 letters",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a\"\nkey_prefix = \"{x}\"\n",
+                "quota.key_prefix",
+                "braces",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a\"\ntimeout_ms = 0\n",
+                "quota.timeout_ms",
+                "outside",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a\"\n[quota.failure_modes]\n\"ocr.x\" = \"fail_soft\"\n",
+                "quota.failure_modes.ocr.x",
+                "not a failure mode",
+            ),
+        ];
+        for (quota, key, reason) in cases {
+            let e = parse(&src, &format!("{base}{quota}")).unwrap_err();
+            assert_eq!(e.key, key, "{quota}");
+            assert!(e.reason.contains(reason), "{quota}: {e}");
+        }
+        let ok = parse(
+            &src,
+            &format!(
+                "{base}store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"gw-1\"\n"
+            ),
+        )
+        .unwrap();
+        let QuotaSettings::Redis(q) = ok.quota else {
+            panic!("not redis")
+        };
+        assert_eq!(q.fleet.member_id, "gw-1");
+        assert!(!q.member_id_is_gateway_id);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tollgate.toml");

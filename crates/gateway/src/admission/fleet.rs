@@ -212,6 +212,9 @@ pub struct RateLease {
     /// per replica are outstanding (a refill at half adds one), which bounds how far a window
     /// can exceed the bucket's own bound.
     granted: AtomicU32,
+    /// A lease reserved ahead (the key is at its limit fleet-wide): usable from `usable_from`.
+    future: AtomicU32,
+    usable_from: AtomicU64,
     /// Calls admitted from the static share, not yet charged to the fleet's bucket.
     debt: AtomicU32,
     /// The static share's own GCRA (cold keys and `fail_static`).
@@ -251,8 +254,8 @@ fn unpack(v: u64) -> Rate {
 }
 
 impl RateLease {
-    /// Takes one leased call if the lease has one.
-    fn take(&self) -> Option<u32> {
+    /// Takes one leased call if the lease has one (a lease reserved ahead, once its time came).
+    fn take(&self, now: u64) -> Option<u32> {
         let mut g = self.granted.load(Ordering::Acquire);
         while g > 0 {
             match self
@@ -263,7 +266,20 @@ impl RateLease {
                 Err(seen) => g = seen,
             }
         }
+        if self.future.load(Ordering::Acquire) > 0
+            && self.usable_from.load(Ordering::Acquire) <= now
+        {
+            let f = self.future.swap(0, Ordering::AcqRel);
+            if f > 0 {
+                self.granted.fetch_add(f - 1, Ordering::AcqRel);
+                return Some(f - 1);
+            }
+        }
         None
+    }
+
+    fn held(&self) -> u32 {
+        self.granted.load(Ordering::Acquire) + self.future.load(Ordering::Acquire)
     }
 
     /// The request to send now: the lease to reserve, the debt to charge, and what an expired
@@ -271,7 +287,7 @@ impl RateLease {
     pub fn ask(&self, tuning: &FleetTuning, members: u32, now: u64) -> RateAsk {
         let rate = unpack(self.rate.load(Ordering::Acquire));
         let refund = if self.is_quiet(tuning, now) {
-            self.granted.swap(0, Ordering::AcqRel)
+            self.granted.swap(0, Ordering::AcqRel) + self.future.swap(0, Ordering::AcqRel)
         } else {
             0
         };
@@ -299,13 +315,17 @@ impl RateLease {
 
     /// The key went quiet with leased calls left: they should be given back.
     pub fn quiet_with_calls(&self, tuning: &FleetTuning, now: u64) -> bool {
-        self.is_quiet(tuning, now) && self.granted.load(Ordering::Acquire) > 0
+        self.is_quiet(tuning, now) && self.held() > 0
     }
 
-    /// Redis reserved `granted` calls; `wait_nanos` until a whole lease would fit.
+    /// Redis reserved `granted` calls, usable now (`wait_nanos` 0) or from `wait_nanos` on (a
+    /// lease reserved ahead); with nothing granted, ask again after `wait_nanos`.
     pub fn granted(&self, tuning: &FleetTuning, now: u64, granted: u32, wait_nanos: u64) {
-        if granted > 0 {
+        if granted > 0 && wait_nanos == 0 {
             self.granted.fetch_add(granted, Ordering::AcqRel);
+        } else if granted > 0 {
+            self.usable_from.store(now + wait_nanos, Ordering::Release);
+            self.future.fetch_add(granted, Ordering::AcqRel);
         }
         self.not_before.store(now + wait_nanos, Ordering::Release);
         self.warm_until
@@ -343,7 +363,7 @@ impl RateLease {
     pub fn is_idle(&self, now: u64) -> bool {
         // Debt left on a key quiet for 10 s no longer matters: its bucket has rested since.
         self.touched.load(Ordering::Acquire) + 10 * NANOS_PER_SECOND <= now
-            && self.granted.load(Ordering::Acquire) == 0
+            && self.held() == 0
             && !self.pending.load(Ordering::Acquire)
     }
 }
@@ -559,7 +579,7 @@ impl QuotaStore for FleetStore {
                 },
             };
         }
-        if let Some(remaining) = lease.take() {
+        if let Some(remaining) = lease.take(now) {
             // Refill at half, so a hot key almost never finds its lease empty; unless Redis
             // said no lease fits yet (a key at its limit would otherwise ask per few calls).
             if remaining <= self.shared.tuning.lease_size(rate) / 2 && lease.not_before() <= now {
@@ -726,39 +746,40 @@ mod tests {
         assert_eq!(lease.granted.load(Ordering::Acquire), 0);
     }
 
-    /// At its limit, a key asks once per lease: after Redis said "not before", taking the
-    /// lease's last calls queues nothing until then.
+    /// At its limit, a key asks once per lease: Redis reserves a whole lease ahead, usable
+    /// when its last call fits; until then nothing is asked, calls are refused, and from then
+    /// on the lease is used.
     #[test]
-    fn a_key_at_its_limit_does_not_ask_per_call() {
+    fn a_key_at_its_limit_asks_once_per_lease() {
         let (store, shared) = healthy_store();
         let rate = Rate::with_burst_window(2000, 1000);
         let now = 1000 * MS;
         let _ = store.check_rate(key(), rate, now);
         for w in queued(&shared) {
             let Wanted::Rate(_, l) = w else { panic!() };
-            let _ = l.ask(&shared.tuning, 3, now);
-            // Redis had room for 10 of the 200 asked; a whole lease fits in 95 ms.
-            l.granted(&shared.tuning, now, 10, 95 * MS);
+            let ask = l.ask(&shared.tuning, 3, now);
+            assert_eq!(ask.want, 200);
+            // The bucket is full: a lease of 200 reserved, usable 95 ms from now.
+            l.granted(&shared.tuning, now, 200, 95 * MS);
         }
-        for i in 0..10 {
+        for i in 1..50 {
             assert!(matches!(
-                store.check_rate(key(), rate, now + i),
-                Verdict::Admitted { .. }
+                store.check_rate(key(), rate, now + i * MS),
+                Verdict::Limited { .. }
             ));
         }
         assert!(
             queued(&shared).is_empty(),
-            "asked before Redis said it could"
+            "asked before its lease was usable"
         );
-        // Spent: refused, and the refusal is remembered for the re-ask at `not_before`.
-        assert!(matches!(
-            store.check_rate(key(), rate, now + 11),
-            Verdict::Limited { .. }
-        ));
-        assert!(queued(&shared).is_empty());
-        assert!(store.rate_entry(key()).take_demand());
-        // Once the time has come, the next call asks.
-        let _ = store.check_rate(key(), rate, now + 95 * MS);
+        let mut admitted = 0;
+        for i in 0..150 {
+            if let Verdict::Admitted { .. } = store.check_rate(key(), rate, now + 95 * MS + i) {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 150);
+        // At half, one refill is asked for (one command per lease).
         assert_eq!(queued(&shared).len(), 1);
     }
 

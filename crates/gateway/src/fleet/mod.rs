@@ -529,6 +529,9 @@ impl FleetTask {
         let live: Vec<&str> = self.current.iter().map(String::as_str).collect();
         let members_wide = self.shared.members_wide().max(live.len() as u32);
         let member = self.settings.member_id.as_str();
+        // A lease may be reserved up to ten lease spans ahead (a queue of replicas at a key's
+        // limit, each taking whole leases in turn).
+        let max_ahead_us = 10 * self.settings.refresh.as_micros() as u64;
         let (rate, slice) = (&self.rate, &self.slice);
         let mut n_rate = 0u64;
         let mut n_slice = 0u64;
@@ -545,7 +548,8 @@ impl FleetTask {
                         .arg(tolerance_us)
                         .arg(ask.want)
                         .arg(ask.debt)
-                        .arg(ask.refund);
+                        .arg(ask.refund)
+                        .arg(max_ahead_us);
                     futures_util::future::Either::Left(async move {
                         let (granted, wait): (u32, String) = inv.invoke_async(&mut conn).await?;
                         let wait_us: u64 = wait.parse().unwrap_or(0);
@@ -621,7 +625,7 @@ impl FleetTask {
                     m.with_label_values(&["refund"])
                         .inc_by(u64::from(ask.refund));
                     l.granted(&self.shared.tuning, now, granted, wait_nanos);
-                    if granted < ask.want {
+                    if granted == 0 && ask.want > 0 {
                         self.waiting
                             .push(std::cmp::Reverse((now + wait_nanos, k.uin, k.group)));
                     }

@@ -9,6 +9,9 @@
 #                   fleet and gateway CPU per call, store = "local" vs store = "redis",
 #                   interleaved (the order alternates every round), ROUNDS x DURATION each.
 #                   Targets: redis/local requests/s >= 0.95.
+#   C "frozen"      the redis fleet under the admitted load, calm runs and runs with Redis
+#                   SIGSTOPped for most of the run, interleaved: latency and throughput (the
+#                   request path never waits for Redis) and the degraded gauge.
 #   B "commands"    the redis fleet only: a hot key (one account, bda.segment in QPS mode at
 #                   HOT_QPS, offered far more, closed loop) and a 20-QPS key (GeneralBasicOCR at
 #                   the default quota) offered COLD_RATE calls/s open loop. Redis commands
@@ -240,6 +243,21 @@ for key in hot cold; do
   metrics redis > "$WORK/B-$key.after"
   "$REDIS_CLI" -p "$REDIS" info commandstats > "$WORK/B-$key.redis"
 done
+
+# ---------------------------------------------------------------- C: Redis frozen
+# The redis fleet under the admitted load; in every other run Redis is SIGSTOPped from 1 s in
+# to 2 s before the end (calm and frozen interleaved): the load tool's latency is what a
+# frozen Redis costs the request path (it should cost nothing).
+echo "== C: Redis frozen under load (redis fleet, ${DURATION}s per run, $ROUNDS rounds)"
+for r in $(seq 1 "$ROUNDS"); do
+  sleep 2
+  run "C-calm-r$r" redis admitted
+  sleep 2
+  ( sleep 1; kill -STOP "$REDIS_PID"; sleep $((DURATION - 3)); metrics redis > "$WORK/C-frozen-r$r.during"; kill -CONT "$REDIS_PID" ) &
+  freezer=$!
+  run "C-frozen-r$r" redis admitted
+  wait "$freezer"
+done
 metrics redis > "$WORK/final.metrics"
 
 # ---------------------------------------------------------------- summary
@@ -332,6 +350,22 @@ for key, limit, target in (("hot", f"{hot_qps} QPS (QPS mode)", 0.01), ("cold", 
                  f"Redis server commandstats during the run: {stats}; gateways' admitted {int(admitted)}, generators' admitted {run['admitted']} over {run['wall']:.1f} s")
 p("")
 p("\n".join(notes))
+p("")
+p(f"### C. Redis frozen (SIGSTOP) from 1 s in to 2 s before the end of each frozen run, {rounds} rounds interleaved\n")
+p("| run | req/s | rejected | p50 / p99 ms | degraded while frozen (per gateway) |")
+p("| --- | ---: | ---: | --- | --- |")
+for r in range(1, rounds + 1):
+    for kind in ("calm", "frozen"):
+        x = load(f"C-{kind}-r{r}")
+        deg = ""
+        if kind == "frozen":
+            deg = str(json.load(open(f"{w}/C-frozen-r{r}.during"))["degraded"])
+        p(f"| {kind} r{r} | {x['rps']:.0f} | {x['rejected']} | {x['p50']:.2f} / {x['p99']:.2f} | {deg} |")
+calm = [load(f"C-calm-r{r}") for r in range(1, rounds + 1)]
+frozen = [load(f"C-frozen-r{r}") for r in range(1, rounds + 1)]
+p("")
+p(f"p99 frozen / calm, median of rounds: {med([f['p99'] / c['p99'] for c, f in zip(calm, frozen)]):.2f}; "
+  f"req/s frozen / calm: {med([f['rps'] / c['rps'] for c, f in zip(calm, frozen)]):.2f}")
 fin = json.load(open(f"{w}/final.metrics"))
 p(f"- redis fleet at the end: members {fin['members']}, degraded {fin['degraded']}, Redis errors {fin['errors'] or 'none'}")
 print("\n".join(out))

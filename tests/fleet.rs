@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::servers::Redis;
+use support::servers::{Redis, RedisCluster};
 use support::servers::{free_port, wait_for_port};
 use support::{Builder, Call, Harness, Reply, count_codes, eventually};
 
@@ -570,6 +570,79 @@ async fn a_killed_replica_frees_its_slots_within_the_ttl() {
     );
     for t in got {
         t.abort();
+    }
+    stop_all(fleet).await;
+}
+
+/// The same fleet on a Redis Cluster (three masters): the scripts' keys hash-tag one account
+/// per slot and membership lives in one slot, so a 20-QPS group is still one quota and
+/// FuseFaceUltra still never has more than 10 in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_fleet_is_one_quota_too() {
+    let _serial = SERIAL.lock().await;
+    let cluster = RedisCluster::start();
+    let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub_addr = stub_listener.local_addr().unwrap();
+    tokio::spawn(tollgate_stub::serve(
+        stub_listener,
+        tollgate_stub::Stub::new(Default::default()),
+        std::future::pending(),
+    ));
+    let mut fleet = Vec::new();
+    for i in 0..3 {
+        let b = Builder {
+            quota: format!(
+                "store = \"redis\"\nredis_cluster = true\nredis_url = \"{}\"\nmember_id = \"gw-{i}\"\n",
+                cluster.urls()
+            ),
+            upstream: Some(stub_addr),
+            ..Builder::default()
+        };
+        fleet.push(Arc::new(Harness::start(b).await));
+    }
+    settled(&fleet).await;
+    // Rates: 200 calls/s for 10 s of a 20-QPS group, round-robin.
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDsubB");
+    let (replies, elapsed) = offer(&fleet, &call, 200, 10, |i| i % 3).await;
+    only_admitted_or_limited(&replies);
+    let n = admitted(&replies);
+    let upper = (20.0 * elapsed.as_secs_f64().max(10.0)).ceil() as usize + 20;
+    assert!((190..=upper).contains(&n), "admitted {n} in {elapsed:?}");
+    // Concurrency: 60 clients over the three for 3 s.
+    let slow =
+        Call::new("facefusion", "FuseFaceUltra", "AKIDmain").header("X-Stub-Latency-Ms", "300");
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let h = Arc::clone(&fleet[i % 3]);
+        let c = slow.clone();
+        set.spawn(async move {
+            let mut ok = 0;
+            while Instant::now() < until {
+                if h.call(&c).await.is_success() {
+                    ok += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        ok += r.unwrap();
+    }
+    let stats = fleet[0].get_text(stub_addr, "/stub/stats").await.1;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let max = stats["actions"]["FuseFaceUltra"]["max_in_flight"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (8..=10).contains(&max) && ok >= 40,
+        "max {max} in flight, {ok} admitted"
+    );
+    for h in &fleet {
+        assert_eq!(h.metric("tollgate_fleet_degraded", &[]).await, 0.0);
     }
     stop_all(fleet).await;
 }

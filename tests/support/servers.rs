@@ -318,3 +318,116 @@ impl Drop for Redis {
         self.down();
     }
 }
+
+/// A private Redis Cluster: three masters (no replicas), every slot assigned, killed when
+/// dropped.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    _dir: TempDir,
+    children: Vec<Child>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let server = binary(
+            "redis-server",
+            &["/usr/bin/redis-server", "/usr/local/bin/redis-server"],
+        );
+        let cli = binary(
+            "redis-cli",
+            &["/usr/bin/redis-cli", "/usr/local/bin/redis-cli"],
+        );
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for p in &ports {
+            let node_dir = dir.path().join(p.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            children.push(
+                Command::new(&server)
+                    .args([
+                        "--port",
+                        &p.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                    ])
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts"),
+            );
+        }
+        let cluster = RedisCluster {
+            ports: ports.clone(),
+            _dir: dir,
+            children,
+        };
+        for p in &ports {
+            assert!(
+                wait_for_port(*p, Duration::from_secs(10)),
+                "redis-server did not listen"
+            );
+        }
+        let mut create = Command::new(&cli);
+        create.arg("--cluster").arg("create");
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let start = Instant::now();
+        loop {
+            let ok = ports.iter().all(|p| {
+                Command::new(&cli)
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the cluster did not form"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// The seed nodes, comma-separated (`quota.redis_url` with `redis_cluster = true`).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

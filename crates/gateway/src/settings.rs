@@ -102,6 +102,7 @@ impl Default for RawAdmission {
 struct RawQuota {
     store: String,
     redis_url: Option<String>,
+    redis_cluster: bool,
     member_id: Option<String>,
     key_prefix: String,
     lease_ms: u64,
@@ -117,6 +118,7 @@ impl Default for RawQuota {
         RawQuota {
             store: "local".into(),
             redis_url: None,
+            redis_cluster: false,
             member_id: None,
             key_prefix: "tollgate".into(),
             lease_ms: 100,
@@ -704,7 +706,15 @@ fn parse_quota(
             "is required with store = \"redis\" (e.g. \"redis://redis:6379/\")".into(),
         )
     })?;
-    if let Err(e) = redis::Client::open(url.as_str()) {
+    if q.redis_cluster {
+        let nodes = crate::fleet::cluster_nodes(&url);
+        if nodes.is_empty() {
+            return Err(err("quota.redis_url", "names no cluster node".into()));
+        }
+        if let Err(e) = redis::cluster::ClusterClient::new(nodes) {
+            return Err(err("quota.redis_url", format!("{url:?}: {e}")));
+        }
+    } else if let Err(e) = redis::Client::open(url.as_str()) {
         return Err(err("quota.redis_url", format!("{url:?}: {e}")));
     }
     let member_id = match (&q.member_id, metering) {
@@ -758,6 +768,7 @@ fn parse_quota(
     Ok(QuotaSettings::Redis(Box::new(RedisQuota {
         fleet: crate::fleet::FleetSettings {
             redis_url: url,
+            redis_cluster: q.redis_cluster,
             member_id,
             key_prefix: q.key_prefix.clone(),
             timeout,
@@ -808,6 +819,11 @@ mod tests {
                 "not a quota store",
             ),
             ("store = \"redis\"\n", "quota.redis_url", "is required"),
+            (
+                "store = \"redis\"\nredis_cluster = true\nredis_url = \" , \"\n",
+                "quota.redis_url",
+                "names no cluster node",
+            ),
             (
                 "store = \"redis\"\nredis_url = \"redis://r:6379/\"\n",
                 "quota.member_id",

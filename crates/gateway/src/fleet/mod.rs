@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use rustc_hash::FxHashMap;
 
 use crate::admission::QuotaKey;
@@ -39,7 +41,10 @@ const MEMBERS_LUA: &str = include_str!("members.lua");
 /// `[quota]` with `store = "redis"`.
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
+    /// One `redis://` URL; with `redis_cluster`, the seed nodes, comma-separated.
     pub redis_url: String,
+    /// Redis Cluster: commands are routed to the node of their key's slot.
+    pub redis_cluster: bool,
     pub member_id: String,
     pub key_prefix: String,
     /// One round of requests to Redis that takes longer than this puts the store in its
@@ -188,6 +193,56 @@ fn classify(e: &RedisError) -> Failure {
     }
 }
 
+/// Where the fleet's Redis is: one endpoint, or a Redis Cluster.
+enum Backend {
+    Single(Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection to either (cheap to clone: both multiplex one connection per node).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The seed nodes of a cluster URL list.
+pub fn cluster_nodes(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 enum Request {
     Rate(QuotaKey, Arc<crate::admission::fleet::RateLease>, RateAsk),
     Slice(QuotaKey, Arc<SliceState>, SliceAsk, bool),
@@ -212,8 +267,8 @@ pub struct FleetTask {
     settings: FleetSettings,
     metrics: FleetMetrics,
     clock: Arc<dyn Clock>,
-    client: Client,
-    conn: Option<MultiplexedConnection>,
+    backend: Backend,
+    conn: Option<Conn>,
     rate: Script,
     slice: Script,
     members_script: Script,
@@ -241,15 +296,26 @@ impl FleetTask {
         metrics: FleetMetrics,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<FleetTask> {
-        let client = Client::open(settings.redis_url.as_str())
-            .map_err(|e| anyhow::anyhow!("quota.redis_url {:?}: {e}", settings.redis_url))?;
+        let url_error =
+            |e: RedisError| anyhow::anyhow!("quota.redis_url {:?}: {e}", settings.redis_url);
+        let backend = if settings.redis_cluster {
+            Backend::Cluster(Box::new(
+                ClusterClient::builder(cluster_nodes(&settings.redis_url))
+                    .connection_timeout(settings.timeout)
+                    .response_timeout(settings.timeout)
+                    .build()
+                    .map_err(url_error)?,
+            ))
+        } else {
+            Backend::Single(Client::open(settings.redis_url.as_str()).map_err(url_error)?)
+        };
         Ok(FleetTask {
             shared: Arc::clone(store.shared()),
             store,
             settings,
             metrics,
             clock,
-            client,
+            backend,
             conn: None,
             rate: Script::new(RATE_LUA),
             slice: Script::new(SLICE_LUA),
@@ -328,13 +394,19 @@ impl FleetTask {
         self.metrics.commands.with_label_values(&["probe"]).inc();
         let timeout = self.settings.timeout;
         let attempt = async {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let mut conn = match &self.backend {
+                Backend::Single(client) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout));
+                    Conn::Single(
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?,
+                    )
+                }
+                Backend::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+            };
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
             Ok::<_, RedisError>(conn)
         };

@@ -7,7 +7,7 @@
 -- ARGV[3]  1 = leaving (graceful shutdown): remove the member now
 -- ARGV[4..] concurrency keys this member wants the others to register for
 --
--- Returns { members..., '', contended... }.
+-- Returns { "member expiry_ms"..., '', contended... }.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -23,7 +23,9 @@ for i = 4, #ARGV do
 end
 redis.call('PEXPIRE', KEYS[1], ttl * 4)
 redis.call('PEXPIRE', KEYS[2], ttl * 4)
-local out = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #live, 2 do table.insert(out, live[i] .. ' ' .. live[i + 1]) end
 table.insert(out, '')
 for _, c in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do table.insert(out, c) end
 return out

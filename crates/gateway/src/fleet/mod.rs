@@ -274,8 +274,8 @@ pub struct FleetTask {
     members_script: Script,
     /// Members by when this one last saw them live.
     seen: HashMap<String, Instant>,
-    /// The members live in the last announce's answer (the list the slice script gets: a
-    /// member missing from it whose entry lapsed is dead, and its slots are free).
+    /// The members live in the last announce's answer, each "member expiry_ms" (the list the
+    /// slice script keeps static shares for, as long as their membership has not expired).
     current: Vec<String>,
     /// When this member's current healthy spell first announced it.
     announced_since: Option<Instant>,
@@ -495,9 +495,10 @@ impl FleetTask {
         let now = Instant::now();
         let mut parts = reply.split(|s| s.is_empty());
         self.current.clear();
-        for m in parts.next().unwrap_or_default() {
-            self.seen.insert(m.clone(), now);
-            self.current.push(m.clone());
+        for entry in parts.next().unwrap_or_default() {
+            let member = entry.split(' ').next().unwrap_or_default();
+            self.seen.insert(member.to_string(), now);
+            self.current.push(entry.clone());
         }
         self.seen.insert(self.settings.member_id.clone(), now);
         let ttl = self.settings.membership_ttl;

@@ -6,13 +6,14 @@
 -- ARGV[2]  limit in force (0: the stored one, for a member that never saw a call)
 -- ARGV[3]  calls the member has in flight now (its slice never drops below this)
 -- ARGV[4]  demand: slots the member would use
--- ARGV[5]  entry TTL (ms): a member missing from the live list below whose entry is older
---          than this is dead, and its slots are free
+-- ARGV[5]  entry TTL (ms): every member reports each of its entries several times a TTL, so
+--          an entry not renewed within it is a dead member's, and its slots are free
 -- ARGV[6]  N: the fleet size the static share divides by (floor(limit / N) is what a live
 --          member without an entry may admit on its own)
 -- ARGV[7]  1 = leave: drop the entry if that leaves the member's static share free
 -- ARGV[8]  held: the cap the member applies while this request is in flight (its last slice)
--- ARGV[9..] live members (the caller's view of the fleet)
+-- ARGV[9..] live members (the caller's view of the fleet), each "member expiry_ms": one whose
+--          membership expired since the caller's last look counts as gone at once
 --
 -- A shrink takes two reports: the entry keeps the cap the member applies until the member
 -- reports again with the smaller one in force, so no other member is granted slots this one
@@ -44,7 +45,10 @@ end
 
 local live = {}
 local share = math.floor(limit / n)
-for i = 9, #ARGV do live[ARGV[i]] = true end
+for i = 9, #ARGV do
+  local m, e = string.match(ARGV[i], '^(%S+) (%d+)$')
+  if m and tonumber(e) > now then live[m] = true end
+end
 
 local entries = redis.call('HGETALL', KEYS[1])
 local others = {}
@@ -55,7 +59,7 @@ for i = 1, #entries, 2 do
   if m ~= '_limit' and m ~= me then
     local s, d, e = string.match(entries[i + 1], '^(%d+) (%d+) (%d+)$')
     s, d, e = tonumber(s), tonumber(d), tonumber(e)
-    if (not live[m]) and e <= now then
+    if e <= now then
       redis.call('HDEL', KEYS[1], m)
     else
       present[m] = true

@@ -752,6 +752,19 @@ fn parse_quota(
     let timeout = range("quota.timeout_ms", q.timeout_ms, 1, 5000)?;
     let membership_ttl = range("quota.membership_ttl_ms", q.membership_ttl_ms, 500, 60_000)?;
     let probe_interval = range("quota.probe_interval_ms", q.probe_interval_ms, 10, 10_000)?;
+    // Every member renews its entries once per max(lease, 250 ms); an entry not renewed
+    // within the TTL is taken for a dead member's. Three renewals per TTL at least.
+    let slice_refresh = refresh.max(Duration::from_millis(250));
+    if membership_ttl < 3 * slice_refresh {
+        return Err(err(
+            "quota.membership_ttl_ms",
+            format!(
+                "{} is less than three report intervals ({} ms: max(quota.lease_ms, 250) x 3); a live member would look dead",
+                q.membership_ttl_ms,
+                3 * slice_refresh.as_millis()
+            ),
+        ));
+    }
     let mode = |key: &str, v: &str| {
         FailureMode::parse(v).ok_or_else(|| {
             err(
@@ -773,7 +786,7 @@ fn parse_quota(
             key_prefix: q.key_prefix.clone(),
             timeout,
             refresh,
-            slice_refresh: refresh.max(Duration::from_millis(250)),
+            slice_refresh,
             membership_ttl,
             announce_interval: membership_ttl / 3,
             probe_interval,
@@ -838,6 +851,11 @@ mod tests {
                 "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a\"\nkey_prefix = \"{x}\"\n",
                 "quota.key_prefix",
                 "braces",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a\"\nlease_ms = 400\nmembership_ttl_ms = 1000\n",
+                "quota.membership_ttl_ms",
+                "three report intervals",
             ),
             (
                 "store = \"redis\"\nredis_url = \"redis://r:6379/\"\nmember_id = \"a\"\ntimeout_ms = 0\n",

@@ -849,3 +849,76 @@ async fn usage_the_sink_fails_to_write_later_is_counted() {
         1.0
     );
 }
+
+/// Offers `per_second` calls for `seconds`, open loop; returns the replies.
+async fn offered(
+    h: &Arc<Harness>,
+    call: &Call,
+    per_second: u64,
+    seconds: u64,
+) -> Vec<support::Reply> {
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_second));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..per_second * seconds {
+        ticker.tick().await;
+        let h = Arc::clone(h);
+        let c = call.clone();
+        set.spawn(async move { h.call(&c).await });
+    }
+    let mut replies = Vec::new();
+    while let Some(r) = set.join_next().await {
+        replies.push(r.unwrap());
+    }
+    replies
+}
+
+/// Shadow mode (`[shadow]` in entitlements.toml): a 20-QPS group offered 100 calls/s admits
+/// all of them and counts ~80/s as shadow refusals; turned off by a reload, it refuses as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_counts_refusals_and_admits() {
+    let shadowed = format!(
+        "{}\n[shadow]\ngroups = [\"ocr.GeneralBasicOCR\"]\n",
+        support::ENTITLEMENTS
+    );
+    let h = start(Builder {
+        entitlements: shadowed,
+        ..Builder::default()
+    })
+    .await;
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDsubB");
+    let labels = [
+        ("group", "ocr.GeneralBasicOCR"),
+        ("decision", "shadow_over_limit"),
+    ];
+    let replies = offered(&h, &call, 100, 3).await;
+    assert_eq!(successes(&replies), 300, "{:?}", count_codes(&replies));
+    let shadow = h
+        .metric("tollgate_admission_decisions_total", &labels)
+        .await;
+    // 300 offered, 20 of burst + 20/s for 3 s within the limit.
+    assert!(
+        (200.0..=250.0).contains(&shadow),
+        "{shadow} shadow refusals"
+    );
+    assert_eq!(h.usage().len(), 300, "shadow-admitted calls are metered");
+
+    // Off again (a reload): refused as before.
+    h.replace_file("entitlements.toml", support::ENTITLEMENTS);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.reload_status().await["generation"] == 2
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let replies = offered(&h, &call, 100, 2).await;
+    let ok = successes(&replies);
+    assert!((20..=70).contains(&ok), "{ok} admitted with shadow off");
+    assert_eq!(
+        h.metric("tollgate_admission_decisions_total", &labels)
+            .await,
+        shadow,
+        "no shadow refusal once off"
+    );
+}

@@ -100,7 +100,7 @@ impl Metrics {
         };
         let admission = counter_vec(
             "tollgate_admission_decisions_total",
-            "Admission decisions by service, group and decision (admitted, over_limit, refused).",
+            "Admission decisions by service, group and decision (admitted, over_limit, shadow_over_limit: over the limit of a shadowed group and admitted, refused).",
             &["service", "group", "decision"],
         );
         let near_limit = counter_vec(
@@ -376,7 +376,9 @@ impl Metrics {
                     .sum()
             };
         (
-            sum_where(self.admission.collect(), "decision", "admitted"),
+            // Shadow refusals were admitted (and forwarded, and billed if billable).
+            sum_where(self.admission.collect(), "decision", "admitted")
+                + sum_where(self.admission.collect(), "decision", "shadow_over_limit"),
             sum_where(self.admission.collect(), "decision", "over_limit"),
             sum_where(self.billable_units.collect(), "", ""),
         )
@@ -404,6 +406,8 @@ impl Default for Metrics {
 pub struct GroupMetrics {
     pub admitted: IntCounter,
     pub over_limit: IntCounter,
+    /// Over the limit in a shadowed group: admitted, counted here.
+    pub shadow_over_limit: IntCounter,
     pub refused: IntCounter,
     pub near_limit: IntCounter,
     pub billable: IntCounter,
@@ -421,6 +425,7 @@ impl GroupMetrics {
         GroupMetrics {
             admitted: adm("admitted"),
             over_limit: adm("over_limit"),
+            shadow_over_limit: adm("shadow_over_limit"),
             refused: adm("refused"),
             near_limit: m.near_limit.with_label_values(&[service, group]),
             billable: call("billable"),

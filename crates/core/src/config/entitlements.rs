@@ -8,12 +8,14 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 
 use super::{ConfigError, Source, parse_toml};
+use crate::catalog::GroupKey;
 use crate::catalog::{Catalog, GroupLimit};
 use crate::clock::beijing_midnight_unix_nanos;
 use crate::credentials::{Credential, Credentials};
 use crate::entitlement::overlay::{OverlayClass, OverlayPack, check_daily_cap, check_pack};
 use crate::entitlement::{
     Account, Entitlements, GroupEntitlement, ModeWindow, OverlayWindow, OwnerState, PurchasedMode,
+    Shadow,
 };
 
 #[derive(Debug, Deserialize)]
@@ -21,6 +23,18 @@ use crate::entitlement::{
 struct RawEntitlements {
     #[serde(default)]
     account: Vec<RawAccount>,
+    #[serde(default)]
+    shadow: RawShadow,
+}
+
+/// `[shadow]`: limits tried on live traffic, not enforced.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,7 +307,20 @@ pub fn load_entitlements(
             },
         );
     }
-    Ok(Entitlements { accounts })
+    let mut shadow = Shadow {
+        all: raw.shadow.all,
+        groups: FxHashSet::default(),
+    };
+    for (i, g) in raw.shadow.groups.iter().enumerate() {
+        if catalog.group_by_name(g).is_none() {
+            return Err(err(
+                format!("shadow.groups[{i}]"),
+                format!("{g:?} is not a group of the catalog"),
+            ));
+        }
+        shadow.groups.insert(GroupKey::of_group(g));
+    }
+    Ok(Entitlements { accounts, shadow })
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +412,36 @@ mod tests {
         format!(
             "[[account.overlay]]\ninterface = \"ocr.IDCardOCR\"\nqps = {qps}\nstart = {start}\nend = {end}\npurchased_at = 2026-02-01T09:00:00+08:00\n"
         )
+    }
+
+    #[test]
+    fn shadow_names_catalog_groups() {
+        let e = load(&format!(
+            "{MAIN}[shadow]\ngroups = [\"ocr.GeneralBasicOCR\"]\n"
+        ))
+        .unwrap();
+        assert!(
+            e.shadow
+                .covers(crate::catalog::GroupKey::of_group("ocr.GeneralBasicOCR"))
+        );
+        assert!(
+            !e.shadow
+                .covers(crate::catalog::GroupKey::of_group("ocr.IDCardOCR"))
+        );
+        let all = load(&format!("{MAIN}[shadow]\nall = true\n")).unwrap();
+        assert!(
+            all.shadow
+                .covers(crate::catalog::GroupKey::of_group("ocr.IDCardOCR"))
+        );
+        let none = load(MAIN).unwrap();
+        assert!(
+            !none
+                .shadow
+                .covers(crate::catalog::GroupKey::of_group("ocr.IDCardOCR"))
+        );
+        let e = load(&format!("{MAIN}[shadow]\ngroups = [\"ocr.Nope\"]\n")).unwrap_err();
+        assert_eq!(e.key, "shadow.groups[0]");
+        assert!(e.reason.contains("not a group of the catalog"), "{e}");
     }
 
     #[test]

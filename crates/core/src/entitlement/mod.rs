@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::catalog::{BillingItemId, GroupId, GroupLimit, ServiceId};
+use crate::catalog::{BillingItemId, GroupId, GroupKey, GroupLimit, ServiceId};
 
 /// The resolved limit of one (account, group) at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +180,23 @@ impl Account {
 #[derive(Debug, Clone, Default)]
 pub struct Entitlements {
     pub accounts: FxHashMap<u64, Account>,
+    /// Groups whose limits are tried, not enforced (`[shadow]`).
+    pub shadow: Shadow,
+}
+
+/// Shadow mode: a call over a shadowed group's limit is admitted and counted as a shadow
+/// refusal, so an operator can try a limit on live traffic before enforcing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shadow {
+    /// Every group.
+    pub all: bool,
+    pub groups: FxHashSet<GroupKey>,
+}
+
+impl Shadow {
+    pub fn covers(&self, group: GroupKey) -> bool {
+        self.all || (!self.groups.is_empty() && self.groups.contains(&group))
+    }
 }
 
 impl Entitlements {

@@ -806,6 +806,12 @@ impl Gateway {
             .observe(decided_at.elapsed().as_secs_f64());
         let metrics = snapshot.group_metrics(group.group_ref);
         match decision {
+            // Shadow mode: the limit is tried, not enforced. Nothing was consumed for this
+            // call (a refusal consumes nothing), so the counts are those of enforcement.
+            Decision::OverLimit { .. } if snapshot.loaded.entitlements.shadow.covers(key.group) => {
+                metrics.shadow_over_limit.inc();
+                Ok(None)
+            }
             Decision::OverLimit { retry_after_nanos } => {
                 metrics.over_limit.inc();
                 Err(Refusal::OverLimit {

@@ -97,6 +97,25 @@ fn only_admitted_or_limited(replies: &[(Instant, Reply)]) {
     }
 }
 
+/// A stub backend shared by several gateways (it counts what they forward, together).
+async fn shared_stub() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tollgate_stub::serve(
+        listener,
+        tollgate_stub::Stub::new(Default::default()),
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// FuseFaceUltra's `field` (`in_flight`, `max_in_flight`) as the shared backend counts it.
+async fn backend_count(h: &Harness, stub: std::net::SocketAddr, field: &str) -> u64 {
+    let stats = h.get_text(stub, "/stub/stats").await.1;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    stats["actions"]["FuseFaceUltra"][field].as_u64().unwrap()
+}
+
 async fn stop_all(fleet: Vec<Arc<Harness>>) {
     for h in fleet {
         if let Ok(h) = Arc::try_unwrap(h) {
@@ -240,13 +259,7 @@ async fn a_pack_bought_applies_fleet_wide_within_a_second() {
 async fn concurrency_is_shared_across_the_fleet() {
     let _serial = SERIAL.lock().await;
     let redis = Redis::start();
-    let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stub_addr = stub_listener.local_addr().unwrap();
-    tokio::spawn(tollgate_stub::serve(
-        stub_listener,
-        tollgate_stub::Stub::new(Default::default()),
-        std::future::pending(),
-    ));
+    let stub_addr = shared_stub().await;
     let fleet = fleet_of(&redis, 3, |b| b.upstream = Some(stub_addr)).await;
     settled(&fleet).await;
     let call =
@@ -281,11 +294,7 @@ async fn concurrency_is_shared_across_the_fleet() {
             r.json
         );
     }
-    let stats = fleet[0].get_text(stub_addr, "/stub/stats").await.1;
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    let max = stats["actions"]["FuseFaceUltra"]["max_in_flight"]
-        .as_u64()
-        .unwrap();
+    let max = backend_count(&fleet[0], stub_addr, "max_in_flight").await;
     let mut transitions = 0.0;
     for h in &fleet {
         transitions += h
@@ -459,13 +468,7 @@ async fn redis_frozen_or_restarted_empty_degrades_to_static_shares() {
 async fn a_killed_replica_frees_its_slots_within_the_ttl() {
     let _serial = SERIAL.lock().await;
     let redis = Redis::start();
-    let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stub_addr = stub_listener.local_addr().unwrap();
-    tokio::spawn(tollgate_stub::serve(
-        stub_listener,
-        tollgate_stub::Stub::new(Default::default()),
-        std::future::pending(),
-    ));
+    let stub_addr = shared_stub().await;
     let ttl_ms = 1500;
     let fleet = fleet_of(&redis, 2, |b| {
         b.upstream = Some(stub_addr);
@@ -523,11 +526,7 @@ async fn a_killed_replica_frees_its_slots_within_the_ttl() {
     }
     // The process holds what the fleet let it take; the other two have nothing in flight.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = fleet[0].get_text(stub_addr, "/stub/stats").await.1;
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    let held = stats["actions"]["FuseFaceUltra"]["in_flight"]
-        .as_u64()
-        .unwrap();
+    let held = backend_count(&fleet[0], stub_addr, "in_flight").await;
     assert!((5..=10).contains(&held), "the process holds {held}");
     child.kill().unwrap();
     let killed = Instant::now();
@@ -589,13 +588,7 @@ async fn a_killed_replica_frees_its_slots_within_the_ttl() {
 async fn on_a_redis_cluster_the_fleet_is_one_quota_too() {
     let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start();
-    let stub_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stub_addr = stub_listener.local_addr().unwrap();
-    tokio::spawn(tollgate_stub::serve(
-        stub_listener,
-        tollgate_stub::Stub::new(Default::default()),
-        std::future::pending(),
-    ));
+    let stub_addr = shared_stub().await;
     let mut fleet = Vec::new();
     for i in 0..3 {
         let b = Builder {
@@ -640,11 +633,7 @@ async fn on_a_redis_cluster_the_fleet_is_one_quota_too() {
     while let Some(r) = set.join_next().await {
         ok += r.unwrap();
     }
-    let stats = fleet[0].get_text(stub_addr, "/stub/stats").await.1;
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    let max = stats["actions"]["FuseFaceUltra"]["max_in_flight"]
-        .as_u64()
-        .unwrap();
+    let max = backend_count(&fleet[0], stub_addr, "max_in_flight").await;
     assert!(
         (8..=10).contains(&max) && ok >= 40,
         "max {max} in flight, {ok} admitted"

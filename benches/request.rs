@@ -39,6 +39,7 @@ fn signature(c: &mut Criterion) {
         Credential {
             secret_key: b"bench-secret-key-0123456789abcdef".as_slice().into(),
             uin: 1,
+            expires_unix: None,
         },
     );
     let creds = Credentials::new(by_id);

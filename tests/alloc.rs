@@ -139,6 +139,7 @@ fn tc3_verification_and_the_billability_scan_allocate_nothing() {
         Credential {
             secret_key: b"0123456789abcdef0123456789abcdef".as_slice().into(),
             uin: 9,
+            expires_unix: None,
         },
     );
     let creds = Credentials::new(by_id);

@@ -20,6 +20,7 @@ fn credentials() -> Credentials {
         Credential {
             secret_key: b"fuzz-secret-key".to_vec().into_boxed_slice(),
             uin: 7,
+            expires_unix: None,
         },
     );
     Credentials::new(m)

@@ -13,6 +13,9 @@ use crate::tc3;
 pub struct Credential {
     pub secret_key: Box<[u8]>,
     pub uin: u64,
+    /// A rotated credential's end of grace (Unix seconds): refused from then on, whether or
+    /// not a newer snapshot has arrived.
+    pub expires_unix: Option<i64>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -20,6 +23,7 @@ impl std::fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("secret_key", &"<redacted>")
             .field("uin", &self.uin)
+            .field("expires_unix", &self.expires_unix)
             .finish()
     }
 }

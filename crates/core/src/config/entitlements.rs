@@ -103,20 +103,209 @@ fn instant_of(v: &toml::value::Datetime) -> Result<DateTime<FixedOffset>, String
     DateTime::parse_from_rfc3339(&v.to_string()).map_err(|e| format!("{v}: {e}"))
 }
 
+/// A validation problem of a document: the key (as the document's own keys name it) and what
+/// is wrong. The file loaders add the file's name; the entitlement store adds its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl DocError {
+    fn new(key: String, reason: impl Into<String>) -> DocError {
+        DocError {
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// As a [`ConfigError`] of `source`.
+    pub fn in_source(self, source: &Source) -> ConfigError {
+        ConfigError::new(source, self.key, self.reason)
+    }
+}
+
+/// How a purchased mode is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeKind {
+    Qps,
+    Concurrency,
+}
+
+impl ModeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeKind::Qps => "qps",
+            ModeKind::Concurrency => "concurrency",
+        }
+    }
+}
+
+/// One account as a document: what `entitlements.toml` says of it and what the entitlement
+/// store holds for it, in one neutral form validated by [`build_entitlements`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccountDoc {
+    /// Names the account in errors: `account[0] (uin 1)` in a file, `account 1` in the store.
+    pub key: String,
+    pub uin: u64,
+    pub name: String,
+    /// The main account; `None` (or the account's own UIN) for a main account.
+    pub owner: Option<u64>,
+    pub services: Option<Vec<String>>,
+    pub arrears: Option<bool>,
+    pub postpaid: Option<bool>,
+    pub exhausted: Option<Vec<String>>,
+    pub modes: Vec<ModeDoc>,
+    pub overlays: Vec<OverlayDoc>,
+}
+
+/// A purchased billing mode for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeDoc {
+    /// Names it in errors, under its account: `mode[0]`, or `mode 7` in the store.
+    pub key: String,
+    pub group: String,
+    pub mode: ModeKind,
+    pub quantity: u32,
+    pub start: Option<NaiveDate>,
+    pub end: Option<NaiveDate>,
+}
+
+/// A QPS overlay pack for one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayDoc {
+    /// Names it in errors, under its account: `overlay[0]`, or `overlay 12` in the store.
+    pub key: String,
+    pub interface: String,
+    pub class: Option<OverlayClass>,
+    pub qps: u32,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub purchased_at: DateTime<FixedOffset>,
+}
+
+/// Shadow mode as a document.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShadowDoc {
+    pub all: bool,
+    pub groups: Vec<String>,
+}
+
+/// One credential as a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialDoc {
+    /// Names it in errors: `credential[0]`, or `credential AKID…` in the store.
+    pub key: String,
+    pub secret_id: String,
+    pub secret_key: String,
+    pub uin: u64,
+    /// A rotated credential's end of grace: refused from this instant on.
+    pub expires_at: Option<DateTime<FixedOffset>>,
+}
+
+fn account_doc(i: usize, a: RawAccount) -> Result<AccountDoc, DocError> {
+    let key = format!("account[{i}] (uin {})", a.uin);
+    let mut modes = Vec::with_capacity(a.mode.len());
+    for (j, m) in a.mode.into_iter().enumerate() {
+        let mkey = |k: &str| format!("{key}.mode[{j}].{k}");
+        modes.push(ModeDoc {
+            key: format!("mode[{j}]"),
+            group: m.group,
+            mode: match m.mode {
+                RawModeKind::Qps => ModeKind::Qps,
+                RawModeKind::Concurrency => ModeKind::Concurrency,
+            },
+            quantity: m.quantity,
+            start: m
+                .start
+                .as_ref()
+                .map(date_of)
+                .transpose()
+                .map_err(|e| DocError::new(mkey("start"), e))?,
+            end: m
+                .end
+                .as_ref()
+                .map(date_of)
+                .transpose()
+                .map_err(|e| DocError::new(mkey("end"), e))?,
+        });
+    }
+    let mut overlays = Vec::with_capacity(a.overlay.len());
+    for (j, o) in a.overlay.into_iter().enumerate() {
+        let okey = |k: &str| format!("{key}.overlay[{j}].{k}");
+        overlays.push(OverlayDoc {
+            key: format!("overlay[{j}]"),
+            interface: o.interface,
+            class: o.class,
+            qps: o.qps,
+            start: date_of(&o.start).map_err(|e| DocError::new(okey("start"), e))?,
+            end: date_of(&o.end).map_err(|e| DocError::new(okey("end"), e))?,
+            purchased_at: instant_of(&o.purchased_at)
+                .map_err(|e| DocError::new(okey("purchased_at"), e))?,
+        });
+    }
+    Ok(AccountDoc {
+        key,
+        uin: a.uin,
+        name: a.name,
+        owner: a.owner,
+        services: a.services,
+        arrears: a.arrears,
+        postpaid: a.postpaid,
+        exhausted: a.exhausted,
+        modes,
+        overlays,
+    })
+}
+
+/// Parses `entitlements.toml` into documents, without validating them against the catalog.
+pub fn parse_entitlements(
+    source: &Source,
+    text: &str,
+) -> Result<(Vec<AccountDoc>, ShadowDoc), ConfigError> {
+    let raw: RawEntitlements = parse_toml(source, text)?;
+    let accounts = raw
+        .account
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| account_doc(i, a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.in_source(source))?;
+    Ok((
+        accounts,
+        ShadowDoc {
+            all: raw.shadow.all,
+            groups: raw.shadow.groups,
+        },
+    ))
+}
+
 /// Parses and validates `entitlements.toml` against `catalog`.
 pub fn load_entitlements(
     source: &Source,
     text: &str,
     catalog: &Catalog,
 ) -> Result<Entitlements, ConfigError> {
-    let raw: RawEntitlements = parse_toml(source, text)?;
-    let err = |key: String, reason: String| ConfigError::new(source, key, reason);
+    let (accounts, shadow) = parse_entitlements(source, text)?;
+    build_entitlements(&accounts, &shadow, catalog).map_err(|e| e.in_source(source))
+}
+
+/// Validates account documents against `catalog` into the [`Entitlements`] the request path
+/// reads. The one validator of entitlements: the files, the store's snapshots and the admin
+/// API's writes all go through it, so all three refuse the same things with the same words.
+pub fn build_entitlements(
+    docs: &[AccountDoc],
+    shadow_doc: &ShadowDoc,
+    catalog: &Catalog,
+) -> Result<Entitlements, DocError> {
+    let err = |key: String, reason: String| DocError::new(key, reason);
 
     // Pass 1: main accounts and their state.
     let mut owners: FxHashMap<u64, Arc<OwnerState>> = FxHashMap::default();
     let mut seen: FxHashSet<u64> = FxHashSet::default();
-    for (i, a) in raw.account.iter().enumerate() {
-        let key = |k: &str| format!("account[{i}] (uin {}).{k}", a.uin);
+    for a in docs {
+        let key = |k: &str| format!("{}.{k}", a.key);
         if !seen.insert(a.uin) {
             return Err(err(key("uin"), "duplicate account".into()));
         }
@@ -166,8 +355,8 @@ pub fn load_entitlements(
 
     // Pass 2: every account, its modes and overlays.
     let mut accounts = FxHashMap::default();
-    for (i, a) in raw.account.iter().enumerate() {
-        let key = |k: &str| format!("account[{i}] (uin {}).{k}", a.uin);
+    for a in docs {
+        let key = |k: &str| format!("{}.{k}", a.key);
         let owner_uin = a.owner.unwrap_or(a.uin);
         let owner = owners.get(&owner_uin).cloned().ok_or_else(|| {
             err(
@@ -177,14 +366,14 @@ pub fn load_entitlements(
         })?;
         let mut groups: FxHashMap<_, GroupEntitlement> = FxHashMap::default();
 
-        for (j, m) in a.mode.iter().enumerate() {
-            let mkey = |k: &str| key(&format!("mode[{j}].{k}"));
+        for m in &a.modes {
+            let mkey = |k: &str| key(&format!("{}.{k}", m.key));
             let group = catalog
                 .group_by_name(&m.group)
                 .ok_or_else(|| err(mkey("group"), format!("unknown group {:?}", m.group)))?;
             let mode = match m.mode {
-                RawModeKind::Qps if group.modes.qps => PurchasedMode::Qps(m.quantity),
-                RawModeKind::Concurrency if group.modes.concurrency => {
+                ModeKind::Qps if group.modes.qps => PurchasedMode::Qps(m.quantity),
+                ModeKind::Concurrency if group.modes.concurrency => {
                     PurchasedMode::Concurrency(m.quantity)
                 }
                 _ => {
@@ -205,19 +394,10 @@ pub fn load_entitlements(
                     format!("{q} QPS is above the {max} QPS a group may buy"),
                 ));
             }
-            let from = match &m.start {
-                Some(d) => {
-                    beijing_midnight_unix_nanos(date_of(d).map_err(|e| err(mkey("start"), e))?)
-                }
-                None => i64::MIN,
-            };
-            let until = match &m.end {
-                Some(d) => {
-                    let end = date_of(d).map_err(|e| err(mkey("end"), e))?;
-                    beijing_midnight_unix_nanos(end + Days::new(1))
-                }
-                None => i64::MAX,
-            };
+            let from = m.start.map_or(i64::MIN, beijing_midnight_unix_nanos);
+            let until = m.end.map_or(i64::MAX, |end| {
+                beijing_midnight_unix_nanos(end + Days::new(1))
+            });
             if until <= from {
                 return Err(err(mkey("end"), "is before start".into()));
             }
@@ -232,25 +412,24 @@ pub fn load_entitlements(
         }
 
         // Overlays: validated in purchase order against the packs bought before them.
-        let mut by_purchase: Vec<(usize, &RawOverlay)> = a.overlay.iter().enumerate().collect();
         let mut parsed: FxHashMap<crate::catalog::InterfaceId, Vec<OverlayPack>> =
             FxHashMap::default();
-        let mut packs = Vec::with_capacity(by_purchase.len());
-        for (j, o) in &by_purchase {
-            let okey = |k: &str| key(&format!("overlay[{j}].{k}"));
+        let mut packs = Vec::with_capacity(a.overlays.len());
+        for o in &a.overlays {
+            let okey = |k: &str| key(&format!("{}.{k}", o.key));
             let pack = OverlayPack {
                 qps: o.qps,
-                start: date_of(&o.start).map_err(|e| err(okey("start"), e))?,
-                end: date_of(&o.end).map_err(|e| err(okey("end"), e))?,
-                purchased_at: instant_of(&o.purchased_at)
-                    .map_err(|e| err(okey("purchased_at"), e))?,
+                start: o.start,
+                end: o.end,
+                purchased_at: o.purchased_at,
             };
             check_pack(&pack).map_err(|e| err(okey(e.field()), e.to_string()))?;
             packs.push(pack);
         }
+        let mut by_purchase: Vec<(usize, &OverlayDoc)> = a.overlays.iter().enumerate().collect();
         by_purchase.sort_by_key(|(j, _)| (packs[*j].purchased_at, *j));
         for (j, o) in by_purchase {
-            let okey = |k: &str| key(&format!("overlay[{j}].{k}"));
+            let okey = |k: &str| key(&format!("{}.{k}", o.key));
             let interface = catalog.interface_by_name(&o.interface).ok_or_else(|| {
                 err(
                     okey("interface"),
@@ -308,10 +487,10 @@ pub fn load_entitlements(
         );
     }
     let mut shadow = Shadow {
-        all: raw.shadow.all,
+        all: shadow_doc.all,
         groups: FxHashSet::default(),
     };
-    for (i, g) in raw.shadow.groups.iter().enumerate() {
+    for (i, g) in shadow_doc.groups.iter().enumerate() {
         if catalog.group_by_name(g).is_none() {
             return Err(err(
                 format!("shadow.groups[{i}]"),
@@ -338,38 +517,64 @@ struct RawCredential {
     uin: u64,
 }
 
+/// Parses `credentials.toml` into documents.
+pub fn parse_credentials(source: &Source, text: &str) -> Result<Vec<CredentialDoc>, ConfigError> {
+    let raw: RawCredentials = parse_toml(source, text)?;
+    Ok(raw
+        .credential
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| CredentialDoc {
+            key: format!("credential[{i}]"),
+            secret_id: c.secret_id,
+            secret_key: c.secret_key,
+            uin: c.uin,
+            expires_at: None,
+        })
+        .collect())
+}
+
 /// Parses and validates `credentials.toml`; every credential must name a known account.
 pub fn load_credentials(
     source: &Source,
     text: &str,
     entitlements: &Entitlements,
 ) -> Result<Credentials, ConfigError> {
-    let raw: RawCredentials = parse_toml(source, text)?;
+    let docs = parse_credentials(source, text)?;
+    build_credentials(&docs, entitlements).map_err(|e| e.in_source(source))
+}
+
+/// Checks a SecretId's form: printable ASCII without the Authorization header's separators.
+pub fn valid_secret_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b',')
+}
+
+/// Validates credential documents; every credential must name an account of `entitlements`.
+pub fn build_credentials(
+    docs: &[CredentialDoc],
+    entitlements: &Entitlements,
+) -> Result<Credentials, DocError> {
     let mut by_secret_id = FxHashMap::default();
-    for (i, c) in raw.credential.iter().enumerate() {
-        let key = |k: &str| format!("credential[{i}].{k}");
-        if c.secret_id.is_empty()
-            || !c
-                .secret_id
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b',')
-        {
-            return Err(ConfigError::new(
-                source,
+    for c in docs {
+        let key = |k: &str| format!("{}.{k}", c.key);
+        if !valid_secret_id(&c.secret_id) {
+            return Err(DocError::new(
                 key("secret_id"),
                 "must be printable ASCII without '/' or ','",
             ));
         }
         if c.secret_key.len() < 16 {
-            return Err(ConfigError::new(
-                source,
+            return Err(DocError::new(
                 key("secret_key"),
                 "must be at least 16 characters",
             ));
         }
         if entitlements.account(c.uin).is_none() {
-            return Err(ConfigError::new(
-                source,
+            return Err(DocError::new(
                 key("uin"),
                 format!("{} is not an account of the entitlements file", c.uin),
             ));
@@ -377,16 +582,13 @@ pub fn load_credentials(
         let cred = Credential {
             secret_key: c.secret_key.as_bytes().into(),
             uin: c.uin,
+            expires_unix: c.expires_at.map(|t| t.timestamp()),
         };
         if by_secret_id
             .insert(c.secret_id.as_str().into(), cred)
             .is_some()
         {
-            return Err(ConfigError::new(
-                source,
-                key("secret_id"),
-                "duplicate SecretId",
-            ));
+            return Err(DocError::new(key("secret_id"), "duplicate SecretId"));
         }
     }
     Ok(Credentials::new(by_secret_id))

@@ -129,6 +129,7 @@ pub fn precheck<'a>(
     }
     let credential = credentials
         .get(authorization.secret_id)
+        .filter(|c| c.expires_unix.is_none_or(|end| now_unix_seconds < end))
         .ok_or(AuthError::SecretIdNotFound)?;
     let date = tc3::utc_date(ts).ok_or(AuthError::SignatureFailure)?;
     if date != authorization.date.as_bytes() {

@@ -22,6 +22,7 @@ pub mod prices;
 pub mod quote;
 pub mod rating;
 pub mod statement;
+pub mod store;
 
 use std::sync::Arc;
 

@@ -175,8 +175,18 @@ impl Image {
     pub fn apply(&mut self, delta: Image) -> Applied {
         let mut a = Applied::default();
         merge(&mut self.accounts, delta.accounts, |r| r.version, &mut a);
-        merge(&mut self.activations, delta.activations, |r| r.version, &mut a);
-        merge(&mut self.credentials, delta.credentials, |r| r.version, &mut a);
+        merge(
+            &mut self.activations,
+            delta.activations,
+            |r| r.version,
+            &mut a,
+        );
+        merge(
+            &mut self.credentials,
+            delta.credentials,
+            |r| r.version,
+            &mut a,
+        );
         merge(&mut self.modes, delta.modes, |r| r.version, &mut a);
         merge(&mut self.overlays, delta.overlays, |r| r.version, &mut a);
         merge(&mut self.packs, delta.packs, |r| r.version, &mut a);
@@ -360,8 +370,12 @@ mod tests {
             replaced_by: None,
             version: 1,
         };
-        image.credentials.insert("AKIDa".into(), cred("AKIDa", false));
-        image.credentials.insert("AKIDb".into(), cred("AKIDb", true));
+        image
+            .credentials
+            .insert("AKIDa".into(), cred("AKIDa", false));
+        image
+            .credentials
+            .insert("AKIDb".into(), cred("AKIDb", true));
         let (_, creds) = image.build(&Catalog::embedded()).unwrap();
         assert!(creds.get("AKIDa").is_some());
         assert!(creds.get("AKIDb").is_none());

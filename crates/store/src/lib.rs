@@ -30,7 +30,11 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<tokio_postg
     let (client, connection) =
         tokio::time::timeout(timeout, tokio_postgres::connect(url, tokio_postgres::NoTls))
             .await
-            .map_err(|_| anyhow::anyhow!("cannot connect to the entitlement store: timed out after {timeout:?}"))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot connect to the entitlement store: timed out after {timeout:?}"
+                )
+            })?
             .map_err(|e| anyhow::anyhow!("cannot connect to the entitlement store: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -114,7 +114,9 @@ pub async fn read_in(c: &impl GenericClient, scope: Scope) -> anyhow::Result<Ima
             activated_at: r.get("activated_at"),
             version: r.get("version"),
         };
-        image.activations.insert((a.owner_uin, a.service.clone()), a);
+        image
+            .activations
+            .insert((a.owner_uin, a.service.clone()), a);
     }
     for r in c
         .query(

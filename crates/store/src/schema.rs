@@ -194,10 +194,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> 
 pub async fn is_current(client: &tokio_postgres::Client) -> anyhow::Result<bool> {
     let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
     let row = client
-        .query_opt(
-            "SELECT max(version) FROM entitlements.migrations",
-            &[],
-        )
+        .query_opt("SELECT max(version) FROM entitlements.migrations", &[])
         .await;
     match row {
         Ok(Some(r)) => Ok(r.get::<_, Option<i32>>(0) == Some(latest)),

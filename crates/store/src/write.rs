@@ -48,7 +48,11 @@ fn json(v: &impl Serialize) -> String {
 
 impl<'a> Write<'a> {
     /// Begins a write: takes the next version (waiting for any other write to commit).
-    pub async fn begin(client: &'a mut Client, actor: &str, now: DateTime<Utc>) -> anyhow::Result<Write<'a>> {
+    pub async fn begin(
+        client: &'a mut Client,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Write<'a>> {
         let tx = client.transaction().await?;
         let version: i64 = tx
             .query_one(
@@ -181,14 +185,23 @@ impl<'a> Write<'a> {
                 ],
             )
             .await?;
-        self.audit("account.create", &format!("account {uin}"), None::<&()>, Some(&row))
-            .await?;
+        self.audit(
+            "account.create",
+            &format!("account {uin}"),
+            None::<&()>,
+            Some(&row),
+        )
+        .await?;
         Ok(row)
     }
 
     /// Replaces an account's name and main-account flags (the caller passes the row as read
     /// in this write, changed).
-    pub async fn update_account(&self, before: &AccountRow, after: AccountRow) -> anyhow::Result<AccountRow> {
+    pub async fn update_account(
+        &self,
+        before: &AccountRow,
+        after: AccountRow,
+    ) -> anyhow::Result<AccountRow> {
         let row = AccountRow {
             version: self.version,
             ..after
@@ -378,8 +391,13 @@ impl<'a> Write<'a> {
             price,
             version: self.version,
         };
-        self.audit("mode.buy", &format!("account {uin}"), None::<&()>, Some(&row))
-            .await?;
+        self.audit(
+            "mode.buy",
+            &format!("account {uin}"),
+            None::<&()>,
+            Some(&row),
+        )
+        .await?;
         Ok(row)
     }
 
@@ -423,8 +441,13 @@ impl<'a> Write<'a> {
             price,
             version: self.version,
         };
-        self.audit("overlay.buy", &format!("account {uin}"), None::<&()>, Some(&row))
-            .await?;
+        self.audit(
+            "overlay.buy",
+            &format!("account {uin}"),
+            None::<&()>,
+            Some(&row),
+        )
+        .await?;
         Ok(row)
     }
 
@@ -462,8 +485,13 @@ impl<'a> Write<'a> {
             refunded_at: None,
             version: self.version,
         };
-        self.audit("pack.buy", &format!("account {owner_uin}"), None::<&()>, Some(&row))
-            .await?;
+        self.audit(
+            "pack.buy",
+            &format!("account {owner_uin}"),
+            None::<&()>,
+            Some(&row),
+        )
+        .await?;
         Ok(row)
     }
 
@@ -520,7 +548,12 @@ impl<'a> Write<'a> {
         Ok(row)
     }
 
-    pub async fn set_shadow(&self, before: &ShadowRow, all: bool, groups: &[String]) -> anyhow::Result<ShadowRow> {
+    pub async fn set_shadow(
+        &self,
+        before: &ShadowRow,
+        all: bool,
+        groups: &[String],
+    ) -> anyhow::Result<ShadowRow> {
         let row = ShadowRow {
             all,
             groups: groups.to_vec(),

@@ -1,0 +1,74 @@
+//! Billing data from the entitlement store: what `billing.toml` says, for one owner, from the
+//! rows the admin API wrote (activations, prepaid packs not refunded, contract prices).
+
+use rust_decimal::Decimal;
+
+use crate::OwnerBilling;
+use crate::PurchasedPack;
+use tollgate_core::catalog::Catalog;
+use tollgate_core::clock::beijing;
+use tollgate_store::Image;
+
+/// The owner's billing data in `image` (an image of at least the owner's tree). Rows naming
+/// what the catalog does not know are an error: a statement must not silently drop them.
+pub fn owner_billing(image: &Image, owner: u64, catalog: &Catalog) -> anyhow::Result<OwnerBilling> {
+    let mut b = OwnerBilling {
+        uin: owner,
+        ..Default::default()
+    };
+    for a in image.activations.values().filter(|a| a.owner_uin == owner) {
+        let svc = catalog.service_by_name(&a.service).ok_or_else(|| {
+            anyhow::anyhow!(
+                "store: account {owner} activated unknown service {:?}",
+                a.service
+            )
+        })?;
+        b.activations
+            .insert(svc.id, a.activated_at.with_timezone(&beijing()));
+    }
+    for p in image
+        .packs
+        .values()
+        .filter(|p| p.owner_uin == owner && p.refunded_at.is_none())
+    {
+        let item = catalog.item_by_key(&p.item).ok_or_else(|| {
+            anyhow::anyhow!(
+                "store: pack {} is of unknown billing item {:?}",
+                p.id,
+                p.item
+            )
+        })?;
+        b.packs.push(PurchasedPack {
+            id: p.id.clone(),
+            item: item.id,
+            size: p.size,
+            purchased_at: p.purchased_at.with_timezone(&beijing()),
+            price_paid: p.price,
+        });
+    }
+    b.packs
+        .sort_by(|x, y| (x.purchased_at, &x.id).cmp(&(y.purchased_at, &y.id)));
+    for c in image
+        .contract_prices
+        .values()
+        .filter(|c| c.owner_uin == owner)
+    {
+        let item = catalog.item_by_key(&c.item).ok_or_else(|| {
+            anyhow::anyhow!("store: contract price of unknown billing item {:?}", c.item)
+        })?;
+        let price: Decimal = c.price;
+        b.contract_prices.insert(item.id, price);
+    }
+    Ok(b)
+}
+
+/// Reads the owner's tree from the store at `url` and returns its billing data.
+pub async fn load_owner_billing(
+    url: &str,
+    owner: u64,
+    catalog: &Catalog,
+) -> anyhow::Result<OwnerBilling> {
+    let mut client = tollgate_store::connect(url, std::time::Duration::from_secs(10)).await?;
+    let image = tollgate_store::read(&mut client, tollgate_store::Scope::owner(owner)).await?;
+    owner_billing(&image, owner, catalog)
+}

@@ -117,6 +117,29 @@ pub fn credentials_toml() -> String {
         .collect()
 }
 
+/// Migrates the entitlement store at `url` and imports the test accounts and credentials
+/// into it (what `tollgate admin import` does with a config directory).
+pub async fn seed_store(url: &str, entitlements: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("entitlements.toml"), entitlements).unwrap();
+    std::fs::write(dir.path().join("credentials.toml"), credentials_toml()).unwrap();
+    let mut client = tollgate_store::connect(url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tollgate_store::schema::migrate(&mut client).await.unwrap();
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    tollgate_admin::import::import(&mut client, dir.path(), &catalog, &book, chrono::Utc::now())
+        .await
+        .unwrap();
+}
+
+/// `[entitlements]` lines of a gateway reading the store at `url`.
+pub fn store_source(url: &str) -> String {
+    format!(
+        "source = \"postgres\"\npostgres_url = \"{url}\"\nresync_interval_ms = 200\ntimeout_ms = 1000\n"
+    )
+}
+
 pub struct Builder {
     pub entitlements: String,
     pub stub: StubSettings,
@@ -143,6 +166,8 @@ pub struct Builder {
     /// Forward to this backend instead of the harness's own stub (several gateways, one
     /// backend that counts them all).
     pub upstream: Option<SocketAddr>,
+    /// `[entitlements]` lines (default: none, the files).
+    pub entitlements_source: String,
 }
 
 impl Default for Builder {
@@ -162,6 +187,7 @@ impl Default for Builder {
             shutdown: "drain_timeout_seconds = 10\nidle_grace_ms = 50\n".into(),
             quota: String::new(),
             upstream: None,
+            entitlements_source: String::new(),
         }
     }
 }
@@ -291,6 +317,8 @@ poll_interval_ms = 100
 {}
 [quota]
 {}
+[entitlements]
+{}
 "#,
             b.response_timeout_ms,
             b.max_request_bytes,
@@ -299,6 +327,7 @@ poll_interval_ms = 100
             b.auth,
             b.shutdown,
             b.quota,
+            b.entitlements_source,
         );
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();

@@ -154,18 +154,31 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            running: false,
+        };
+        pg.up();
+        pg
+    }
+
+    /// Starts the server (again, with its data) on its port.
+    pub fn up(&mut self) {
+        assert!(!self.running);
+        let as_root = unsafe_geteuid_is_root();
         let pg_ctl = binary(
             "pg_ctl",
             &["/usr/local/bin/pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl"],
         );
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            dir.path().display()
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
         );
         let out = pg_command(as_root, &pg_ctl)
-            .args(["-D", data.to_str().unwrap(), "-l"])
-            .arg(dir.path().join("log"))
+            .args(["-D", self.dir.path().join("data").to_str().unwrap(), "-l"])
+            .arg(self.dir.path().join("log"))
             .args(["-o", &opts, "-w", "start"])
             .output()
             .unwrap();
@@ -174,11 +187,33 @@ impl Postgres {
             "pg_ctl start failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Postgres {
-            port,
-            dir,
-            running: true,
-        }
+        self.running = true;
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected), keeping its data.
+    pub fn down(&mut self) {
+        assert!(self.running);
+        let pg_ctl = binary(
+            "pg_ctl",
+            &["/usr/local/bin/pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl"],
+        );
+        let out = pg_command(unsafe_geteuid_is_root(), &pg_ctl)
+            .args([
+                "-D",
+                self.dir.path().join("data").to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = false;
     }
 
     pub fn url(&self) -> String {

@@ -14,16 +14,27 @@ use tokio::net::TcpListener;
 
 use crate::proxy::Gateway;
 use crate::reload::ReloadStatus;
+use crate::store_sync::StoreSync;
 use tollgate_ops::http::text;
 
 async fn route(
     gateway: Arc<Gateway>,
     reload: Arc<Mutex<ReloadStatus>>,
+    store: Option<Arc<StoreSync>>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let detail = || {
+        store
+            .as_ref()
+            .map(|s| format!("; {}", s.detail()))
+            .unwrap_or_default()
+    };
     match req.uri().path() {
         "/metrics" => {
             gateway.refresh_gauges();
+            if let Some(s) = &store {
+                s.refresh();
+            }
             text(
                 StatusCode::OK,
                 gateway.metrics().render(),
@@ -42,14 +53,18 @@ async fn route(
         "/readyz" if gateway.is_ready() => text(
             StatusCode::OK,
             format!(
-                "ready (config generation {})\n",
-                gateway.snapshot().generation
+                "ready (config generation {}{})\n",
+                gateway.snapshot().generation,
+                detail()
             ),
             "text/plain",
         ),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: draining or the usage sink is unhealthy\n".into(),
+            format!(
+                "not ready: draining or the usage sink is unhealthy{}\n",
+                detail()
+            ),
             "text/plain",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
@@ -61,12 +76,20 @@ pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     reload: Arc<Mutex<ReloadStatus>>,
+    store: Option<Arc<StoreSync>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tollgate_ops::http::serve(
         listener,
         "admin",
-        move |req| route(Arc::clone(&gateway), Arc::clone(&reload), req),
+        move |req| {
+            route(
+                Arc::clone(&gateway),
+                Arc::clone(&reload),
+                store.clone(),
+                req,
+            )
+        },
         shutdown,
     )
     .await;

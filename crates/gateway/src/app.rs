@@ -23,7 +23,8 @@ use crate::metering::{NoSink, UsageSink};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, server};
 use crate::reload::{self, ReloadStatus};
-use crate::settings::{MeteringSink, QuotaSettings, RedisQuota, Settings};
+use crate::settings::{EntitlementSource, MeteringSink, QuotaSettings, RedisQuota, Settings};
+use crate::store_sync::{StoreMetrics, StoreSync};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::clock::{Clock, SystemClock};
 use tollgate_core::config::{self, ConfigError};
@@ -52,6 +53,8 @@ pub struct Running {
     pub reload_status: Arc<Mutex<ReloadStatus>>,
     /// The spool, when metering uses it.
     pub spool: Option<Arc<Spool>>,
+    /// The entitlement store sync, with `[entitlements] source = "postgres"`.
+    pub store_sync: Option<Arc<StoreSync>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     fleet_stop: watch::Sender<bool>,
@@ -209,13 +212,28 @@ fn check_failure_groups(
 pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Running> {
     // Config: watched from before the first read, validated whole before anything listens.
     let watcher = reload::Watcher::new(&settings.sources);
-    let loaded = config::load(&settings.sources)?;
+    let mut loaded = config::load(&settings.sources)?;
     check_upstreams(&settings, &loaded.catalog)?;
     let settings = Arc::new(settings);
+    let metrics = Arc::new(Metrics::new());
+
+    // Entitlements from the store: the first snapshot before anything listens.
+    let mut from_store = None;
+    if let EntitlementSource::Store(s) = &settings.entitlements {
+        let (sync, conn, snapshot) = StoreSync::start(
+            s.clone(),
+            Arc::clone(&options.clock),
+            StoreMetrics::new(&metrics.registry),
+            &loaded.catalog,
+        )
+        .await?;
+        loaded = Arc::new(snapshot);
+        from_store = Some((sync, conn));
+    }
+    let store_sync = from_store.as_ref().map(|(s, _)| Arc::clone(s));
 
     // Admission state lives outside the config: reloads never reset it. With a fleet store,
     // the fleet task keeps this replica's leases and slices filled from Redis.
-    let metrics = Arc::new(Metrics::new());
     let (store, fleet_task): (Arc<dyn QuotaStore>, Option<FleetTask>) = match &settings.quota {
         QuotaSettings::Local => (Arc::new(LocalStore::new()), None),
         QuotaSettings::Redis(q) => {
@@ -296,6 +314,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             admin,
             Arc::clone(&gateway),
             Arc::clone(&reload_status),
+            store_sync.clone(),
             async move {
                 let _ = rx.wait_for(|v| *v).await;
             },
@@ -307,6 +326,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         let status = Arc::clone(&reload_status);
         let interval = settings.reload_poll_interval;
         let settings = Arc::clone(&settings);
+        let sync = store_sync.clone();
         let apply = move |result: Result<Arc<config::Loaded>, ConfigError>| {
             let result = result.and_then(|loaded| {
                 check_upstreams(&settings, &loaded.catalog)?;
@@ -315,9 +335,21 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             let m = gateway.metrics();
             let mut status = status.lock().expect("not poisoned");
             status.attempts += 1;
+            // With the store, a reload brings a new catalog; accounts stay the store's.
+            let result = result.and_then(|loaded| match &sync {
+                None => Ok(gateway.apply(loaded)),
+                Some(sync) => sync
+                    .compose_and_apply(&gateway, Some(loaded.catalog.clone()))
+                    .map_err(|reason| ConfigError {
+                        file: "(entitlement store)".into(),
+                        key: "(snapshot)".into(),
+                        reason: format!(
+                            "the store's rows do not validate against the new catalog: {reason}"
+                        ),
+                    }),
+            });
             match result {
-                Ok(loaded) => {
-                    let generation = gateway.apply(loaded);
+                Ok(generation) => {
                     m.config_reloads.with_label_values(&["ok"]).inc();
                     m.config_last_reload_ok.set(1);
                     status.generation = generation;
@@ -336,6 +368,14 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             }
         };
         tasks.push(tokio::spawn(watcher.run(interval, apply, stopped())));
+    }
+    // The store sync: pushes, periodic deltas and full reads, until the drain is over.
+    if let Some((sync, conn)) = from_store {
+        tasks.push(tokio::spawn(sync.run(
+            Arc::clone(&gateway),
+            conn,
+            stopped(),
+        )));
     }
     // Forget rested buckets so memory follows active keys, not every key ever seen.
     {
@@ -385,6 +425,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         gateway,
         reload_status,
         spool,
+        store_sync,
         shutdown: shutdown_tx,
         tasks,
         fleet_stop,

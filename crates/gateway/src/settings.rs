@@ -25,6 +25,8 @@ struct RawSettings {
     #[serde(default)]
     quota: RawQuota,
     #[serde(default)]
+    entitlements: RawEntitlementSource,
+    #[serde(default)]
     proxy: RawProxy,
     upstream: BTreeMap<String, RawUpstream>,
     metering: RawMetering,
@@ -248,6 +250,55 @@ enum RawShipTo {
     Nats,
 }
 
+/// `[entitlements]`: where accounts, credentials and entitlements come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEntitlementSource {
+    source: String,
+    postgres_url: Option<String>,
+    resync_interval_ms: u64,
+    full_resync_interval_ms: u64,
+    timeout_ms: u64,
+    startup_timeout_ms: u64,
+}
+
+impl Default for RawEntitlementSource {
+    fn default() -> Self {
+        RawEntitlementSource {
+            source: "files".into(),
+            postgres_url: None,
+            resync_interval_ms: 1000,
+            full_resync_interval_ms: 300_000,
+            timeout_ms: 2000,
+            startup_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Where accounts, credentials and entitlements come from (`[entitlements]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntitlementSource {
+    /// `files.entitlements` and `files.credentials`, reloaded on change.
+    Files,
+    /// The entitlement store (PostgreSQL), pushed by `LISTEN`/`NOTIFY`.
+    Store(StoreSource),
+}
+
+/// `[entitlements]` with `source = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSource {
+    pub url: String,
+    /// Asks the store for changes this often even without a push (a lost notification is
+    /// caught within this; the snapshot's age is confirmed by it).
+    pub resync_interval: Duration,
+    /// Reads the whole store this often (and after every reconnection).
+    pub full_resync_interval: Duration,
+    /// A read slower than this counts as the store being unreachable.
+    pub timeout: Duration,
+    /// At start the gateway waits this long for a first snapshot, then refuses to start.
+    pub startup_timeout: Duration,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawReload {
@@ -361,6 +412,7 @@ pub struct Settings {
     pub burst_millis: u32,
     pub sweep_interval: Duration,
     pub quota: QuotaSettings,
+    pub entitlements: EntitlementSource,
     pub max_request_bytes: usize,
     /// Request bytes buffered at once by the whole gateway (bodies being read or forwarded).
     pub max_buffered_request_bytes: usize,
@@ -649,6 +701,22 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         }
     };
     let quota = parse_quota(&raw.quota, &metering, &err)?;
+    let entitlements = parse_entitlement_source(&raw.entitlements, &err)?;
+    let sources = match entitlements {
+        EntitlementSource::Files => sources,
+        // The files stay the catalog's; accounts and credentials come from the store.
+        EntitlementSource::Store(_) => Sources {
+            entitlements: Source::Embedded {
+                name: "entitlements (from the store)",
+                text: "",
+            },
+            credentials: Source::Embedded {
+                name: "credentials (from the store)",
+                text: "",
+            },
+            ..sources
+        },
+    };
     Ok(Settings {
         source: source.clone(),
         api_listen: addr("listen.api", &raw.listen.api)?,
@@ -663,6 +731,7 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         burst_millis: raw.admission.burst_millis,
         sweep_interval: Duration::from_secs(raw.admission.sweep_interval_seconds.max(1)),
         quota,
+        entitlements,
         max_request_bytes: raw.proxy.max_request_bytes,
         max_buffered_request_bytes: raw.proxy.max_buffered_request_bytes,
         header_read_timeout: Duration::from_millis(raw.proxy.header_read_timeout_ms),
@@ -682,6 +751,60 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         log_format: raw.log.format,
         log_level: raw.log.level,
     })
+}
+
+fn parse_entitlement_source(
+    e: &RawEntitlementSource,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<EntitlementSource, ConfigError> {
+    match e.source.as_str() {
+        "files" => return Ok(EntitlementSource::Files),
+        "postgres" => {}
+        other => {
+            return Err(err(
+                "entitlements.source",
+                format!("{other:?} is not an entitlement source (\"files\" or \"postgres\")"),
+            ));
+        }
+    }
+    let url = e.postgres_url.clone().ok_or_else(|| {
+        err(
+            "entitlements.postgres_url",
+            "is required with source = \"postgres\" (e.g. \"host=db user=tollgate dbname=tollgate\")".into(),
+        )
+    })?;
+    if let Err(x) = url.parse::<tokio_postgres::Config>() {
+        return Err(err("entitlements.postgres_url", format!("{x}")));
+    }
+    for (k, v) in [
+        ("entitlements.resync_interval_ms", e.resync_interval_ms),
+        (
+            "entitlements.full_resync_interval_ms",
+            e.full_resync_interval_ms,
+        ),
+        ("entitlements.timeout_ms", e.timeout_ms),
+        ("entitlements.startup_timeout_ms", e.startup_timeout_ms),
+    ] {
+        if v == 0 {
+            return Err(err(k, "must be positive".into()));
+        }
+    }
+    if e.full_resync_interval_ms < e.resync_interval_ms {
+        return Err(err(
+            "entitlements.full_resync_interval_ms",
+            format!(
+                "{} is less than entitlements.resync_interval_ms ({})",
+                e.full_resync_interval_ms, e.resync_interval_ms
+            ),
+        ));
+    }
+    Ok(EntitlementSource::Store(StoreSource {
+        url,
+        resync_interval: Duration::from_millis(e.resync_interval_ms),
+        full_resync_interval: Duration::from_millis(e.full_resync_interval_ms),
+        timeout: Duration::from_millis(e.timeout_ms),
+        startup_timeout: Duration::from_millis(e.startup_timeout_ms),
+    }))
 }
 
 fn parse_quota(

@@ -77,6 +77,10 @@ pub async fn read_in(c: &impl GenericClient, scope: Scope) -> anyhow::Result<Ima
         version,
         ..Default::default()
     };
+    // Nothing was written since: the common case of a periodic delta, one query.
+    if since > 0 && version == since {
+        return Ok(image);
+    }
     // The accounts of the tree: the owner and the accounts whose owner it is.
     const TREE: &str = "($2::bigint IS NULL OR uin IN (SELECT uin FROM entitlements.accounts WHERE uin = $2 OR owner_uin = $2))";
     for r in c

@@ -1,0 +1,440 @@
+//! Entitlements from the store (`[entitlements] source = "postgres"`): a snapshot at start,
+//! every committed change pushed (`LISTEN`/`NOTIFY`, each carrying its version), a delta read
+//! every `resync_interval` in case a push is lost, a full read every `full_resync_interval`
+//! and after every reconnection.
+//!
+//! The request path never waits for any of it: a change becomes a new config snapshot
+//! (`Gateway::apply`), swapped in whole. A gateway that cannot reach the store keeps serving
+//! its last snapshot and says how old it is: `tollgate_entitlements_snapshot_age_seconds`
+//! (the time since a read last confirmed it current) and the `/readyz` detail.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::mpsc;
+
+use crate::proxy::Gateway;
+use crate::settings::StoreSource;
+use tollgate_core::catalog::Catalog;
+use tollgate_core::clock::Clock;
+use tollgate_core::config::Loaded;
+use tollgate_store::listen::{self, Event};
+use tollgate_store::{Image, Scope};
+
+/// The store sync's metrics.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub up: IntGauge,
+    pub version: IntGauge,
+    pub age_seconds: Gauge,
+    pub rows: IntGauge,
+    pub syncs: IntCounterVec,
+    pub applied: IntCounterVec,
+}
+
+impl StoreMetrics {
+    pub fn new(registry: &Registry) -> StoreMetrics {
+        let m = StoreMetrics {
+            up: IntGauge::new(
+                "tollgate_entitlements_store_up",
+                "1 while the entitlement store answers (pushes are heard), 0 while the gateway serves its last snapshot.",
+            )
+            .expect("valid metric"),
+            version: IntGauge::new(
+                "tollgate_entitlements_version",
+                "The entitlement store version this gateway's snapshot holds.",
+            )
+            .expect("valid metric"),
+            age_seconds: Gauge::new(
+                "tollgate_entitlements_snapshot_age_seconds",
+                "Seconds since a read of the entitlement store last confirmed this gateway's snapshot current.",
+            )
+            .expect("valid metric"),
+            rows: IntGauge::new(
+                "tollgate_entitlements_rows",
+                "Rows of the entitlement store in this gateway's snapshot.",
+            )
+            .expect("valid metric"),
+            syncs: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_entitlements_syncs_total",
+                    "Reads of the entitlement store, by kind (full, delta) and result (ok, error).",
+                ),
+                &["kind", "result"],
+            )
+            .expect("valid metric"),
+            applied: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_entitlements_changes_total",
+                    "Rows of store changes: taken (newer than held), ignored (late or repeated), refused (the snapshot would not validate).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+        };
+        for c in [
+            Box::new(m.up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.version.clone()),
+            Box::new(m.age_seconds.clone()),
+            Box::new(m.rows.clone()),
+            Box::new(m.syncs.clone()),
+            Box::new(m.applied.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        m
+    }
+}
+
+/// The store sync's state, shared with the admin listener and the config reloader.
+pub struct StoreSync {
+    settings: StoreSource,
+    clock: Arc<dyn Clock>,
+    image: Mutex<Image>,
+    /// Serializes building and applying snapshots (the sync and a catalog reload), so
+    /// neither can overwrite the other's newer half.
+    apply_lock: Mutex<()>,
+    /// Unix nanoseconds of the last read that confirmed the snapshot current.
+    confirmed: AtomicI64,
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    metrics: StoreMetrics,
+}
+
+impl std::fmt::Debug for StoreSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSync")
+            .field("url", &self.settings.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to read next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Full,
+    Delta,
+}
+
+type Listening = (tokio_postgres::Client, mpsc::UnboundedReceiver<Event>);
+
+impl StoreSync {
+    /// Connects and reads the first snapshot, retrying until `startup_timeout`. Returns the
+    /// sync, the listening connection, and the entitlements and credentials built against
+    /// `catalog`.
+    pub async fn start(
+        settings: StoreSource,
+        clock: Arc<dyn Clock>,
+        metrics: StoreMetrics,
+        catalog: &Catalog,
+    ) -> anyhow::Result<(Arc<StoreSync>, Listening, Loaded)> {
+        let deadline = Instant::now() + settings.startup_timeout;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match Self::first(&settings).await {
+                Ok((conn, image)) => {
+                    let (entitlements, credentials) = image.build(catalog).map_err(|e| {
+                        anyhow::anyhow!(
+                            "the entitlement store (version {}) does not validate against the catalog: {}: {}",
+                            image.version,
+                            e.key,
+                            e.reason
+                        )
+                    })?;
+                    metrics.up.set(1);
+                    metrics.version.set(image.version);
+                    metrics.rows.set(image.rows() as i64);
+                    metrics.syncs.with_label_values(&["full", "ok"]).inc();
+                    tracing::info!(
+                        version = image.version,
+                        accounts = entitlements.accounts.len(),
+                        credentials = credentials.by_secret_id.len(),
+                        "entitlements loaded from the store"
+                    );
+                    let sync = Arc::new(StoreSync {
+                        confirmed: AtomicI64::new(clock.unix_nanos()),
+                        settings,
+                        clock,
+                        image: Mutex::new(image),
+                        apply_lock: Mutex::new(()),
+                        up: AtomicBool::new(true),
+                        last_error: Mutex::new(None),
+                        metrics,
+                    });
+                    let loaded = Loaded {
+                        catalog: catalog.clone(),
+                        entitlements,
+                        credentials,
+                    };
+                    return Ok((sync, conn, loaded));
+                }
+                Err(e) => {
+                    metrics.syncs.with_label_values(&["full", "error"]).inc();
+                    let last = format!("{e:#}");
+                    if Instant::now() + backoff > deadline {
+                        anyhow::bail!(
+                            "no entitlement snapshot within entitlements.startup_timeout_ms ({:?}): {last}",
+                            settings.startup_timeout
+                        );
+                    }
+                    tracing::warn!(error = %last, retry_in = ?backoff, "entitlement store not ready yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn first(settings: &StoreSource) -> anyhow::Result<(Listening, Image)> {
+        let (mut client, rx) = listen::connect(&settings.url, settings.timeout).await?;
+        if !tollgate_store::schema::is_current(&client).await? {
+            anyhow::bail!(
+                "the entitlement store has no current schema: run `tollgate admin migrate` (or start `tollgate admin serve`)"
+            );
+        }
+        let image = tokio::time::timeout(
+            settings.timeout.max(Duration::from_secs(5)),
+            tollgate_store::read(&mut client, Scope::ALL),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the first snapshot read timed out"))??;
+        Ok(((client, rx), image))
+    }
+
+    /// The version of the snapshot held.
+    pub fn version(&self) -> i64 {
+        self.image.lock().expect("not poisoned").version
+    }
+
+    /// Seconds since a read last confirmed the snapshot current.
+    pub fn age_seconds(&self) -> f64 {
+        let now = self.clock.unix_nanos();
+        (now - self.confirmed.load(Ordering::Relaxed)).max(0) as f64 / 1e9
+    }
+
+    /// Brings the age gauge up to date (on a scrape).
+    pub fn refresh(&self) {
+        self.metrics.age_seconds.set(self.age_seconds());
+    }
+
+    /// The `/readyz` detail.
+    pub fn detail(&self) -> String {
+        let age = self.age_seconds();
+        if self.up.load(Ordering::Relaxed) {
+            format!(
+                "entitlements: store version {}, confirmed {age:.1} s ago",
+                self.version()
+            )
+        } else {
+            let err = self
+                .last_error
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .unwrap_or_default();
+            format!(
+                "entitlements: STORE UNREACHABLE, serving the last snapshot (version {}, {age:.1} s old): {err}",
+                self.version()
+            )
+        }
+    }
+
+    /// Builds the snapshot the request path reads from `catalog` and the image held, and
+    /// applies it. Called by the sync (new rows) and the config reloader (a new catalog).
+    pub fn compose_and_apply(
+        &self,
+        gateway: &Gateway,
+        catalog: Option<Catalog>,
+    ) -> Result<u64, String> {
+        let _guard = self.apply_lock.lock().expect("not poisoned");
+        let catalog = catalog.unwrap_or_else(|| gateway.snapshot().loaded.catalog.clone());
+        let built = {
+            let image = self.image.lock().expect("not poisoned");
+            image
+                .build(&catalog)
+                .map_err(|e| format!("{}: {}", e.key, e.reason))
+        };
+        let (entitlements, credentials) = built?;
+        Ok(gateway.apply(Arc::new(Loaded {
+            catalog,
+            entitlements,
+            credentials,
+        })))
+    }
+
+    fn down(&self, why: String) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::error!(
+                error = %why,
+                version = self.version(),
+                "entitlement store unreachable: serving the last snapshot"
+            );
+        }
+        self.metrics.up.set(0);
+        *self.last_error.lock().expect("not poisoned") = Some(why);
+    }
+
+    fn confirmed_now(&self) {
+        self.confirmed
+            .store(self.clock.unix_nanos(), Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                version = self.version(),
+                "entitlement store reachable again"
+            );
+        }
+        self.metrics.up.set(1);
+        *self.last_error.lock().expect("not poisoned") = None;
+    }
+
+    /// Takes a read's rows; rebuilds and applies the snapshot if anything changed.
+    fn absorb(&self, gateway: &Gateway, want: Want, read: Image) {
+        let changed = {
+            let mut image = self.image.lock().expect("not poisoned");
+            match want {
+                Want::Full => {
+                    let changed = *image != read;
+                    *image = read;
+                    changed
+                }
+                Want::Delta => {
+                    let a = image.apply(read);
+                    self.metrics
+                        .applied
+                        .with_label_values(&["taken"])
+                        .inc_by(a.taken as u64);
+                    self.metrics
+                        .applied
+                        .with_label_values(&["ignored"])
+                        .inc_by(a.ignored as u64);
+                    a.taken > 0
+                }
+            }
+        };
+        self.confirmed_now();
+        if changed {
+            match self.compose_and_apply(gateway, None) {
+                Ok(generation) => {
+                    tracing::info!(
+                        version = self.version(),
+                        generation,
+                        "entitlements updated from the store"
+                    );
+                }
+                Err(e) => {
+                    self.metrics.applied.with_label_values(&["refused"]).inc();
+                    tracing::error!(
+                        error = %e,
+                        version = self.version(),
+                        "the entitlement store's rows do not validate: the previous snapshot stays in force"
+                    );
+                    return;
+                }
+            }
+        }
+        // Published after the snapshot is in force: a version seen here is being enforced.
+        let image = self.image.lock().expect("not poisoned");
+        self.metrics.version.set(image.version);
+        self.metrics.rows.set(image.rows() as i64);
+    }
+
+    /// Keeps the snapshot current until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        gateway: Arc<Gateway>,
+        first: Listening,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut conn: Option<Listening> = Some(first);
+        let mut tick = tokio::time::interval(self.settings.resync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_full = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut need_full = false;
+        loop {
+            let Some((client, events)) = conn.as_mut() else {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => return,
+                }
+                match listen::connect(&self.settings.url, self.settings.timeout).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        need_full = true;
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        self.down(format!("cannot connect: {e:#}"));
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+                continue;
+            };
+            let want = if need_full {
+                Want::Full
+            } else {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(Event::Notified(v)) if v > self.version() => Want::Delta,
+                        Some(Event::Notified(_)) => {
+                            self.metrics.applied.with_label_values(&["ignored"]).inc();
+                            continue;
+                        }
+                        Some(Event::Closed(why)) => {
+                            self.down(why);
+                            conn = None;
+                            continue;
+                        }
+                        None => {
+                            self.down("the listening connection ended".into());
+                            conn = None;
+                            continue;
+                        }
+                    },
+                    _ = tick.tick() => {
+                        if last_full.elapsed() >= self.settings.full_resync_interval {
+                            Want::Full
+                        } else {
+                            Want::Delta
+                        }
+                    }
+                    () = &mut shutdown => return,
+                }
+            };
+            let (scope, kind) = match want {
+                Want::Full => (Scope::ALL, "full"),
+                Want::Delta => (Scope::since(self.version()), "delta"),
+            };
+            let read =
+                tokio::time::timeout(self.settings.timeout, tollgate_store::read(client, scope))
+                    .await;
+            match read {
+                Ok(Ok(image)) => {
+                    self.metrics.syncs.with_label_values(&[kind, "ok"]).inc();
+                    if want == Want::Full {
+                        last_full = Instant::now();
+                        need_full = false;
+                    }
+                    self.absorb(&gateway, want, image);
+                }
+                Ok(Err(e)) => {
+                    self.metrics.syncs.with_label_values(&[kind, "error"]).inc();
+                    self.down(format!("{kind} read failed: {e:#}"));
+                    conn = None;
+                }
+                Err(_) => {
+                    self.metrics.syncs.with_label_values(&[kind, "error"]).inc();
+                    self.down(format!(
+                        "{kind} read timed out after {:?}",
+                        self.settings.timeout
+                    ));
+                    conn = None;
+                }
+            }
+        }
+    }
+}

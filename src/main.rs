@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::CheckConfig(a) => tollgate_gateway::cli::check_config(a),
             Command::Statement(a) => tollgate_settlement::cli::statement(a).await,
             Command::Consumer(a) => tollgate_settlement::cli::consumer(a).await,
-            Command::Quote(a) => tollgate_settlement::cli::quote(a),
+            Command::Quote(a) => tollgate_settlement::cli::quote(a).await,
             Command::Admin(a) => tollgate_admin::cli::run(a).await,
         }
     });

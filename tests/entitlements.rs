@@ -30,6 +30,10 @@ struct Service {
 impl Service {
     /// The store seeded with the test accounts, the admin API on `clock`, three replicas.
     async fn start(clock: Option<Arc<FakeClock>>) -> Service {
+        Self::with_replicas(clock, 3).await
+    }
+
+    async fn with_replicas(clock: Option<Arc<FakeClock>>, replicas: usize) -> Service {
         let pg = Postgres::start();
         seed_store(&pg.url(), ENTITLEMENTS).await;
         let api_clock: Arc<dyn Clock> = match &clock {
@@ -65,7 +69,7 @@ impl Service {
         .unwrap();
         let base = format!("http://{}", api.addr);
         let mut fleet = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..replicas {
             fleet.push(Arc::new(
                 Harness::start(Builder {
                     clock: clock.clone(),
@@ -616,5 +620,87 @@ async fn shadow_mode_through_the_api_admits_and_counts_then_enforces_again() {
     let codes = count_codes(&replies);
     let refused = codes.get("RequestLimitExceeded").copied().unwrap_or(0);
     assert!((215..=225).contains(&refused), "{codes:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_is_refunded_only_wholly_unused_and_within_seven_days_of_delivery() {
+    let _serial = SERIAL.lock().await;
+    let clock = FakeClock::at("2027-01-01T10:00:00+08:00");
+    let s = Service::with_replicas(Some(clock.clone()), 0).await;
+    // The usage ledger the consumer keeps, in the same database.
+    tollgate_settlement::consumer::Ledger::connect(&s.pg.url(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let pack = json!({"item": "ocr.general_basic", "size": 10000});
+    let a = s.post("/v1/accounts/1/packs", pack.clone()).await;
+    let b = s.post("/v1/accounts/1/packs", pack.clone()).await;
+    clock.advance(Duration::from_secs(3600));
+    let c = s.post("/v1/accounts/1/packs", pack.clone()).await;
+    let id = |v: &Value| v["pack"]["id"].as_str().unwrap().to_owned();
+    // 8,000 calls on Jan 2: past the free pack, into the earliest prepaid pack (A or B,
+    // bought at the same instant: the rating engine's order decides which).
+    let db = tollgate_store::connect(&s.pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let hour = chrono::DateTime::parse_from_rfc3339("2027-01-02T10:00:00+08:00")
+        .unwrap()
+        .timestamp();
+    db.execute(
+        "INSERT INTO usage_ledger (owner_uin, billing_item, interface, hour_start, month, units, records)
+         VALUES (1, 'ocr.general_basic', 'GeneralBasicOCR', $1, '2027-01', 8000, 8000)",
+        &[&hour],
+    )
+    .await
+    .unwrap();
+    let refund = |pack_id: String, key: &'static str| {
+        let w = s.write.clone();
+        async move {
+            w.write(
+                Method::POST,
+                &format!("/v1/accounts/1/packs/{pack_id}/refund"),
+                &json!({}),
+                key,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Bought Jan 1: refundable until Jan 8 inclusive.
+    clock.set_wall("2027-01-08T23:59:59+08:00");
+    let ra = refund(id(&a), "refund-a").await;
+    let rb = refund(id(&b), "refund-b").await;
+    let (used, unused) = if ra.status == 200 { (rb, ra) } else { (ra, rb) };
+    assert_eq!(unused.status, 200, "{}", unused.body);
+    // What was paid comes back.
+    assert_eq!(unused.body["refund"], a["price"], "{}", unused.body);
+    assert_eq!(used.status, 422, "{}", used.body);
+    assert_eq!(used.body["error"]["code"], "PackUsed", "{}", used.body);
+    // Once only.
+    let unused_id = unused.body["pack"]["id"].as_str().unwrap().to_owned();
+    let again = refund(unused_id, "refund-again").await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    // Not from Jan 9 00:00.
+    clock.set_wall("2027-01-09T00:00:00+08:00");
+    let late = refund(id(&c), "refund-c").await;
+    assert_eq!(late.status, 422, "{}", late.body);
+    assert_eq!(late.body["error"]["code"], "RefundWindowClosed");
+    assert!(
+        late.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("until 2027-01-08"),
+        "{}",
+        late.body
+    );
+    // A refunded pack is not billed: the statement reads packs from the store.
+    let billing = tollgate_settlement::store::load_owner_billing(
+        &s.pg.url(),
+        1,
+        &tollgate_core::catalog::Catalog::embedded(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(billing.packs.len(), 2, "{:?}", billing.packs);
     s.stop().await;
 }

@@ -55,6 +55,28 @@ fn venv() -> PathBuf {
 async fn the_official_python_sdk_works_unchanged() {
     let venv = tokio::task::spawn_blocking(venv).await.unwrap();
     let h = Harness::start(Builder::default()).await;
+    run_suite(&venv, &h).await;
+    h.stop().await;
+}
+
+/// The same suite, unchanged, with the accounts and credentials served from the entitlement
+/// store (imported from the same files) instead of the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_works_unchanged_with_entitlements_from_the_store() {
+    let venv = tokio::task::spawn_blocking(venv).await.unwrap();
+    let pg = support::servers::Postgres::start();
+    support::seed_store(&pg.url(), support::ENTITLEMENTS).await;
+    let h = Harness::start(Builder {
+        entitlements_source: support::store_source(&pg.url()),
+        ..Builder::default()
+    })
+    .await;
+    assert_eq!(h.metric("tollgate_entitlements_store_up", &[]).await, 1.0);
+    run_suite(&venv, &h).await;
+    h.stop().await;
+}
+
+async fn run_suite(venv: &Path, h: &Harness) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/e2e.py");
     let output = tokio::process::Command::new(venv.join("bin/python"))
         .arg(&script)
@@ -97,5 +119,4 @@ async fn the_official_python_sdk_works_unchanged() {
             && mixed.contains(&("ocr.invoice_small".into(), 2)),
         "{mixed:?}"
     );
-    h.stop().await;
 }

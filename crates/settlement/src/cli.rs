@@ -32,6 +32,10 @@ pub struct StatementArgs {
     /// Directory with catalog.toml, pricing.toml and billing.toml (embedded copies if absent).
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
+    /// Read activations, packs and contract prices from this entitlement store (PostgreSQL)
+    /// instead of billing.toml.
+    #[arg(long, env = "TOLLGATE_STORE")]
+    pub store: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: StatementFormat,
 }
@@ -69,6 +73,10 @@ pub struct QuoteArgs {
     /// Directory with catalog.toml, pricing.toml and entitlements.toml (embedded copies if absent).
     #[arg(long, global = true)]
     pub config_dir: Option<PathBuf>,
+    /// Read the buyer's held overlay packs from this entitlement store instead of
+    /// entitlements.toml.
+    #[arg(long, global = true, env = "TOLLGATE_STORE")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -182,6 +190,7 @@ async fn print_statement(
     month: &str,
     source: UsageSource,
     dir: &Option<PathBuf>,
+    store: Option<&str>,
     format: StatementFormat,
 ) -> anyhow::Result<()> {
     use crate::{Month, OwnerBilling, ledger, rating, statement};
@@ -189,12 +198,17 @@ async fn print_statement(
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--month: {e}"))?;
     let (catalog, book) = load_pricing(dir)?;
-    let src = config_source(dir, "billing.toml", EMBEDDED_BILLING);
-    let owners = config::load_billing(&src, &src.read()?, &catalog, &book)?;
-    let billing = owners.get(&owner).cloned().unwrap_or(OwnerBilling {
-        uin: owner,
-        ..Default::default()
-    });
+    let billing = match store {
+        Some(url) => crate::store::load_owner_billing(url, owner, &catalog).await?,
+        None => {
+            let src = config_source(dir, "billing.toml", EMBEDDED_BILLING);
+            let owners = config::load_billing(&src, &src.read()?, &catalog, &book)?;
+            owners.get(&owner).cloned().unwrap_or(OwnerBilling {
+                uin: owner,
+                ..Default::default()
+            })
+        }
+    };
     let counts = match source {
         UsageSource::Records(path) => {
             let records = tollgate_usage::jsonl::read_all(&path)
@@ -244,7 +258,11 @@ async fn serve_consumer_metrics(
     .await;
 }
 
-fn print_quote(what: QuoteWhat, dir: &Option<PathBuf>) -> anyhow::Result<()> {
+async fn print_quote(
+    what: QuoteWhat,
+    dir: &Option<PathBuf>,
+    store: Option<&str>,
+) -> anyhow::Result<()> {
     let (catalog, book) = load_pricing(dir)?;
     let q = match what {
         QuoteWhat::Overlay {
@@ -254,7 +272,29 @@ fn print_quote(what: QuoteWhat, dir: &Option<PathBuf>) -> anyhow::Result<()> {
             term,
         } => {
             let mut held = Vec::new();
-            if let Some(uin) = uin {
+            if let (Some(uin), Some(url)) = (uin, store) {
+                let mut client =
+                    tollgate_store::connect(url, std::time::Duration::from_secs(10)).await?;
+                let owner: i64 = client
+                    .query_opt(
+                        "SELECT coalesce(owner_uin, uin) FROM entitlements.accounts WHERE uin = $1",
+                        &[&(uin as i64)],
+                    )
+                    .await?
+                    .with_context(|| format!("{uin} is not an account of the store"))?
+                    .get(0);
+                let image =
+                    tollgate_store::read(&mut client, tollgate_store::Scope::owner(owner as u64))
+                        .await?;
+                let (ents, _) = image
+                    .build(&catalog)
+                    .map_err(|e| anyhow::anyhow!("the store: {}: {}", e.key, e.reason))?;
+                if let (Some(a), Some(f)) =
+                    (ents.account(uin), catalog.interface_by_name(&interface))
+                {
+                    held = a.overlay_packs.get(&f.id).cloned().unwrap_or_default();
+                }
+            } else if let Some(uin) = uin {
                 let src =
                     config_source(dir, "entitlements.toml", core_config::EMBEDDED_ENTITLEMENTS);
                 let ents =
@@ -298,12 +338,20 @@ pub async fn statement(a: StatementArgs) -> anyhow::Result<()> {
         (_, _, Some(f)) => UsageSource::Records(f),
         _ => UsageSource::LedgerDir(PathBuf::from("data/batches")),
     };
-    print_statement(a.owner, &a.month, source, &a.config_dir, a.format).await
+    print_statement(
+        a.owner,
+        &a.month,
+        source,
+        &a.config_dir,
+        a.store.as_deref(),
+        a.format,
+    )
+    .await
 }
 
 /// `tollgate quote`.
-pub fn quote(a: QuoteArgs) -> anyhow::Result<()> {
-    print_quote(a.what, &a.config_dir)
+pub async fn quote(a: QuoteArgs) -> anyhow::Result<()> {
+    print_quote(a.what, &a.config_dir, a.store.as_deref()).await
 }
 
 /// `tollgate consumer`: runs until SIGTERM or SIGINT.

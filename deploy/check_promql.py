@@ -4,7 +4,8 @@
 Collects the expressions of deploy/prometheus/alerts.yml and of the Grafana dashboard (panel
 targets, annotation queries, template variable queries), then:
 
-  1. every metric name they use must be one that the gateway (crates/gateway/src/metrics.rs, crates/gateway/src/fleet/mod.rs) or the
+  1. every metric name they use must be one that the gateway (crates/gateway/src/metrics.rs, crates/gateway/src/fleet/mod.rs,
+     crates/gateway/src/store_sync.rs) or the
      settlement consumer (crates/settlement/src/consumer.rs) registers (histograms with their
      _bucket/_sum/_count series), or Prometheus' own `up`;
   2. every selector of such a metric must select the job that scrapes its component: the
@@ -38,7 +39,8 @@ DASHBOARD = DEPLOY / "grafana" / "tollgate-dashboard.json"
 # the dashboard's variable).
 COMPONENTS = {
     "gateway": ([REPO / "crates" / "gateway" / "src" / "metrics.rs",
-                 REPO / "crates" / "gateway" / "src" / "fleet" / "mod.rs"],
+                 REPO / "crates" / "gateway" / "src" / "fleet" / "mod.rs",
+                 REPO / "crates" / "gateway" / "src" / "store_sync.rs"],
                 'job="tollgate"', 'job=~"$job"'),
     "consumer": ([REPO / "crates" / "settlement" / "src" / "consumer.rs"],
                  'job="tollgate-consumer"', 'job=~"$consumer_job"'),

@@ -23,7 +23,7 @@ Several settings must match across files that no single tool reads together:
       unit's --nats-stream equals metering.nats_stream.
   NATS (deploy/nats/tollgate-usage-stream.json):
     - the stream is the one the gateways publish to, with the subjects and the duplicate
-      window the gateway itself would create it with (src/metering/ship.rs), file storage
+      window the gateway itself would create it with (crates/usage/src/stream.rs), file storage
       and three replicas.
 
     python3 deploy/check_wiring.py
@@ -44,7 +44,7 @@ REPO = DEPLOY.parent
 K8S = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
 STREAM = DEPLOY / "nats" / "tollgate-usage-stream.json"
-SHIP_RS = REPO / "src" / "metering" / "ship.rs"
+SHIP_RS = REPO / "crates" / "usage" / "src" / "stream.rs"
 
 problems = []
 
@@ -253,8 +253,8 @@ def nats(stream_name_seen: set) -> None:
         check(s.get("duplicate_window") == int(window.group(1)) * 10**9,
               f"nats: duplicate_window must be the gateway's {window.group(1)} s, in nanoseconds")
     else:
-        print(f"note: could not find the stream config in {SHIP_RS}; subjects and duplicate "
-              "window not compared")
+        # A check that cannot find what it compares must fail, not pass quietly.
+        check(False, f"nats: cannot find the stream config (subjects, duplicate_window) in {SHIP_RS}")
 
 
 def main() -> int:

@@ -165,6 +165,20 @@ unknown = sorted(used - known)
 assert not unknown, f"flags `tollgate consumer` does not know: {unknown}"
 assert "TOLLGATE_POSTGRES" in help_text, "--postgres no longer reads $TOLLGATE_POSTGRES"
 EOF
+  step "tollgate admin serve knows the flags of its Deployment" \
+    python3 - "$tollgate" <<'EOF'
+import re, subprocess, sys, yaml
+help_text = subprocess.run([sys.argv[1], "admin", "serve", "--help"], capture_output=True,
+                           text=True, check=True).stdout
+known = set(re.findall(r"(--[a-z][a-z-]*)", help_text))
+deployment = next(d for d in yaml.safe_load_all(open("deploy/kubernetes/entitlements-deployment.yaml")) if d)
+container = deployment["spec"]["template"]["spec"]["containers"][0]
+assert container["args"][:2] == ["admin", "serve"], container["args"]
+unknown = sorted({a for a in container["args"] if a.startswith("--")} - known)
+assert not unknown, f"flags `tollgate admin serve` does not know: {unknown}"
+assert "TOLLGATE_STORE" in help_text, "--store no longer reads $TOLLGATE_STORE"
+assert any(e["name"] == "TOLLGATE_STORE" for e in container["env"]), "the Deployment sets no TOLLGATE_STORE"
+EOF
 else
   skip "tollgate check-config" "no tollgate binary: cargo build --release"
 fi

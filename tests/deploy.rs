@@ -151,6 +151,16 @@ async fn the_dashboard_and_alerts_name_only_exported_metrics() {
             m.leased_calls.with_label_values(&[kind]).inc();
         }
         m.round_seconds.observe(0.001);
+        // And the entitlement store sync's with `[entitlements] source = "postgres"`.
+        let s = tollgate_gateway::store_sync::StoreMetrics::new(&registry);
+        for kind in ["full", "delta"] {
+            for result in ["ok", "error"] {
+                s.syncs.with_label_values(&[kind, result]).inc();
+            }
+        }
+        for outcome in ["taken", "ignored", "refused"] {
+            s.applied.with_label_values(&[outcome]).inc();
+        }
         let mut text = String::new();
         prometheus::TextEncoder::new()
             .encode_utf8(&registry.gather(), &mut text)

@@ -83,18 +83,19 @@ fn dependencies(manifest: &Path) -> Vec<String> {
 }
 
 #[test]
-fn postgres_is_linked_by_settlement_only() {
+fn postgres_is_linked_by_the_store_and_settlement_only() {
     for manifest in files("crates", &["Cargo.toml"]) {
         let deps = dependencies(&manifest);
-        let settlement = rel(&manifest) == "crates/settlement/Cargo.toml";
+        let owner = ["crates/settlement/Cargo.toml", "crates/store/Cargo.toml"]
+            .contains(&rel(&manifest).as_str());
         assert_eq!(
             deps.iter().any(|d| d == "tokio-postgres"),
-            settlement,
-            "{}: tokio-postgres belongs to the settlement crate only",
+            owner,
+            "{}: tokio-postgres belongs to the store (entitlements) and settlement (the usage ledger) crates only",
             rel(&manifest)
         );
     }
-    // The binary links every crate, so it links PostgreSQL through settlement only.
+    // The binary links every crate, so it links PostgreSQL through them only.
     assert!(!dependencies(&root().join("Cargo.toml")).contains(&"tokio-postgres".to_owned()));
 }
 
@@ -106,13 +107,33 @@ fn crates_depend_in_one_direction() {
         ("core", &[]),
         ("usage", &[]),
         ("ops", &[]),
+        ("store", &["tollgate-core"]),
         (
             "gateway",
-            &["tollgate-core", "tollgate-usage", "tollgate-ops"],
+            &[
+                "tollgate-core",
+                "tollgate-usage",
+                "tollgate-ops",
+                "tollgate-store",
+            ],
         ),
         (
             "settlement",
-            &["tollgate-core", "tollgate-usage", "tollgate-ops"],
+            &[
+                "tollgate-core",
+                "tollgate-usage",
+                "tollgate-ops",
+                "tollgate-store",
+            ],
+        ),
+        (
+            "admin",
+            &[
+                "tollgate-core",
+                "tollgate-ops",
+                "tollgate-settlement",
+                "tollgate-store",
+            ],
         ),
         ("stub", &["tollgate-core", "tollgate-ops"]),
     ];

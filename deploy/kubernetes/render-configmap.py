@@ -27,6 +27,10 @@ FILES = [
     ("tollgate.toml", HERE / "tollgate.toml"),
     ("catalog.toml", REPO / "config" / "catalog.toml"),
     ("entitlements.toml", REPO / "config" / "entitlements.toml"),
+    # Read by the admin API (entitlements-deployment.yaml): prices of purchases, and the
+    # seed `tollgate admin import /etc/tollgate` reads.
+    ("pricing.toml", REPO / "config" / "pricing.toml"),
+    ("billing.toml", REPO / "config" / "billing.toml"),
 ]
 
 HEADER = """\

@@ -10,6 +10,7 @@
 //! of a validation error).
 
 use std::sync::Arc;
+use tollgate_store::tokio_postgres;
 
 use bytes::Bytes;
 use chrono::{DateTime, Days, NaiveDate, Utc};

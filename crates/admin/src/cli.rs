@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tollgate_store::tokio_postgres;
 
 use http::Method;
 use serde_json::{Value, json};

@@ -6,6 +6,7 @@
 //! `import <dir>`. Importing the same files twice changes nothing the second time.
 
 use std::path::Path;
+use tollgate_store::tokio_postgres;
 
 use chrono::{DateTime, Utc};
 

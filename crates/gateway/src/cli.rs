@@ -26,6 +26,10 @@ pub struct Overrides {
     /// the StatefulSet pod name.
     #[arg(long, env = "TOLLGATE_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// Overrides entitlements.postgres_url (also $TOLLGATE_STORE: the store's connection
+    /// string, from a secret).
+    #[arg(long, env = "TOLLGATE_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 /// `tollgate gateway`.
@@ -72,6 +76,19 @@ pub fn load_settings(config: Option<PathBuf>, o: &Overrides) -> anyhow::Result<S
             _ => {
                 anyhow::bail!("--gateway-id applies to the spool sink (metering.sink = \"spool\")")
             }
+        }
+    }
+    if let Some(url) = o.store.as_ref().filter(|u| !u.is_empty()) {
+        match &mut s.entitlements {
+            settings::EntitlementSource::Store(st) => {
+                url.parse::<tollgate_store::tokio_postgres::Config>()
+                    .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+                st.url = url.clone();
+            }
+            // $TOLLGATE_STORE may be exported for `tollgate admin`; the files stay in force.
+            settings::EntitlementSource::Files => eprintln!(
+                "tollgate: --store / $TOLLGATE_STORE is ignored: [entitlements] source = \"files\""
+            ),
         }
     }
     if let Some(u) = &o.upstream {

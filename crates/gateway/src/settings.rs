@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate_store::tokio_postgres;
 
 use serde::Deserialize;
 
@@ -767,12 +768,18 @@ fn parse_entitlement_source(
             ));
         }
     }
-    let url = e.postgres_url.clone().ok_or_else(|| {
-        err(
-            "entitlements.postgres_url",
-            "is required with source = \"postgres\" (e.g. \"host=db user=tollgate dbname=tollgate\")".into(),
-        )
-    })?;
+    // $TOLLGATE_STORE (a Secret, in Kubernetes) stands in for the key and wins over it
+    // (`tollgate gateway --store` too).
+    let url = std::env::var("TOLLGATE_STORE")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| e.postgres_url.clone())
+        .ok_or_else(|| {
+            err(
+                "entitlements.postgres_url",
+                "is required with source = \"postgres\" (e.g. \"host=db user=tollgate dbname=tollgate\"), or $TOLLGATE_STORE".into(),
+            )
+        })?;
     if let Err(x) = url.parse::<tokio_postgres::Config>() {
         return Err(err("entitlements.postgres_url", format!("{x}")));
     }

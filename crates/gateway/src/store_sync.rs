@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tollgate_store::tokio_postgres;
 
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::mpsc;

@@ -18,6 +18,10 @@ pub mod schema;
 pub mod tokens;
 pub mod write;
 
+/// The PostgreSQL client the store is read and written with, for the crates that hold its
+/// connections (the gateway's sync, the admin API): one version, linked here.
+pub use tokio_postgres;
+
 pub use image::Image;
 pub use read::{Scope, read};
 pub use write::Write;

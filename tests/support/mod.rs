@@ -329,6 +329,16 @@ poll_interval_ms = 100
             b.quota,
             b.entitlements_source,
         );
+        // A store-fed gateway caches its snapshot in its own temp dir unless told where.
+        let settings_text =
+            if !b.entitlements_source.is_empty() && !b.entitlements_source.contains("cache_file") {
+                format!(
+                    "{settings_text}cache_file = \"{}\"\n",
+                    dir.path().join("entitlements-snapshot.json").display()
+                )
+            } else {
+                settings_text
+            };
         let settings_path = dir.path().join("tollgate.toml");
         std::fs::write(&settings_path, settings_text).unwrap();
         let settings = settings::load(&Source::File(settings_path)).unwrap();

@@ -261,6 +261,7 @@ struct RawEntitlementSource {
     full_resync_interval_ms: u64,
     timeout_ms: u64,
     startup_timeout_ms: u64,
+    cache_file: String,
 }
 
 impl Default for RawEntitlementSource {
@@ -272,6 +273,7 @@ impl Default for RawEntitlementSource {
             full_resync_interval_ms: 300_000,
             timeout_ms: 2000,
             startup_timeout_ms: 30_000,
+            cache_file: "data/entitlements-snapshot.json".into(),
         }
     }
 }
@@ -296,8 +298,12 @@ pub struct StoreSource {
     pub full_resync_interval: Duration,
     /// A read slower than this counts as the store being unreachable.
     pub timeout: Duration,
-    /// At start the gateway waits this long for a first snapshot, then refuses to start.
+    /// At start the gateway waits this long for a first snapshot, then refuses to start
+    /// (unless it has a cached one).
     pub startup_timeout: Duration,
+    /// The last snapshot on disk: a gateway restarted while the store is unreachable starts
+    /// from it. `None`: no cache.
+    pub cache_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -780,8 +786,14 @@ fn parse_entitlement_source(
                 "is required with source = \"postgres\" (e.g. \"host=db user=tollgate dbname=tollgate\"), or $TOLLGATE_STORE".into(),
             )
         })?;
+    // (The value is not echoed: it may hold a password.)
     if let Err(x) = url.parse::<tokio_postgres::Config>() {
-        return Err(err("entitlements.postgres_url", format!("{x}")));
+        return Err(err(
+            "entitlements.postgres_url",
+            format!(
+                "is not a PostgreSQL connection string (libpq key=value, or postgresql://…): {x}"
+            ),
+        ));
     }
     for (k, v) in [
         ("entitlements.resync_interval_ms", e.resync_interval_ms),
@@ -811,6 +823,7 @@ fn parse_entitlement_source(
         full_resync_interval: Duration::from_millis(e.full_resync_interval_ms),
         timeout: Duration::from_millis(e.timeout_ms),
         startup_timeout: Duration::from_millis(e.startup_timeout_ms),
+        cache_file: (!e.cache_file.is_empty()).then(|| PathBuf::from(&e.cache_file)),
     }))
 }
 
@@ -1015,6 +1028,67 @@ mod tests {
         };
         assert_eq!(q.fleet.member_id, "gw-1");
         assert!(!q.member_id_is_gateway_id);
+    }
+
+    #[test]
+    fn entitlement_source_errors_name_the_key() {
+        let base = "[listen]\napi = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:3\"\n[upstream.default]\nurl = \"http://127.0.0.1:2\"\n[metering]\nsink = \"off\"\n[entitlements]\n";
+        let src = Source::Embedded {
+            name: "tollgate.toml",
+            text: "",
+        };
+        // (Only when $TOLLGATE_STORE is unset does a missing URL fail.)
+        let url_required = std::env::var("TOLLGATE_STORE").is_err();
+        let mut cases = vec![
+            (
+                "source = \"mysql\"\n",
+                "entitlements.source",
+                "not an entitlement source",
+            ),
+            (
+                "source = \"postgres\"\npostgres_url = \"host=db\"\ntimeout_ms = 0\n",
+                "entitlements.timeout_ms",
+                "must be positive",
+            ),
+            (
+                "source = \"postgres\"\npostgres_url = \"host=db\"\nresync_interval_ms = 5000\nfull_resync_interval_ms = 1000\n",
+                "entitlements.full_resync_interval_ms",
+                "less than entitlements.resync_interval_ms",
+            ),
+            (
+                "source = \"postgres\"\npostgres_url = \"host=db port=x\"\n",
+                "entitlements.postgres_url",
+                "not a PostgreSQL connection string",
+            ),
+        ];
+        if url_required {
+            cases.push((
+                "source = \"postgres\"\n",
+                "entitlements.postgres_url",
+                "is required",
+            ));
+        }
+        for (ent, key, reason) in cases {
+            let e = parse(&src, &format!("{base}{ent}")).unwrap_err();
+            assert_eq!(e.key, key, "{ent}");
+            assert!(e.reason.contains(reason), "{ent}: {e}");
+        }
+        let ok = parse(
+            &src,
+            &format!(
+                "{base}source = \"postgres\"\npostgres_url = \"host=db\"\ncache_file = \"\"\n"
+            ),
+        )
+        .unwrap();
+        let EntitlementSource::Store(st) = ok.entitlements else {
+            panic!("not the store")
+        };
+        assert_eq!(st.cache_file, None);
+        assert_eq!(st.resync_interval, Duration::from_secs(1));
+        // With the store, the entitlement and credential files are not read.
+        assert!(ok.sources.entitlements.path().is_none());
+        let files = parse(&src, base).unwrap();
+        assert_eq!(files.entitlements, EntitlementSource::Files);
     }
 
     #[test]

@@ -122,61 +122,51 @@ enum Want {
 type Listening = (tokio_postgres::Client, mpsc::UnboundedReceiver<Event>);
 
 impl StoreSync {
-    /// Connects and reads the first snapshot, retrying until `startup_timeout`. Returns the
-    /// sync, the listening connection, and the entitlements and credentials built against
+    /// Connects and reads the first snapshot, retrying until `startup_timeout`; or, if the
+    /// store does not answer at once and a cached snapshot exists (`cache_file`), starts from
+    /// that (the store is then reached in the background). Returns the sync, the listening
+    /// connection if there is one, and the entitlements and credentials built against
     /// `catalog`.
     pub async fn start(
         settings: StoreSource,
         clock: Arc<dyn Clock>,
         metrics: StoreMetrics,
         catalog: &Catalog,
-    ) -> anyhow::Result<(Arc<StoreSync>, Listening, Loaded)> {
+    ) -> anyhow::Result<(Arc<StoreSync>, Option<Listening>, Loaded)> {
+        let cached = match &settings.cache_file {
+            Some(path) => match tollgate_store::cache::load(path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the cached entitlement snapshot is unreadable; ignored");
+                    None
+                }
+            },
+            None => None,
+        };
         let deadline = Instant::now() + settings.startup_timeout;
         let mut backoff = Duration::from_millis(200);
-        loop {
+        let (conn, image, confirmed, error) = loop {
             match Self::first(&settings).await {
                 Ok((conn, image)) => {
-                    let (entitlements, credentials) = image.build(catalog).map_err(|e| {
-                        anyhow::anyhow!(
-                            "the entitlement store (version {}) does not validate against the catalog: {}: {}",
-                            image.version,
-                            e.key,
-                            e.reason
-                        )
-                    })?;
-                    metrics.up.set(1);
-                    metrics.version.set(image.version);
-                    metrics.rows.set(image.rows() as i64);
                     metrics.syncs.with_label_values(&["full", "ok"]).inc();
-                    tracing::info!(
-                        version = image.version,
-                        accounts = entitlements.accounts.len(),
-                        credentials = credentials.by_secret_id.len(),
-                        "entitlements loaded from the store"
-                    );
-                    let sync = Arc::new(StoreSync {
-                        confirmed: AtomicI64::new(clock.unix_nanos()),
-                        settings,
-                        clock,
-                        image: Mutex::new(image),
-                        apply_lock: Mutex::new(()),
-                        up: AtomicBool::new(true),
-                        last_error: Mutex::new(None),
-                        metrics,
-                    });
-                    let loaded = Loaded {
-                        catalog: catalog.clone(),
-                        entitlements,
-                        credentials,
-                    };
-                    return Ok((sync, conn, loaded));
+                    break (Some(conn), image, clock.unix_nanos(), None);
                 }
                 Err(e) => {
                     metrics.syncs.with_label_values(&["full", "error"]).inc();
                     let last = format!("{e:#}");
+                    if let Some((image, saved_at)) = cached.clone() {
+                        tracing::warn!(
+                            error = %last,
+                            version = image.version,
+                            saved_at = %saved_at,
+                            "entitlement store unreachable at start: serving the cached snapshot"
+                        );
+                        let saved = saved_at.timestamp_nanos_opt().unwrap_or(0);
+                        break (None, image, saved, Some(last));
+                    }
                     if Instant::now() + backoff > deadline {
                         anyhow::bail!(
-                            "no entitlement snapshot within entitlements.startup_timeout_ms ({:?}): {last}",
+                            "no entitlement snapshot within entitlements.startup_timeout_ms ({:?}) and none cached: {last}",
                             settings.startup_timeout
                         );
                     }
@@ -185,6 +175,62 @@ impl StoreSync {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
+        };
+        let (entitlements, credentials) = image.build(catalog).map_err(|e| {
+            anyhow::anyhow!(
+                "the entitlement snapshot (version {}) does not validate against the catalog: {}: {}",
+                image.version,
+                e.key,
+                e.reason
+            )
+        })?;
+        metrics.up.set(i64::from(error.is_none()));
+        metrics.version.set(image.version);
+        metrics.rows.set(image.rows() as i64);
+        tracing::info!(
+            version = image.version,
+            accounts = entitlements.accounts.len(),
+            credentials = credentials.by_secret_id.len(),
+            from = if error.is_none() { "store" } else { "cache" },
+            "entitlements loaded"
+        );
+        let sync = Arc::new(StoreSync {
+            confirmed: AtomicI64::new(confirmed),
+            settings,
+            clock,
+            image: Mutex::new(image),
+            apply_lock: Mutex::new(()),
+            up: AtomicBool::new(error.is_none()),
+            last_error: Mutex::new(error.clone()),
+            metrics,
+        });
+        if error.is_none() {
+            sync.save_cache().await;
+        }
+        let loaded = Loaded {
+            catalog: catalog.clone(),
+            entitlements,
+            credentials,
+        };
+        Ok((sync, conn, loaded))
+    }
+
+    /// Writes the image held to `cache_file` (off the async threads: it fsyncs).
+    async fn save_cache(&self) {
+        let Some(path) = self.settings.cache_file.clone() else {
+            return;
+        };
+        let image = self.image.lock().expect("not poisoned").clone();
+        let now = chrono::DateTime::from_timestamp_nanos(self.clock.unix_nanos());
+        let result =
+            tokio::task::spawn_blocking(move || tollgate_store::cache::save(&path, &image, now))
+                .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot write the cached entitlement snapshot")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot write the cached entitlement snapshot"),
         }
     }
 
@@ -290,8 +336,9 @@ impl StoreSync {
         *self.last_error.lock().expect("not poisoned") = None;
     }
 
-    /// Takes a read's rows; rebuilds and applies the snapshot if anything changed.
-    fn absorb(&self, gateway: &Gateway, want: Want, read: Image) {
+    /// Takes a read's rows; rebuilds and applies the snapshot if anything changed. Whether
+    /// a new snapshot is in force.
+    fn absorb(&self, gateway: &Gateway, want: Want, read: Image) -> bool {
         let changed = {
             let mut image = self.image.lock().expect("not poisoned");
             match want {
@@ -331,7 +378,7 @@ impl StoreSync {
                         version = self.version(),
                         "the entitlement store's rows do not validate: the previous snapshot stays in force"
                     );
-                    return;
+                    return false;
                 }
             }
         }
@@ -339,17 +386,18 @@ impl StoreSync {
         let image = self.image.lock().expect("not poisoned");
         self.metrics.version.set(image.version);
         self.metrics.rows.set(image.rows() as i64);
+        changed
     }
 
     /// Keeps the snapshot current until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
         gateway: Arc<Gateway>,
-        first: Listening,
+        first: Option<Listening>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut conn: Option<Listening> = Some(first);
+        let mut conn: Option<Listening> = first;
         let mut tick = tokio::time::interval(self.settings.resync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full = Instant::now();
@@ -420,7 +468,9 @@ impl StoreSync {
                         last_full = Instant::now();
                         need_full = false;
                     }
-                    self.absorb(&gateway, want, image);
+                    if self.absorb(&gateway, want, image) {
+                        self.save_cache().await;
+                    }
                 }
                 Ok(Err(e)) => {
                     self.metrics.syncs.with_label_values(&[kind, "error"]).inc();

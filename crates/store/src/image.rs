@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use tollgate_core::catalog::Catalog;
 use tollgate_core::clock::beijing;
@@ -16,7 +16,7 @@ use tollgate_core::config::entitlements::{
 use tollgate_core::credentials::Credentials;
 use tollgate_core::entitlement::Entitlements;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRow {
     pub uin: u64,
     pub owner_uin: Option<u64>,
@@ -35,7 +35,7 @@ impl AccountRow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationRow {
     pub owner_uin: u64,
     pub service: String,
@@ -43,7 +43,7 @@ pub struct ActivationRow {
     pub version: i64,
 }
 
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialRow {
     pub secret_id: String,
     pub uin: u64,
@@ -69,7 +69,7 @@ impl std::fmt::Debug for CredentialRow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModeRow {
     pub id: i64,
     pub uin: u64,
@@ -79,12 +79,12 @@ pub struct ModeRow {
     pub start: Option<NaiveDate>,
     pub end: Option<NaiveDate>,
     pub purchased_at: DateTime<Utc>,
-    #[serde(with = "rust_decimal::serde::str_option")]
+    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub price: Option<Decimal>,
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayRow {
     pub id: i64,
     pub uin: u64,
@@ -93,12 +93,12 @@ pub struct OverlayRow {
     pub start: NaiveDate,
     pub end: NaiveDate,
     pub purchased_at: DateTime<Utc>,
-    #[serde(with = "rust_decimal::serde::str_option")]
+    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub price: Option<Decimal>,
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackRow {
     pub id: String,
     pub owner_uin: u64,
@@ -111,7 +111,7 @@ pub struct PackRow {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContractPriceRow {
     pub owner_uin: u64,
     pub item: String,
@@ -120,7 +120,7 @@ pub struct ContractPriceRow {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ShadowRow {
     pub all: bool,
     pub groups: Vec<String>,

@@ -6,11 +6,13 @@
 //! - [`read`]: full, delta and per-owner reads from one consistent snapshot;
 //! - [`write`]: one audited, versioned, notified transaction per change;
 //! - [`tokens`]: the admin API's bearer tokens, stored hashed;
-//! - [`listen`]: a connection that hears each committed version (`LISTEN`/`NOTIFY`).
+//! - [`listen`]: a connection that hears each committed version (`LISTEN`/`NOTIFY`);
+//! - [`cache`]: the last snapshot on a gateway's disk, for a start while the store is down.
 //!
 //! The gateway reads (snapshot, deltas, notifications); the admin API writes; settlement
 //! reads packs, activations and contract prices.
 
+pub mod cache;
 pub mod image;
 pub mod listen;
 pub mod read;

@@ -491,6 +491,21 @@ async fn writes_need_a_write_token_and_an_idempotency_key_and_are_audited() {
         .await
         .unwrap();
     assert_eq!(r.status, 422, "{}", r.body);
+    // The API counts its answers by route and status (no token needed for /metrics).
+    let (status, text) = s.fleet[0]
+        .get_text(s.api.as_ref().unwrap().addr, "/metrics")
+        .await;
+    assert_eq!(status, 200);
+    let count = |route: &str, code: &str| {
+        support::metric_value(
+            &text,
+            "tollgate_admin_requests_total",
+            &[("route", route), ("status", code)],
+        )
+    };
+    assert_eq!(count("/v1/accounts/{uin}/packs", "403"), 1.0, "{text}");
+    assert_eq!(count("/v1/accounts/{uin}/packs", "422"), 1.0, "{text}");
+    assert!(count("/v1/accounts/{uin}", "401") >= 2.0, "{text}");
     // The OpenAPI document is served.
     let doc = s.read.get("/v1/openapi.json").await.unwrap().ok().unwrap();
     assert_eq!(doc["openapi"], "3.0.3");

@@ -66,8 +66,60 @@ const REFUND_DAYS: u64 = 7;
 /// How long the vendor promises a pack bought for today takes to be in force.
 const SAME_DAY_PROMISE_MINUTES: i64 = 15;
 
+/// The admin API's metrics (`GET /metrics`, no token: counts only).
+pub struct ApiMetrics {
+    registry: prometheus::Registry,
+    requests: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+}
+
+impl ApiMetrics {
+    fn new() -> ApiMetrics {
+        let registry = prometheus::Registry::new();
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "tollgate_admin_requests_total",
+                "Admin API requests by route (its pattern; \"unmatched\" for none) and HTTP status.",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "tollgate_admin_request_seconds",
+                "Admin API request time by route, store round trips included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(seconds.clone()))
+            .expect("registered once");
+        ApiMetrics {
+            registry,
+            requests,
+            seconds,
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut text)
+            .expect("text encoding");
+        text
+    }
+}
+
 /// What every request shares.
 pub struct State {
+    metrics: ApiMetrics,
     url: String,
     client: Mutex<Option<tokio_postgres::Client>>,
     catalog: Catalog,
@@ -84,6 +136,7 @@ impl State {
         clock: Arc<dyn Clock>,
     ) -> State {
         State {
+            metrics: ApiMetrics::new(),
             url,
             client: Mutex::new(Some(client)),
             catalog,
@@ -172,7 +225,17 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     if path == "/healthz" {
         return respond(StatusCode::OK, "{\"ok\":true}".into());
     }
-    match serve(&state, req).await {
+    if path == "/metrics" && method == http::Method::GET {
+        let mut r = respond(StatusCode::OK, state.metrics.render());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
+    let route = route_of(method.as_str(), &path).map_or("unmatched", |(i, _)| ROUTES[i].1);
+    let started = std::time::Instant::now();
+    let response = match serve(&state, req).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -187,7 +250,18 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
             }
             r
         }
-    }
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .seconds
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The route a method and path match, with its path parameters.

@@ -86,7 +86,8 @@ impl<'a> Write<'a> {
         Ok(self.version)
     }
 
-    /// Abandons the write: nothing of it is stored (its version number is not reused).
+    /// Abandons the write: nothing of it is stored (the counter rolls back with it, so the
+    /// next write takes the same version).
     pub async fn rollback(self) -> anyhow::Result<()> {
         self.tx.rollback().await?;
         Ok(())

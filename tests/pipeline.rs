@@ -151,6 +151,7 @@ fn run_consumer(
             reconcile_grace: Duration::from_secs(1),
             reconcile_interval: Duration::from_millis(500),
             crash_after_commit: None,
+            live: None,
         },
         Arc::clone(&metrics),
         async move {

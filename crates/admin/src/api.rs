@@ -943,6 +943,20 @@ async fn write_route(
             let pack = write
                 .insert_pack(&id, uin, &b.item, b.size, now, q.amount)
                 .await?;
+            // A new pack covers its item: lift a refusal for packs used up at once (the
+            // settlement consumer agrees at its next rating).
+            if row.exhausted.contains(&b.item) {
+                let after = AccountRow {
+                    exhausted: row
+                        .exhausted
+                        .iter()
+                        .filter(|i| **i != b.item)
+                        .cloned()
+                        .collect(),
+                    ..row.clone()
+                };
+                write.update_account(&row, after).await?;
+            }
             Ok((
                 StatusCode::CREATED,
                 json!({ "pack": pack, "quote": quote_json(&q), "price": q.amount.to_string(), "version": write.version }),

@@ -63,6 +63,14 @@ pub struct ConsumerArgs {
     /// A totals report is checked once this old.
     #[arg(long, default_value_t = 60)]
     pub reconcile_grace_seconds: u64,
+    /// Directory with catalog.toml and pricing.toml, for live balances (embedded copies if
+    /// absent).
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Do not keep live balances nor report used-up packs to the gateways (they are kept
+    /// when the entitlement store shares the ledger's database).
+    #[arg(long)]
+    pub no_live_balances: bool,
 }
 
 /// `tollgate quote`: the price of a purchase.
@@ -368,6 +376,16 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
         (None, None) => consumer::Source::Dir(PathBuf::from("data/batches")),
     };
     let metrics = std::sync::Arc::new(consumer::ConsumerMetrics::new());
+    let live = if a.no_live_balances {
+        None
+    } else {
+        let (catalog, book) = load_pricing(&a.config_dir)?;
+        Some(std::sync::Arc::new(crate::live::Live {
+            catalog,
+            book,
+            metrics: crate::live::LiveMetrics::new(&metrics.registry),
+        }))
+    };
     let listener = tokio::net::TcpListener::bind(a.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.admin_listen))?;
@@ -382,6 +400,7 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
             reconcile_grace: std::time::Duration::from_secs(a.reconcile_grace_seconds),
             reconcile_interval: std::time::Duration::from_secs(5),
             crash_after_commit: crash_after_commit(),
+            live,
         },
         metrics,
         tollgate_ops::terminated(),

@@ -22,9 +22,10 @@ use tollgate_usage::batch::Batch;
 use tollgate_usage::stream::{Totals, ensure_stream};
 
 /// Schema migrations, applied in order on start (each once, recorded in `schema_migrations`).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE processed_batches (
     batch_id          text PRIMARY KEY,
     gateway_id        text   NOT NULL,
@@ -68,7 +69,27 @@ CREATE TABLE rejected_messages (
     received_at  timestamptz NOT NULL DEFAULT now()
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Live pack balances (crate::live): each owner's packs as the rating engine leaves them after
+-- the last batch applied, written in that batch's transaction.
+CREATE TABLE pack_balances (
+    owner_uin    bigint NOT NULL,
+    pack         text   NOT NULL,
+    kind         text   NOT NULL,
+    items        text[] NOT NULL,
+    size         bigint NOT NULL,
+    remaining    bigint NOT NULL,
+    valid_until  timestamptz,
+    month        text   NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    PRIMARY KEY (owner_uin, pack)
+);
+"#,
+    ),
+];
 
 /// Where batches come from.
 #[derive(Debug, Clone)]
@@ -91,6 +112,9 @@ pub struct ConsumerConfig {
     /// Test-only failpoint: abort the process right after committing this many new batches,
     /// before acknowledging the last one (`TOLLGATE_FAILPOINT_CRASH_AFTER_COMMIT`).
     pub crash_after_commit: Option<u64>,
+    /// Live balances and exhaustion (`crate::live`), when the entitlement store shares the
+    /// ledger's database.
+    pub live: Option<Arc<crate::live::Live>>,
 }
 
 /// The consumer's metrics.
@@ -206,6 +230,7 @@ pub enum Applied {
 /// The PostgreSQL ledger.
 pub struct Ledger {
     client: Client,
+    live: Option<Arc<crate::live::Live>>,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -235,13 +260,30 @@ impl Ledger {
                 Err(e) => anyhow::bail!("cannot connect to postgres: {e}"),
             }
         };
-        let mut ledger = Ledger { client };
+        let mut ledger = Ledger { client, live: None };
         ledger.migrate().await?;
         Ok(ledger)
     }
 
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// Rates each owner a batch touches inside its transaction (`crate::live`).
+    pub fn with_live(mut self, live: Option<Arc<crate::live::Live>>) -> Ledger {
+        self.live = live;
+        self
+    }
+
+    /// Lifts exhaustion that no longer holds (`crate::live::Live::reevaluate`).
+    pub async fn reevaluate(&mut self) -> anyhow::Result<()> {
+        let Some(live) = self.live.clone() else {
+            return Ok(());
+        };
+        if !crate::live::store_present(&self.client).await? {
+            return Ok(());
+        }
+        live.reevaluate(&mut self.client, chrono::Utc::now()).await
     }
 
     async fn migrate(&mut self) -> anyhow::Result<()> {
@@ -276,7 +318,7 @@ impl Ledger {
     }
 
     /// Applies one batch in one transaction; a batch id already applied changes nothing.
-    pub async fn apply(&mut self, b: &Batch) -> Result<Applied, tokio_postgres::Error> {
+    pub async fn apply(&mut self, b: &Batch) -> anyhow::Result<Applied> {
         let tx = self.client.transaction().await?;
         let inserted = tx
             .execute(
@@ -350,7 +392,16 @@ impl Ledger {
             &[&owners, &items, &interfaces, &hours, &months, &units, &records],
         )
         .await?;
-        tx.commit().await?;
+        match &self.live {
+            Some(live) if crate::live::store_present(&tx).await? => {
+                let mut touched: Vec<u64> = owners.iter().map(|o| *o as u64).collect();
+                touched.sort_unstable();
+                touched.dedup();
+                live.settle_and_commit(tx, &touched, chrono::Utc::now())
+                    .await?;
+            }
+            _ => tx.commit().await?,
+        }
         Ok(Applied::New)
     }
 
@@ -527,10 +578,19 @@ async fn apply_durably(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 if ledger.is_closed() {
-                    *ledger = Ledger::connect(url, Duration::from_secs(3600)).await?;
+                    let live = ledger.live.clone();
+                    *ledger = Ledger::connect(url, Duration::from_secs(3600))
+                        .await?
+                        .with_live(live);
                 }
             }
         }
+    }
+}
+
+async fn reevaluate(ledger: &mut Ledger) {
+    if let Err(e) = ledger.reevaluate().await {
+        tracing::warn!(error = %format!("{e:#}"), "re-rating exhausted owners failed; retried at the next tick");
     }
 }
 
@@ -567,7 +627,9 @@ pub async fn run(
     metrics: Arc<ConsumerMetrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut ledger = Ledger::connect(&config.postgres, Duration::from_secs(60)).await?;
+    let mut ledger = Ledger::connect(&config.postgres, Duration::from_secs(60))
+        .await?
+        .with_live(config.live.clone());
     let mut failpoint = Failpoint {
         after: config.crash_after_commit,
         committed: 0,
@@ -580,7 +642,10 @@ pub async fn run(
                 apply_dir(dir, &mut ledger, &config.postgres, &metrics, &mut failpoint).await?;
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                _ = reconcile.tick() => run_reconcile(&ledger, &config, &metrics).await,
+                _ = reconcile.tick() => {
+                    run_reconcile(&ledger, &config, &metrics).await;
+                    reevaluate(&mut ledger).await;
+                }
                 _ = tokio::time::sleep(Duration::from_millis(if applied > 0 { 0 } else { 250 })) => {}
             }
         },
@@ -656,6 +721,7 @@ pub async fn run(
                         () = &mut shutdown => return Ok(()),
                         _ = reconcile.tick() => {
                             run_reconcile(&ledger, &config, &metrics).await;
+                            reevaluate(&mut ledger).await;
                             continue;
                         }
                         next = messages.next() => next,

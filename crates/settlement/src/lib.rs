@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod ledger;
+pub mod live;
 pub mod prices;
 pub mod quote;
 pub mod rating;
@@ -55,6 +56,10 @@ pub struct OwnerBilling {
     /// Per-account postpaid prices (in the item's postpaid unit), used instead of list prices
     /// and required where a table says 联系商务.
     pub contract_prices: FxHashMap<BillingItemId, Decimal>,
+    /// Postpaid is off (the store says so): units no pack covered are over-served, not
+    /// billed (the gateway refuses such calls once settlement reports the packs used up).
+    /// `false` for billing.toml, whose owners are billed postpaid.
+    pub postpaid_off: bool,
 }
 
 /// Units of one billing item used through one interface during one Beijing-time hour.

@@ -68,6 +68,9 @@ pub struct ItemLine {
     pub free_units: u64,
     pub prepaid_units: u64,
     pub postpaid_units: u64,
+    /// Units no pack covered while postpaid was off: served before the gateway learnt the
+    /// packs were used up, and not billed.
+    pub overserved_units: u64,
     /// The tier the month's postpaid volume reached (0-based) and its range as written.
     pub tier: Option<usize>,
     pub tier_label: Option<String>,
@@ -247,7 +250,16 @@ pub fn rate_month(
     let mut contract_price_required = Vec::new();
     let mut postpaid_total = Decimal::ZERO;
     for (item, m) in &items {
-        let line = price_item(catalog, book, owner, *item, m);
+        let mut line = price_item(catalog, book, owner, *item, m);
+        if owner.postpaid_off && line.postpaid_units > 0 {
+            line.overserved_units = line.postpaid_units;
+            line.postpaid_units = 0;
+            line.tier = None;
+            line.tier_label = None;
+            line.unit_price = None;
+            line.price_source = PriceSource::List;
+            line.amount = Some(Decimal::ZERO);
+        }
         match line.amount {
             Some(a) => postpaid_total += a,
             None => contract_price_required.push(line.item.clone()),
@@ -289,6 +301,38 @@ pub fn rate_month(
         balances: balances_of(catalog, &packs, m_end),
         exhausted_items,
     })
+}
+
+/// Of `items`, those no pack can cover at `now` (Unix seconds): every pack covering it is
+/// used up, expired or not yet valid, after `usage` is drawn in the rating engine's order.
+/// What settlement tells the gateways (`exhausted`), so it agrees with the statement.
+pub fn uncovered_at(
+    catalog: &Catalog,
+    book: &PriceBook,
+    owner: &OwnerBilling,
+    usage: &[UsageCount],
+    now: i64,
+    items: &[BillingItemId],
+) -> Vec<BillingItemId> {
+    let month = Month::of_unix(now);
+    let mut usage: Vec<&UsageCount> = usage
+        .iter()
+        .filter(|u| u.hour_start < month.end())
+        .collect();
+    usage.sort_by(|a, b| {
+        (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
+    });
+    let mut packs = packs_of(catalog, book, owner, &usage, month);
+    replay(&usage, &mut packs, month);
+    items
+        .iter()
+        .copied()
+        .filter(|i| {
+            !packs
+                .iter()
+                .any(|p| p.covers.contains(i) && p.remaining > 0 && p.from <= now && now < p.until)
+        })
+        .collect()
 }
 
 /// Every pack that may cover usage up to the end of `month`, in drawing order: free packs
@@ -501,6 +545,7 @@ fn price_item(
         prepaid_units: units_of(PackKind::Prepaid),
         covered,
         postpaid_units: m.postpaid,
+        overserved_units: 0,
         tier: postpaid.then_some(tier).flatten(),
         tier_label: match (table, tier) {
             (Some(t), Some(i)) if postpaid => Some(t.label(i)),

@@ -49,6 +49,13 @@ pub fn to_table(s: &MonthStatement) -> String {
             amount
         );
         let _ = writeln!(out, "    {}", l.name);
+        if l.overserved_units > 0 {
+            let _ = writeln!(
+                out,
+                "    over-served, not billed (postpaid off, packs used up): {}",
+                l.overserved_units
+            );
+        }
         if !l.covered.is_empty() {
             let covered: Vec<String> = l
                 .covered

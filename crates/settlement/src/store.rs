@@ -14,6 +14,7 @@ use tollgate_store::Image;
 pub fn owner_billing(image: &Image, owner: u64, catalog: &Catalog) -> anyhow::Result<OwnerBilling> {
     let mut b = OwnerBilling {
         uin: owner,
+        postpaid_off: image.accounts.get(&owner).is_some_and(|a| !a.postpaid),
         ..Default::default()
     };
     for a in image.activations.values().filter(|a| a.owner_uin == owner) {

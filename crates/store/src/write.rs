@@ -54,6 +54,16 @@ impl<'a> Write<'a> {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Write<'a>> {
         let tx = client.transaction().await?;
+        Self::on(tx, actor, now).await
+    }
+
+    /// Makes a write of a transaction already under way (settlement's batch transaction: its
+    /// ledger rows and the store rows they change commit together).
+    pub async fn on(
+        tx: Transaction<'a>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Write<'a>> {
         let version: i64 = tx
             .query_one(
                 "UPDATE entitlements.counter SET version = version + 1 WHERE id = 1 RETURNING version",

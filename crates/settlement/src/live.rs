@@ -1,0 +1,308 @@
+//! Live balances and exhaustion: as the consumer applies a batch, in the batch's own
+//! transaction, it rates each owner the batch touches (the rating engine, over the ledger
+//! including the batch) and
+//! - stores the owner's pack balances (`pack_balances`), so the live balance and the
+//!   statement agree to the unit (they are the same computation);
+//! - tells the gateways which billing items no pack can cover any more (`exhausted` of the
+//!   owner's account in the entitlement store, versioned and notified like an admin write):
+//!   with postpaid off, the gateways refuse those calls with
+//!   `ResourceUnavailable.ResourcePackageRunOut`; a new pack, postpaid switched on or the
+//!   next month's free pack lifts it (the last by [`reevaluate`], run periodically).
+//!
+//! Needs the entitlement store in the ledger's database (schema `entitlements`); without it
+//! the consumer applies batches as before.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{GenericClient, Transaction};
+
+use crate::prices::PriceBook;
+use crate::rating::{MonthStatement, rate_month, uncovered_at};
+use crate::{Month, UsageCount};
+use tollgate_core::catalog::Catalog;
+use tollgate_store::Scope;
+use tollgate_store::image::AccountRow;
+use tollgate_store::write::Write;
+
+/// What live settlement needs: the catalog and prices the statements use.
+pub struct Live {
+    pub catalog: Catalog,
+    pub book: PriceBook,
+    pub metrics: LiveMetrics,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+/// Live settlement's metrics (part of the consumer's registry).
+#[derive(Clone)]
+pub struct LiveMetrics {
+    pub changes: prometheus::IntCounterVec,
+    pub rating_seconds: prometheus::Histogram,
+}
+
+impl LiveMetrics {
+    pub fn new(registry: &prometheus::Registry) -> LiveMetrics {
+        let changes = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "tollgate_settlement_exhaustion_changes_total",
+                "Billing items settlement reported to the gateways as used up (exhausted) or covered again (lifted).",
+            ),
+            &["change"],
+        )
+        .expect("valid metric");
+        let rating_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "tollgate_settlement_live_rating_seconds",
+                "Time to rate one owner live (balances and exhaustion) inside a batch's transaction.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(changes.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(rating_seconds.clone()))
+            .expect("registered once");
+        LiveMetrics {
+            changes,
+            rating_seconds,
+        }
+    }
+}
+
+/// An owner rated now.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub account: AccountRow,
+    pub statement: MonthStatement,
+    /// Billing item keys no pack covers now, sorted.
+    pub exhausted: Vec<String>,
+}
+
+impl Evaluation {
+    /// Whether the store's `exhausted` must change.
+    pub fn changes(&self) -> bool {
+        let mut held = self.account.exhausted.clone();
+        held.sort();
+        held.dedup();
+        held != self.exhausted
+    }
+}
+
+/// Whether the ledger's database holds the entitlement store.
+pub async fn store_present(c: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT to_regclass('entitlements.counter') IS NOT NULL",
+        &[],
+    )
+    .await?
+    .get(0))
+}
+
+async fn usage_of(
+    c: &impl GenericClient,
+    catalog: &Catalog,
+    owner: u64,
+) -> anyhow::Result<Vec<UsageCount>> {
+    let rows = c
+        .query(
+            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1",
+            &[&(owner as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let item: String = r.get(0);
+            let interface: String = r.get(1);
+            Ok(UsageCount {
+                item: catalog
+                    .item_by_key(&item)
+                    .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
+                    .id,
+                interface: interface.as_str().into(),
+                hour_start: r.get(2),
+                units: r.get::<_, i64>(3) as u64,
+            })
+        })
+        .collect()
+}
+
+impl Live {
+    /// Rates `owner` at `now` as `c` sees the ledger and the store; `None` if the store does
+    /// not know the owner.
+    pub async fn evaluate(
+        &self,
+        c: &impl GenericClient,
+        owner: u64,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Evaluation>> {
+        let started = Instant::now();
+        let image = tollgate_store::read::read_in(c, Scope::owner(owner)).await?;
+        let Some(account) = image.accounts.get(&owner).cloned() else {
+            return Ok(None);
+        };
+        if account.owner_uin.is_some() {
+            return Ok(None);
+        }
+        let billing = crate::store::owner_billing(&image, owner, &self.catalog)?;
+        let usage = usage_of(c, &self.catalog, owner).await?;
+        let month = Month::of_unix(now.timestamp());
+        let statement = rate_month(&self.catalog, &self.book, &billing, &usage, month)?;
+        let mut candidates: Vec<_> = statement
+            .lines
+            .iter()
+            .filter_map(|l| self.catalog.item_by_key(&l.item).map(|i| i.id))
+            .chain(
+                account
+                    .exhausted
+                    .iter()
+                    .filter_map(|k| self.catalog.item_by_key(k).map(|i| i.id)),
+            )
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let mut exhausted: Vec<String> = uncovered_at(
+            &self.catalog,
+            &self.book,
+            &billing,
+            &usage,
+            now.timestamp(),
+            &candidates,
+        )
+        .into_iter()
+        .map(|i| self.catalog.item(i).key.to_string())
+        .collect();
+        exhausted.sort();
+        self.metrics
+            .rating_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Some(Evaluation {
+            account,
+            statement,
+            exhausted,
+        }))
+    }
+
+    /// Rates the owners a batch touched, inside its transaction, and commits: the ledger
+    /// rows, the balances and (if any item changed) the store's `exhausted`, together.
+    pub async fn settle_and_commit(
+        &self,
+        tx: Transaction<'_>,
+        owners: &[u64],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let mut changed = Vec::new();
+        for &owner in owners {
+            if let Some(ev) = self.evaluate(&tx, owner, now).await? {
+                write_balances(&tx, owner, &ev.statement, now).await?;
+                if ev.changes() {
+                    changed.push(owner);
+                }
+            }
+        }
+        if changed.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+        // Take the store's version (serializing with admin writes), then rate again: a pack
+        // bought meanwhile is seen.
+        let write = Write::on(tx, "settlement", now).await?;
+        for owner in changed {
+            if let Some(ev) = self.evaluate(write.tx(), owner, now).await?
+                && ev.changes()
+            {
+                self.apply_change(&write, ev).await?;
+            }
+        }
+        write.commit().await?;
+        Ok(())
+    }
+
+    async fn apply_change(&self, write: &Write<'_>, ev: Evaluation) -> anyhow::Result<()> {
+        let before = ev.account.clone();
+        for item in &ev.exhausted {
+            if !before.exhausted.contains(item) {
+                self.metrics.changes.with_label_values(&["exhausted"]).inc();
+                tracing::info!(owner = before.uin, %item, postpaid = before.postpaid, "packs used up");
+            }
+        }
+        for item in &before.exhausted {
+            if !ev.exhausted.contains(item) {
+                self.metrics.changes.with_label_values(&["lifted"]).inc();
+                tracing::info!(owner = before.uin, %item, "packs cover it again");
+            }
+        }
+        let after = AccountRow {
+            exhausted: ev.exhausted,
+            ..before.clone()
+        };
+        write.update_account(&before, after).await?;
+        Ok(())
+    }
+
+    /// Rates again every owner the store marks exhausted (a new month's free pack, a pack
+    /// bought, one that became valid) and lifts what is covered again.
+    pub async fn reevaluate(
+        &self,
+        client: &mut tokio_postgres::Client,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let owners: Vec<i64> = client
+            .query(
+                "SELECT uin FROM entitlements.accounts WHERE owner_uin IS NULL AND cardinality(exhausted) > 0",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for owner in owners {
+            let tx = client.transaction().await?;
+            self.settle_and_commit(tx, &[owner as u64], now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the owner's live balances with the statement's.
+async fn write_balances(
+    tx: &Transaction<'_>,
+    owner: u64,
+    s: &MonthStatement,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    tx.execute(
+        "DELETE FROM pack_balances WHERE owner_uin = $1",
+        &[&(owner as i64)],
+    )
+    .await?;
+    for b in &s.balances {
+        let kind = match b.kind {
+            crate::rating::PackKind::Free => "free",
+            crate::rating::PackKind::Prepaid => "prepaid",
+        };
+        tx.execute(
+            "INSERT INTO pack_balances (owner_uin, pack, kind, items, size, remaining, valid_until, month, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &(owner as i64),
+                &b.pack,
+                &kind,
+                &b.items,
+                &(b.size as i64),
+                &(b.remaining as i64),
+                &b.valid_until.map(|t| t.with_timezone(&Utc)),
+                &s.month,
+                &now,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -321,3 +321,86 @@ async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out
     );
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postpaid_on_the_owner_is_never_refused_and_the_excess_is_priced() {
+    let f = Fleet::start().await;
+    free_pack_used(&f.url, 40).await;
+    f.write(
+        Method::PUT,
+        "/v1/accounts/40/postpaid",
+        json!({"enabled": true}),
+    )
+    .await;
+    let today = chrono::Utc::now()
+        .with_timezone(&tollgate_core::clock::beijing())
+        .date_naive();
+    f.write(
+        Method::POST,
+        "/v1/accounts/40/overlays",
+        json!({"interface": "ocr.GeneralBasicOCR", "qps": 100, "start": today, "end": today}),
+    )
+    .await;
+    let bought = f
+        .write(
+            Method::POST,
+            "/v1/accounts/40/packs",
+            json!({"item": "ocr.general_basic", "size": 1000}),
+        )
+        .await;
+    for h in &f.gateways {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                h.metric("tollgate_entitlements_version", &[]).await
+                    >= bought["version"].as_i64().unwrap() as f64
+            })
+            .await
+        );
+    }
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDexhausted");
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..1600usize {
+        ticker.tick().await;
+        let h = Arc::clone(&f.gateways[i % 2]);
+        let c = call.clone();
+        set.spawn(async move { h.call(&c).await.error_code().map(str::to_owned) });
+    }
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(r) = set.join_next().await {
+        *codes
+            .entry(r.unwrap().unwrap_or_else(|| "success".into()))
+            .or_default() += 1;
+    }
+    assert_eq!(codes.get("success"), Some(&1600), "{codes:?}");
+    // Settlement still reports the packs used up (a fact); postpaid on, the gate lets calls by.
+    let ledger = Ledger::connect(&f.url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            ledger.total_units().await.unwrap() == 1000 + 1600
+        })
+        .await
+    );
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    let billing = tollgate_settlement::store::load_owner_billing(&f.url, 40, &catalog)
+        .await
+        .unwrap();
+    let usage = ledger.usage(&catalog, 40).await.unwrap();
+    let month = tollgate_settlement::Month::of_unix(chrono::Utc::now().timestamp());
+    let s =
+        tollgate_settlement::rating::rate_month(&catalog, &book, &billing, &usage, month).unwrap();
+    let line = s
+        .lines
+        .iter()
+        .find(|l| l.item == "ocr.general_basic")
+        .unwrap();
+    assert_eq!((line.free_units, line.prepaid_units), (1000, 1000));
+    assert_eq!(line.postpaid_units, 600);
+    assert_eq!(line.overserved_units, 0);
+    // 600 calls in the first tier (0 to 10,000 calls at 0.15 CNY a call).
+    assert_eq!(line.amount, Some("90.00".parse().unwrap()), "{line:?}");
+    f.stop().await;
+}

@@ -67,6 +67,7 @@ impl Fleet {
             catalog,
             book,
             metrics: tollgate_settlement::live::LiveMetrics::new(&metrics.registry),
+            webhook: None,
         });
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let consumer = tokio::spawn(consumer::run(
@@ -403,4 +404,205 @@ async fn with_postpaid_on_the_owner_is_never_refused_and_the_excess_is_priced() 
     // 600 calls in the first tier (0 to 10,000 calls at 0.15 CNY a call).
     assert_eq!(line.amount, Some("90.00".parse().unwrap()), "{line:?}");
     f.stop().await;
+}
+
+/// Usage of `item` by `owner` in the Beijing hour that starts at `hour` (added to the row).
+async fn used(
+    db: &tollgate_store::tokio_postgres::Client,
+    owner: i64,
+    item: &str,
+    interface: &str,
+    hour: i64,
+    units: i64,
+) {
+    let month = tollgate_settlement::Month::of_unix(hour).to_string();
+    db.execute(
+        "INSERT INTO usage_ledger (owner_uin, billing_item, interface, hour_start, month, units, records)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)
+         ON CONFLICT (owner_uin, billing_item, interface, hour_start)
+         DO UPDATE SET units = usage_ledger.units + EXCLUDED.units",
+        &[&owner, &item, &interface, &hour, &month, &units],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pack_notices_go_out_on_the_hour_and_merge_when_both_thresholds_pass() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    seed_store(&url, &entitlements()).await;
+    let mut ledger_db = tollgate_store::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    Ledger::connect(&url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    let live = tollgate_settlement::live::Live {
+        catalog,
+        book,
+        metrics: tollgate_settlement::live::LiveMetrics::new(&prometheus::Registry::new()),
+        webhook: None,
+    };
+    // Tomorrow (Beijing), so the accounts' activation (at the import) is before it.
+    let day = chrono::Utc::now()
+        .with_timezone(&tollgate_core::clock::beijing())
+        .date_naive()
+        + chrono::Days::new(1);
+    let at = |hm: &str| {
+        chrono::DateTime::parse_from_rfc3339(&format!("{day}T{hm}:00+08:00"))
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let month_start = tollgate_settlement::Month::of_unix(at("09:00").timestamp()).start();
+    // One prepaid pack each, bought the day before; the month's free packs used up.
+    {
+        let w = tollgate_store::Write::begin(&mut ledger_db, "test", at("00:00"))
+            .await
+            .unwrap();
+        let before = at("00:00") - chrono::Duration::hours(12);
+        w.insert_pack(
+            "p-ocr",
+            40,
+            "ocr.general_basic",
+            1000,
+            before,
+            "120".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        w.insert_pack(
+            "p-seg",
+            1,
+            "bda.segment",
+            10000,
+            before,
+            "88".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        w.commit().await.unwrap();
+    }
+    used(
+        &ledger_db,
+        40,
+        "ocr.general_basic",
+        "GeneralBasicOCR",
+        month_start,
+        1000,
+    )
+    .await;
+    used(
+        &ledger_db,
+        1,
+        "bda.segment",
+        "SegmentPortraitPic",
+        month_start,
+        1000,
+    )
+    .await;
+    let settle = |owner: u64, now: chrono::DateTime<chrono::Utc>| {
+        let live = &live;
+        let url = url.clone();
+        async move {
+            let mut c = tollgate_store::connect(&url, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let tx = c.transaction().await.unwrap();
+            live.settle_and_commit(tx, &[owner], now).await.unwrap();
+        }
+    };
+    let hour9 = at("09:00").timestamp();
+    let hour14 = at("14:00").timestamp();
+
+    // OCR: below 20% at 09:40, used up at 09:55: one merged notice at 10:00.
+    used(
+        &ledger_db,
+        40,
+        "ocr.general_basic",
+        "GeneralBasicOCR",
+        hour9,
+        850,
+    )
+    .await;
+    settle(40, at("09:40")).await;
+    used(
+        &ledger_db,
+        40,
+        "ocr.general_basic",
+        "GeneralBasicOCR",
+        hour9,
+        150,
+    )
+    .await;
+    settle(40, at("09:55")).await;
+    // Portrait segmentation: 1,900 of 10,000 left (19%) at 14:05 is above its 15%; 1,400 at
+    // 14:10 is below: a notice at 15:00.
+    used(
+        &ledger_db,
+        1,
+        "bda.segment",
+        "SegmentPortraitPic",
+        hour14,
+        8100,
+    )
+    .await;
+    settle(1, at("14:05")).await;
+    used(
+        &ledger_db,
+        1,
+        "bda.segment",
+        "SegmentPortraitPic",
+        hour14,
+        500,
+    )
+    .await;
+    settle(1, at("14:10")).await;
+
+    assert!(
+        tollgate_settlement::notify::due(&mut ledger_db, at("09:59"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ten = tollgate_settlement::notify::due(&mut ledger_db, at("10:00"))
+        .await
+        .unwrap();
+    assert_eq!(ten.len(), 1, "{ten:?}");
+    assert_eq!(
+        (ten[0].owner_uin, ten[0].pack.as_str(), ten[0].kind.as_str()),
+        (40, "p-ocr", "exhausted")
+    );
+    assert_eq!(ten[0].due_at, at("10:00"));
+    assert_eq!(ten[0].threshold_percent, 20);
+    assert!(
+        tollgate_settlement::notify::due(&mut ledger_db, at("14:59"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let fifteen = tollgate_settlement::notify::due(&mut ledger_db, at("15:00"))
+        .await
+        .unwrap();
+    assert_eq!(fifteen.len(), 1, "{fifteen:?}");
+    assert_eq!(
+        (
+            fifteen[0].owner_uin,
+            fifteen[0].pack.as_str(),
+            fifteen[0].kind.as_str()
+        ),
+        (1, "p-seg", "low_balance")
+    );
+    assert_eq!(
+        (fifteen[0].remaining, fifteen[0].threshold_percent),
+        (1400, 15)
+    );
+    // Sent once.
+    assert!(
+        tollgate_settlement::notify::due(&mut ledger_db, at("16:00"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -71,6 +71,10 @@ pub struct ConsumerArgs {
     /// when the entitlement store shares the ledger's database).
     #[arg(long)]
     pub no_live_balances: bool,
+    /// Pack notices are also POSTed (JSON) to this URL (http://…), besides NATS
+    /// `tollgate.notices.<owner>`.
+    #[arg(long)]
+    pub notify_webhook: Option<String>,
 }
 
 /// `tollgate quote`: the price of a purchase.
@@ -384,6 +388,7 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
             catalog,
             book,
             metrics: crate::live::LiveMetrics::new(&metrics.registry),
+            webhook: a.notify_webhook.clone(),
         }))
     };
     let listener = tokio::net::TcpListener::bind(a.admin_listen)

@@ -89,6 +89,28 @@ CREATE TABLE pack_balances (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+-- Pack notices (crate::notify): each pack's level (0 normal, 1 low, 2 empty) as last seen,
+-- and the notice waiting for its hour.
+CREATE TABLE pack_notices (
+    owner_uin          bigint NOT NULL,
+    pack               text   NOT NULL,
+    service            text   NOT NULL,
+    level              int    NOT NULL,
+    pending_kind       text,
+    remaining          bigint,
+    size               bigint,
+    threshold_percent  bigint,
+    detected_at        timestamptz,
+    due_at             timestamptz,
+    sent_at            timestamptz,
+    PRIMARY KEY (owner_uin, pack)
+);
+CREATE INDEX pack_notices_due ON pack_notices (due_at) WHERE pending_kind IS NOT NULL;
+"#,
+    ),
 ];
 
 /// Where batches come from.
@@ -273,6 +295,16 @@ impl Ledger {
     pub fn with_live(mut self, live: Option<Arc<crate::live::Live>>) -> Ledger {
         self.live = live;
         self
+    }
+
+    /// Pack notices whose hour has come, sent (`crate::notify`).
+    pub async fn send_notices(&mut self, nats: Option<&async_nats::Client>) -> anyhow::Result<()> {
+        let Some(live) = self.live.clone() else {
+            return Ok(());
+        };
+        let notices = crate::notify::due(&mut self.client, chrono::Utc::now()).await?;
+        crate::notify::publish(&notices, nats, live.webhook.as_deref()).await;
+        Ok(())
     }
 
     /// Lifts exhaustion that no longer holds (`crate::live::Live::reevaluate`).
@@ -588,9 +620,12 @@ async fn apply_durably(
     }
 }
 
-async fn reevaluate(ledger: &mut Ledger) {
+async fn reevaluate(ledger: &mut Ledger, nats: Option<&async_nats::Client>) {
     if let Err(e) = ledger.reevaluate().await {
         tracing::warn!(error = %format!("{e:#}"), "re-rating exhausted owners failed; retried at the next tick");
+    }
+    if let Err(e) = ledger.send_notices(nats).await {
+        tracing::warn!(error = %format!("{e:#}"), "pack notices not sent; retried at the next tick");
     }
 }
 
@@ -644,7 +679,7 @@ pub async fn run(
                 () = &mut shutdown => return Ok(()),
                 _ = reconcile.tick() => {
                     run_reconcile(&ledger, &config, &metrics).await;
-                    reevaluate(&mut ledger).await;
+                    reevaluate(&mut ledger, None).await;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(if applied > 0 { 0 } else { 250 })) => {}
             }
@@ -658,6 +693,7 @@ pub async fn run(
                 .retry_on_initial_connect()
                 .connect(url.as_str())
                 .await?;
+            let nats = client.clone();
             let js = jetstream::new(client);
             let mut backoff = Duration::from_millis(200);
             let consumer = loop {
@@ -721,7 +757,7 @@ pub async fn run(
                         () = &mut shutdown => return Ok(()),
                         _ = reconcile.tick() => {
                             run_reconcile(&ledger, &config, &metrics).await;
-                            reevaluate(&mut ledger).await;
+                            reevaluate(&mut ledger, Some(&nats)).await;
                             continue;
                         }
                         next = messages.next() => next,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod consumer;
 pub mod ledger;
 pub mod live;
+pub mod notify;
 pub mod prices;
 pub mod quote;
 pub mod rating;

@@ -30,6 +30,8 @@ pub struct Live {
     pub catalog: Catalog,
     pub book: PriceBook,
     pub metrics: LiveMetrics,
+    /// Pack notices are also POSTed here (JSON), besides NATS.
+    pub webhook: Option<String>,
 }
 
 impl std::fmt::Debug for Live {
@@ -83,6 +85,8 @@ pub struct Evaluation {
     pub statement: MonthStatement,
     /// Billing item keys no pack covers now, sorted.
     pub exhausted: Vec<String>,
+    /// Every pack valid now and what it has left (for notices).
+    pub packs: Vec<crate::rating::PackBalance>,
 }
 
 impl Evaluation {
@@ -179,6 +183,8 @@ impl Live {
         .map(|i| self.catalog.item(i).key.to_string())
         .collect();
         exhausted.sort();
+        let packs =
+            crate::rating::packs_now(&self.catalog, &self.book, &billing, &usage, now.timestamp());
         self.metrics
             .rating_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -186,6 +192,7 @@ impl Live {
             account,
             statement,
             exhausted,
+            packs,
         }))
     }
 
@@ -201,6 +208,7 @@ impl Live {
         for &owner in owners {
             if let Some(ev) = self.evaluate(&tx, owner, now).await? {
                 write_balances(&tx, owner, &ev.statement, now).await?;
+                crate::notify::record(&tx, &self.catalog, owner, &ev.packs, now).await?;
                 if ev.changes() {
                     changed.push(owner);
                 }

@@ -335,6 +335,43 @@ pub fn uncovered_at(
         .collect()
 }
 
+/// Every pack valid at `now` (Unix seconds), untouched ones too, with what it has left after
+/// `usage` is drawn in the rating engine's order: what pack notices look at.
+pub fn packs_now(
+    catalog: &Catalog,
+    book: &PriceBook,
+    owner: &OwnerBilling,
+    usage: &[UsageCount],
+    now: i64,
+) -> Vec<PackBalance> {
+    let month = Month::of_unix(now);
+    let mut usage: Vec<&UsageCount> = usage
+        .iter()
+        .filter(|u| u.hour_start < month.end())
+        .collect();
+    usage.sort_by(|a, b| {
+        (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
+    });
+    let mut packs = packs_of(catalog, book, owner, &usage, month);
+    replay(&usage, &mut packs, month);
+    packs
+        .iter()
+        .filter(|p| p.from <= now && now < p.until)
+        .map(|p| PackBalance {
+            pack: p.id.clone(),
+            kind: p.kind,
+            items: p
+                .covers
+                .iter()
+                .map(|i| catalog.item(*i).key.to_string())
+                .collect(),
+            size: p.size,
+            remaining: p.remaining,
+            valid_until: (p.until != i64::MAX).then(|| at(p.until)),
+        })
+        .collect()
+}
+
 /// Every pack that may cover usage up to the end of `month`, in drawing order: free packs
 /// (each service's from its activation, recorded or at its first usage), then prepaid packs
 /// (earliest purchased first).

@@ -254,6 +254,12 @@ async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out
          served beyond the 1,000-call pack: {over}; last call served {after:?} after settlement reported the pack used up"
     );
     assert!(run_out > 0, "never refused");
+    for h in &f.gateways {
+        let n = h.metric("tollgate_entitlements_change_lag_seconds_count", &[]).await;
+        let sum = h.metric("tollgate_entitlements_change_lag_seconds_sum", &[]).await;
+        assert!(n >= 1.0);
+        println!("change lag on a replica: {n} changes, mean {:.1} ms", sum / n * 1e3);
+    }
     assert!(after <= Duration::from_secs(5), "{after:?}");
 
     // Every served call reaches the ledger; the statement: 1,000 prepaid, 0 postpaid, the

@@ -27,6 +27,7 @@ use tollgate_store::{Image, Scope};
 /// The store sync's metrics.
 #[derive(Clone)]
 pub struct StoreMetrics {
+    pub lag_seconds: prometheus::Histogram,
     pub up: IntGauge,
     pub version: IntGauge,
     pub age_seconds: Gauge,
@@ -38,6 +39,14 @@ pub struct StoreMetrics {
 impl StoreMetrics {
     pub fn new(registry: &Registry) -> StoreMetrics {
         let m = StoreMetrics {
+            lag_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "tollgate_entitlements_change_lag_seconds",
+                    "From a store write's commit (its audit time, the writer's clock) to this gateway enforcing it: a purchase, a revocation, settlement's report of packs used up.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0]),
+            )
+            .expect("valid metric"),
             up: IntGauge::new(
                 "tollgate_entitlements_store_up",
                 "1 while the entitlement store answers (pushes are heard), 0 while the gateway serves its last snapshot.",
@@ -76,7 +85,8 @@ impl StoreMetrics {
             .expect("valid metric"),
         };
         for c in [
-            Box::new(m.up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.lag_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.up.clone()),
             Box::new(m.version.clone()),
             Box::new(m.age_seconds.clone()),
             Box::new(m.rows.clone()),
@@ -389,6 +399,25 @@ impl StoreSync {
         changed
     }
 
+    /// Observes how long after their commit the writes above `held` are enforced here.
+    async fn observe_lag(&self, client: &tokio_postgres::Client, held: i64) {
+        let newest = tokio::time::timeout(
+            self.settings.timeout,
+            client.query_one(
+                "SELECT max(at) FROM entitlements.audit WHERE version > $1",
+                &[&held],
+            ),
+        )
+        .await;
+        if let Ok(Ok(row)) = newest
+            && let Some(at) = row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(0)
+            && let Some(at) = at.timestamp_nanos_opt()
+        {
+            let lag = (self.clock.unix_nanos() - at).max(0) as f64 / 1e9;
+            self.metrics.lag_seconds.observe(lag);
+        }
+    }
+
     /// Keeps the snapshot current until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
@@ -454,6 +483,7 @@ impl StoreSync {
                     () = &mut shutdown => return,
                 }
             };
+            let held = self.version();
             let (scope, kind) = match want {
                 Want::Full => (Scope::ALL, "full"),
                 Want::Delta => (Scope::since(self.version()), "delta"),
@@ -469,6 +499,9 @@ impl StoreSync {
                         need_full = false;
                     }
                     if self.absorb(&gateway, want, image) {
+                        if want == Want::Delta {
+                            self.observe_lag(client, held).await;
+                        }
                         self.save_cache().await;
                     }
                 }

@@ -37,6 +37,8 @@ enum Command {
     Consumer(tollgate_settlement::cli::ConsumerArgs),
     /// Prices a purchase: a QPS overlay pack, QPS mode, concurrency tasks or prepaid packs.
     Quote(tollgate_settlement::cli::QuoteArgs),
+    /// Settles a month: postpaid bills deducted from balances; negative ones stop service 24 h later.
+    Settle(tollgate_settlement::cli::SettleArgs),
     /// The entitlement service: its API server, store bootstrap, and every change over the API.
     Admin(tollgate_admin::cli::AdminArgs),
 }
@@ -59,6 +61,7 @@ fn main() -> std::process::ExitCode {
             Command::Statement(a) => tollgate_settlement::cli::statement(a).await,
             Command::Consumer(a) => tollgate_settlement::cli::consumer(a).await,
             Command::Quote(a) => tollgate_settlement::cli::quote(a).await,
+            Command::Settle(a) => tollgate_settlement::cli::settle(a).await,
             Command::Admin(a) => tollgate_admin::cli::run(a).await,
         }
     });

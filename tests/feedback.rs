@@ -255,10 +255,17 @@ async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out
     );
     assert!(run_out > 0, "never refused");
     for h in &f.gateways {
-        let n = h.metric("tollgate_entitlements_change_lag_seconds_count", &[]).await;
-        let sum = h.metric("tollgate_entitlements_change_lag_seconds_sum", &[]).await;
+        let n = h
+            .metric("tollgate_entitlements_change_lag_seconds_count", &[])
+            .await;
+        let sum = h
+            .metric("tollgate_entitlements_change_lag_seconds_sum", &[])
+            .await;
         assert!(n >= 1.0);
-        println!("change lag on a replica: {n} changes, mean {:.1} ms", sum / n * 1e3);
+        println!(
+            "change lag on a replica: {n} changes, mean {:.1} ms",
+            sum / n * 1e3
+        );
     }
     assert!(after <= Duration::from_secs(5), "{after:?}");
 

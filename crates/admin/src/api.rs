@@ -52,6 +52,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/v1/accounts/{uin}/packs", "write"),
     ("POST", "/v1/accounts/{uin}/packs/{id}/refund", "write"),
     ("PUT", "/v1/accounts/{uin}/contract-prices/{item}", "write"),
+    ("POST", "/v1/accounts/{uin}/topups", "write"),
     ("GET", "/v1/shadow", "read"),
     ("PUT", "/v1/shadow", "write"),
     ("GET", "/v1/audit", "read"),
@@ -591,6 +592,13 @@ struct SetPrice {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TopUp {
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SetShadow {
     #[serde(default)]
     all: bool,
@@ -1039,6 +1047,33 @@ async fn write_route(
             Ok((
                 StatusCode::OK,
                 json!({ "contract_price": row, "version": write.version }),
+            ))
+        }
+        "/v1/accounts/{uin}/topups" => {
+            let uin = uin_param(&params[0])?;
+            let b: TopUp = parse(body)?;
+            let (before, _) = account(write, uin).await?;
+            if before.owner_uin.is_some() {
+                return Err(ApiError::invalid(
+                    "uin",
+                    "the balance is the main account's",
+                ));
+            }
+            if b.amount <= Decimal::ZERO || b.amount.scale() > 2 {
+                return Err(ApiError::invalid(
+                    "amount",
+                    "must be a positive amount of CNY with at most 2 decimals",
+                ));
+            }
+            let row = tollgate_settlement::arrears::top_up(write, &before, b.amount).await?;
+            Ok((
+                StatusCode::OK,
+                json!({
+                    "balance": row.balance.to_string(),
+                    "stop_at": row.stop_at,
+                    "restored": before.stop_at.is_some() && row.stop_at.is_none(),
+                    "version": write.version,
+                }),
             ))
         }
         "/v1/shadow" => {

@@ -193,6 +193,16 @@ pub enum AdminCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Tops up a main account's balance (CNY); back at zero or above, a stop is lifted.
+    TopUp {
+        #[arg(long)]
+        uin: u64,
+        /// e.g. 500 or 120.50
+        #[arg(long)]
+        amount: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Sets shadow mode: --all, or --group for each group tried.
     Shadow {
         #[arg(long)]
@@ -444,6 +454,15 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                 Method::POST,
                 &format!("/v1/accounts/{uin}/packs/{pack}/refund"),
                 Some(json!({})),
+            )
+            .await
+        }
+        C::TopUp { uin, amount, api } => {
+            send(
+                &api,
+                Method::POST,
+                &format!("/v1/accounts/{uin}/topups"),
+                Some(json!({ "amount": amount })),
             )
             .await
         }

@@ -89,6 +89,8 @@ pub async fn import(
             arrears: a.arrears.unwrap_or(false),
             exhausted: a.exhausted.clone().unwrap_or_default(),
             created_at: now,
+            balance: rust_decimal::Decimal::ZERO,
+            stop_at: None,
             version: write.version,
         };
         match held.accounts.get(&a.uin) {
@@ -124,8 +126,11 @@ pub async fn import(
                     write
                         .update_account(
                             h,
+                            // An import never touches money: the balance and a stop stay.
                             AccountRow {
                                 created_at: h.created_at,
+                                balance: h.balance,
+                                stop_at: h.stop_at,
                                 ..wanted
                             },
                         )

@@ -77,6 +77,39 @@ pub struct ConsumerArgs {
     pub notify_webhook: Option<String>,
 }
 
+/// `tollgate settle`: settles a month: each owner's postpaid bill deducted from its balance
+/// in the entitlement store; a negative balance stops service 24 hours later.
+#[derive(Debug, clap::Args)]
+pub struct SettleArgs {
+    /// The Beijing-time month, YYYY-MM (over).
+    #[arg(long)]
+    pub month: String,
+    /// The PostgreSQL database of the usage ledger and the entitlement store.
+    #[arg(long, env = "TOLLGATE_POSTGRES")]
+    pub postgres: String,
+    /// Directory with catalog.toml and pricing.toml (embedded copies if absent).
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+}
+
+/// `tollgate settle`.
+pub async fn settle(a: SettleArgs) -> anyhow::Result<()> {
+    let month: crate::Month = a
+        .month
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--month: {e}"))?;
+    let (catalog, book) = load_pricing(&a.config_dir)?;
+    // The ledger's tables (and the store's, which `tollgate admin migrate` makes).
+    crate::consumer::Ledger::connect(&a.postgres, std::time::Duration::from_secs(10)).await?;
+    let mut client =
+        tollgate_store::connect(&a.postgres, std::time::Duration::from_secs(10)).await?;
+    let settled =
+        crate::arrears::settle_month(&mut client, &catalog, &book, month, chrono::Utc::now())
+            .await?;
+    println!("{}", serde_json::to_string_pretty(&settled)?);
+    Ok(())
+}
+
 /// `tollgate quote`: the price of a purchase.
 #[derive(Debug, clap::Args)]
 pub struct QuoteArgs {

@@ -14,6 +14,7 @@
 pub const EMBEDDED_PRICING: &str = include_str!("../../../config/pricing.toml");
 pub const EMBEDDED_BILLING: &str = include_str!("../../../config/billing.toml");
 
+pub mod arrears;
 pub mod cli;
 pub mod config;
 pub mod consumer;
@@ -61,6 +62,19 @@ pub struct OwnerBilling {
     /// billed (the gateway refuses such calls once settlement reports the packs used up).
     /// `false` for billing.toml, whose owners are billed postpaid.
     pub postpaid_off: bool,
+    /// When service was stopped for arrears, `[from, until)` in Unix seconds (`i64::MAX`:
+    /// still stopped): usage then draws no pack, and a month that starts in one gets no
+    /// monthly free pack.
+    pub suspensions: Vec<(i64, i64)>,
+}
+
+impl OwnerBilling {
+    /// Whether service was stopped at `t` (Unix seconds).
+    pub fn suspended_at(&self, t: i64) -> bool {
+        self.suspensions
+            .iter()
+            .any(|(from, until)| *from <= t && t < *until)
+    }
 }
 
 /// Units of one billing item used through one interface during one Beijing-time hour.

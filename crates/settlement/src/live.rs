@@ -154,7 +154,8 @@ impl Live {
         if account.owner_uin.is_some() {
             return Ok(None);
         }
-        let billing = crate::store::owner_billing(&image, owner, &self.catalog)?;
+        let mut billing = crate::store::owner_billing(&image, owner, &self.catalog)?;
+        billing.suspensions = crate::arrears::suspensions(c, owner).await?;
         let usage = usage_of(c, &self.catalog, owner).await?;
         let month = Month::of_unix(now.timestamp());
         let statement = rate_month(&self.catalog, &self.book, &billing, &usage, month)?;

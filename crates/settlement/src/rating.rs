@@ -244,7 +244,7 @@ pub fn rate_month(
         (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
     });
     let mut packs = packs_of(catalog, book, owner, &usage, month);
-    let (items, events) = replay(&usage, &mut packs, month);
+    let (items, events) = replay(&usage, &mut packs, month, owner);
 
     let mut lines = Vec::new();
     let mut contract_price_required = Vec::new();
@@ -323,7 +323,7 @@ pub fn uncovered_at(
         (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
     });
     let mut packs = packs_of(catalog, book, owner, &usage, month);
-    replay(&usage, &mut packs, month);
+    replay(&usage, &mut packs, month, owner);
     items
         .iter()
         .copied()
@@ -353,7 +353,7 @@ pub fn packs_now(
         (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
     });
     let mut packs = packs_of(catalog, book, owner, &usage, month);
-    replay(&usage, &mut packs, month);
+    replay(&usage, &mut packs, month, owner);
     packs
         .iter()
         .filter(|p| p.from <= now && now < p.until)
@@ -405,6 +405,11 @@ fn packs_of(
             Validity::Month => {
                 let mut m = Month::of_unix(from);
                 while m <= month {
+                    // A month that starts while service is stopped gets no free pack.
+                    if owner.suspended_at(m.start()) {
+                        m = m.next();
+                        continue;
+                    }
                     packs.push(PackState::new(
                         format!("{}@{m}", def.id),
                         PackKind::Free,
@@ -469,6 +474,7 @@ fn replay(
     usage: &[&UsageCount],
     packs: &mut [PackState],
     month: Month,
+    owner: &OwnerBilling,
 ) -> (BTreeMap<BillingItemId, ItemMonth>, Vec<PackEvent>) {
     let m_start = month.start();
     let mut items: BTreeMap<BillingItemId, ItemMonth> = BTreeMap::new();
@@ -476,7 +482,13 @@ fn replay(
     for u in usage {
         let in_month = u.hour_start >= m_start;
         let mut left = u.units;
-        for p in packs.iter_mut() {
+        // While service is stopped, packs are not drawn (calls in flight at the stop).
+        let drawable: &mut [PackState] = if owner.suspended_at(u.hour_start) {
+            &mut []
+        } else {
+            &mut *packs
+        };
+        for p in drawable.iter_mut() {
             if left == 0 {
                 break;
             }

@@ -71,5 +71,7 @@ pub async fn load_owner_billing(
 ) -> anyhow::Result<OwnerBilling> {
     let mut client = tollgate_store::connect(url, std::time::Duration::from_secs(10)).await?;
     let image = tollgate_store::read(&mut client, tollgate_store::Scope::owner(owner)).await?;
-    owner_billing(&image, owner, catalog)
+    let mut b = owner_billing(&image, owner, catalog)?;
+    b.suspensions = crate::arrears::suspensions(&client, owner).await?;
+    Ok(b)
 }

@@ -149,6 +149,8 @@ mod tests {
                 arrears: false,
                 exhausted: vec!["ocr.general_basic".into()],
                 created_at: at,
+                balance: "-12.50".parse().unwrap(),
+                stop_at: Some(at),
                 version: 3,
             },
         );

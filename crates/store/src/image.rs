@@ -25,6 +25,13 @@ pub struct AccountRow {
     pub arrears: bool,
     pub exhausted: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// Main only: the prepaid account balance (CNY) month settlements are deducted from.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub balance: Decimal,
+    /// Main only: service stops at this instant (24 h after a settlement left the balance
+    /// negative); cleared by a top-up that brings it back to zero or above.
+    #[serde(default)]
+    pub stop_at: Option<DateTime<Utc>>,
     pub version: i64,
 }
 
@@ -231,6 +238,11 @@ impl Image {
                         owner: a.owner_uin,
                         services: main.then(Vec::new),
                         arrears: main.then_some(a.arrears),
+                        suspended_from: if main {
+                            a.stop_at.map(|t| t.with_timezone(&fixed_utc()))
+                        } else {
+                            None
+                        },
                         postpaid: main.then_some(a.postpaid),
                         exhausted: main.then(|| a.exhausted.clone()),
                         modes: Vec::new(),
@@ -329,6 +341,8 @@ mod tests {
             arrears: false,
             exhausted: vec![],
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            balance: Decimal::ZERO,
+            stop_at: None,
             version,
         }
     }

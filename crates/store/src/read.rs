@@ -85,7 +85,8 @@ pub async fn read_in(c: &impl GenericClient, scope: Scope) -> anyhow::Result<Ima
     const TREE: &str = "($2::bigint IS NULL OR uin IN (SELECT uin FROM entitlements.accounts WHERE uin = $2 OR owner_uin = $2))";
     for r in c
         .query(
-            "SELECT uin, owner_uin, name, postpaid, arrears, exhausted, created_at, version
+            "SELECT uin, owner_uin, name, postpaid, arrears, exhausted, created_at,
+                    balance::text AS balance, stop_at, version
              FROM entitlements.accounts WHERE version > $1
              AND ($2::bigint IS NULL OR uin = $2 OR owner_uin = $2)",
             &[&since, &owner],
@@ -100,6 +101,8 @@ pub async fn read_in(c: &impl GenericClient, scope: Scope) -> anyhow::Result<Ima
             arrears: r.get("arrears"),
             exhausted: r.get("exhausted"),
             created_at: r.get("created_at"),
+            balance: money(&r, "balance")?.unwrap_or_default(),
+            stop_at: r.get("stop_at"),
             version: r.get("version"),
         };
         image.accounts.insert(a.uin, a);

@@ -13,9 +13,10 @@
 //! point at what changed.
 
 /// Migrations, applied in order, each once, recorded in `entitlements.migrations`.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE entitlements.counter (
     id int PRIMARY KEY CHECK (id = 1),
     version bigint NOT NULL
@@ -152,7 +153,46 @@ CREATE TABLE entitlements.idempotency (
     created_at timestamptz NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Arrears: the prepaid account balance month settlements are deducted from, and when
+-- service stops (24 h after a settlement left it negative).
+ALTER TABLE entitlements.accounts ADD COLUMN balance numeric NOT NULL DEFAULT 0;
+ALTER TABLE entitlements.accounts ADD COLUMN stop_at timestamptz;
+
+-- One row per owner and settled month: settling a month again deducts nothing.
+CREATE TABLE entitlements.settlements (
+    owner_uin bigint NOT NULL REFERENCES entitlements.accounts (uin),
+    month text NOT NULL,
+    amount numeric NOT NULL,
+    balance_after numeric NOT NULL,
+    settled_at timestamptz NOT NULL,
+    version bigint NOT NULL,
+    PRIMARY KEY (owner_uin, month)
+);
+
+-- Top-ups of the balance.
+CREATE TABLE entitlements.topups (
+    id bigserial PRIMARY KEY,
+    owner_uin bigint NOT NULL REFERENCES entitlements.accounts (uin),
+    amount numeric NOT NULL CHECK (amount > 0),
+    at timestamptz NOT NULL,
+    version bigint NOT NULL
+);
+
+-- When service was stopped: rating draws no pack during a suspension and issues no monthly
+-- free pack to a month that starts in one. until_at NULL: still suspended.
+CREATE TABLE entitlements.suspensions (
+    owner_uin bigint NOT NULL REFERENCES entitlements.accounts (uin),
+    from_at timestamptz NOT NULL,
+    until_at timestamptz,
+    PRIMARY KEY (owner_uin, from_at)
+);
+"#,
+    ),
+];
 
 /// The `LISTEN`/`NOTIFY` channel; each committed write notifies its version.
 pub const CHANNEL: &str = "tollgate_entitlements";

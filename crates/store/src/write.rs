@@ -180,6 +180,8 @@ impl<'a> Write<'a> {
             arrears: false,
             exhausted: vec![],
             created_at: self.now,
+            balance: Decimal::ZERO,
+            stop_at: None,
             version: self.version,
         };
         self.tx
@@ -219,7 +221,8 @@ impl<'a> Write<'a> {
         };
         self.tx
             .execute(
-                "UPDATE entitlements.accounts SET name = $2, postpaid = $3, arrears = $4, exhausted = $5, version = $6
+                "UPDATE entitlements.accounts SET name = $2, postpaid = $3, arrears = $4, exhausted = $5,
+                        balance = $7::text::numeric, stop_at = $8, version = $6
                  WHERE uin = $1",
                 &[
                     &(row.uin as i64),
@@ -228,6 +231,8 @@ impl<'a> Write<'a> {
                     &row.arrears,
                     &row.exhausted,
                     &self.version,
+                    &row.balance.to_string(),
+                    &row.stop_at,
                 ],
             )
             .await?;

@@ -154,6 +154,8 @@ pub struct AccountDoc {
     pub owner: Option<u64>,
     pub services: Option<Vec<String>>,
     pub arrears: Option<bool>,
+    /// Main only: service stops at this instant (a negative balance after settlement).
+    pub suspended_from: Option<DateTime<FixedOffset>>,
     pub postpaid: Option<bool>,
     pub exhausted: Option<Vec<String>>,
     pub modes: Vec<ModeDoc>,
@@ -252,6 +254,7 @@ fn account_doc(i: usize, a: RawAccount) -> Result<AccountDoc, DocError> {
         owner: a.owner,
         services: a.services,
         arrears: a.arrears,
+        suspended_from: None,
         postpaid: a.postpaid,
         exhausted: a.exhausted,
         modes,
@@ -329,6 +332,7 @@ pub fn build_entitlements(
         let mut state = OwnerState {
             uin: a.uin,
             arrears: a.arrears.unwrap_or(false),
+            suspended_from: a.suspended_from.and_then(|t| t.timestamp_nanos_opt()),
             postpaid: a.postpaid.unwrap_or(false),
             ..Default::default()
         };

@@ -102,6 +102,9 @@ pub struct OwnerState {
     pub services: FxHashSet<ServiceId>,
     /// Suspended for arrears (欠费停服): every call refused.
     pub arrears: bool,
+    /// Service stops at this instant (Unix nanoseconds): settlement left the balance negative
+    /// and the 24 hours of grace end then; from then on, like `arrears`.
+    pub suspended_from: Option<i64>,
     /// Postpaid enabled: calls beyond all packs are billed after the month.
     pub postpaid: bool,
     /// Billing items whose packs are used up (reported by settlement).
@@ -117,13 +120,15 @@ pub enum StateRefusal {
 }
 
 impl OwnerState {
-    /// Checks the owner's state for a call of `service` that may bill `items`.
+    /// Checks the owner's state at `now_unix_nanos` for a call of `service` that may bill
+    /// `items`.
     pub fn gate(
         &self,
         service: ServiceId,
         mut items: impl Iterator<Item = BillingItemId>,
+        now_unix_nanos: i64,
     ) -> Result<(), StateRefusal> {
-        if self.arrears {
+        if self.arrears || self.suspended_from.is_some_and(|t| now_unix_nanos >= t) {
             return Err(StateRefusal::InArrears);
         }
         if !self.services.contains(&service) {
@@ -266,21 +271,30 @@ mod tests {
             postpaid: true,
             ..Default::default()
         };
-        assert_eq!(owner.gate(svc, [item].into_iter()), Ok(()));
+        assert_eq!(owner.gate(svc, [item].into_iter(), 0), Ok(()));
         assert_eq!(
-            owner.gate(ServiceId(1), [item].into_iter()),
+            owner.gate(ServiceId(1), [item].into_iter(), 0),
             Err(StateRefusal::NotActivated)
         );
         owner.exhausted.insert(item);
-        assert_eq!(owner.gate(svc, [item].into_iter()), Ok(()));
+        assert_eq!(owner.gate(svc, [item].into_iter(), 0), Ok(()));
         owner.postpaid = false;
         assert_eq!(
-            owner.gate(svc, [item].into_iter()),
+            owner.gate(svc, [item].into_iter(), 0),
             Err(StateRefusal::PacksExhausted(item))
         );
         owner.arrears = true;
         assert_eq!(
-            owner.gate(svc, [item].into_iter()),
+            owner.gate(svc, [item].into_iter(), 0),
+            Err(StateRefusal::InArrears)
+        );
+        // A stop 24 hours after a negative settlement: served until then, refused from then.
+        owner.arrears = false;
+        owner.postpaid = true;
+        owner.suspended_from = Some(1_000);
+        assert_eq!(owner.gate(svc, [item].into_iter(), 999), Ok(()));
+        assert_eq!(
+            owner.gate(svc, [item].into_iter(), 1_000),
             Err(StateRefusal::InArrears)
         );
     }

@@ -501,7 +501,7 @@ impl Gateway {
             .ok_or(Refusal::Auth(AuthError::SecretIdNotFound))?;
         let group = self.group_of(snapshot, &head.route);
         // Gate by the owner's state, unbilled.
-        self.gate(snapshot, account, head, &group)?;
+        self.gate(snapshot, account, head, &group, now_unix_nanos)?;
         // A call whose usage could not be recorded is not served (fail closed, unbilled,
         // before any quota is spent).
         if !self.sink.accepting() {
@@ -754,12 +754,14 @@ impl Gateway {
         account: &Account,
         head: &Head<'_>,
         group: &GroupView<'_>,
+        now_unix_nanos: i64,
     ) -> Result<(), Refusal> {
         let catalog = &snapshot.loaded.catalog;
-        let Err(state) = account
-            .owner
-            .gate(head.service.id, catalog.items_of(&head.route))
-        else {
+        let Err(state) = account.owner.gate(
+            head.service.id,
+            catalog.items_of(&head.route),
+            now_unix_nanos,
+        ) else {
             return Ok(());
         };
         snapshot.group_metrics(group.group_ref).refused.inc();

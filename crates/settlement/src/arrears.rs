@@ -1,0 +1,236 @@
+//! Month settlement and arrears (欠费): `tollgate settle --month` rates every main account's
+//! month, deducts its postpaid bill from the prepaid balance held in the entitlement store,
+//! and, when that leaves the balance negative, records that service stops 24 hours later
+//! (the seeds: 结算扣费后余额为负值，24小时后停止服务). From then on every replica refuses the
+//! owner's calls with `ResourceUnavailable.InArrears`; packs are not drawn and no monthly free
+//! pack is issued while it lasts. A top-up through the admin API that brings the balance back
+//! to zero or above restores service at once.
+//!
+//! Settling a month twice deducts nothing the second time (`entitlements.settlements`).
+//! Prepaid packs are paid when bought, not here.
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use crate::prices::PriceBook;
+use crate::{Month, UsageCount};
+use tollgate_core::catalog::Catalog;
+use tollgate_store::Scope;
+use tollgate_store::image::AccountRow;
+use tollgate_store::write::Write;
+
+/// The grace between a negative settlement and the stop.
+pub const GRACE: Duration = Duration::hours(24);
+
+/// One owner's settled month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settled {
+    pub owner_uin: u64,
+    pub month: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub balance_after: Decimal,
+    /// When service stops (a negative balance), if it does.
+    pub stop_at: Option<DateTime<Utc>>,
+    /// Settled by an earlier run: nothing deducted now.
+    pub already: bool,
+}
+
+/// The owner's suspensions, as rating takes them (Unix seconds).
+pub async fn suspensions(c: &impl GenericClient, owner: u64) -> anyhow::Result<Vec<(i64, i64)>> {
+    Ok(c.query(
+        "SELECT from_at, until_at FROM entitlements.suspensions WHERE owner_uin = $1",
+        &[&(owner as i64)],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let from: DateTime<Utc> = r.get(0);
+        let until: Option<DateTime<Utc>> = r.get(1);
+        (from.timestamp(), until.map_or(i64::MAX, |u| u.timestamp()))
+    })
+    .collect())
+}
+
+async fn usage_of(
+    c: &impl GenericClient,
+    catalog: &Catalog,
+    owner: u64,
+) -> anyhow::Result<Vec<UsageCount>> {
+    let rows = c
+        .query(
+            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1",
+            &[&(owner as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let item: String = r.get(0);
+            let interface: String = r.get(1);
+            Ok(UsageCount {
+                item: catalog
+                    .item_by_key(&item)
+                    .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
+                    .id,
+                interface: interface.as_str().into(),
+                hour_start: r.get(2),
+                units: r.get::<_, i64>(3) as u64,
+            })
+        })
+        .collect()
+}
+
+/// Settles `month` for every main account of the store (ledger and store in one database).
+pub async fn settle_month(
+    client: &mut tokio_postgres::Client,
+    catalog: &Catalog,
+    book: &PriceBook,
+    month: Month,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Settled>> {
+    anyhow::ensure!(
+        now.timestamp() >= month.end(),
+        "{month} is not over yet (it ends {})",
+        DateTime::from_timestamp(month.end(), 0).unwrap_or_default()
+    );
+    let owners: Vec<i64> = client
+        .query(
+            "SELECT uin FROM entitlements.accounts WHERE owner_uin IS NULL ORDER BY uin",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::with_capacity(owners.len());
+    for owner in owners {
+        let owner = owner as u64;
+        let write = Write::begin(client, "settlement", now).await?;
+        let done = write
+            .tx()
+            .query_opt(
+                "SELECT amount::text, balance_after::text FROM entitlements.settlements
+                 WHERE owner_uin = $1 AND month = $2",
+                &[&(owner as i64), &month.to_string()],
+            )
+            .await?;
+        if let Some(r) = done {
+            write.rollback().await?;
+            out.push(Settled {
+                owner_uin: owner,
+                month: month.to_string(),
+                amount: r.get::<_, String>(0).parse()?,
+                balance_after: r.get::<_, String>(1).parse()?,
+                stop_at: None,
+                already: true,
+            });
+            continue;
+        }
+        let image = tollgate_store::read::read_in(write.tx(), Scope::owner(owner)).await?;
+        let mut billing = crate::store::owner_billing(&image, owner, catalog)?;
+        billing.suspensions = suspensions(write.tx(), owner).await?;
+        let usage = usage_of(write.tx(), catalog, owner).await?;
+        let s = crate::rating::rate_month(catalog, book, &billing, &usage, month)?;
+        let amount = s.postpaid_total;
+        let before = image.accounts[&owner].clone();
+        let balance_after = before.balance - amount;
+        let stop_at = (balance_after < Decimal::ZERO && before.stop_at.is_none())
+            .then(|| now + GRACE)
+            .or(before.stop_at);
+        write
+            .tx()
+            .execute(
+                "INSERT INTO entitlements.settlements (owner_uin, month, amount, balance_after, settled_at, version)
+                 VALUES ($1, $2, $3::text::numeric, $4::text::numeric, $5, $6)",
+                &[
+                    &(owner as i64),
+                    &month.to_string(),
+                    &amount.to_string(),
+                    &balance_after.to_string(),
+                    &now,
+                    &write.version,
+                ],
+            )
+            .await?;
+        if amount != Decimal::ZERO || stop_at != before.stop_at {
+            if stop_at != before.stop_at
+                && let Some(at) = stop_at
+            {
+                write
+                    .tx()
+                    .execute(
+                        "INSERT INTO entitlements.suspensions (owner_uin, from_at) VALUES ($1, $2)",
+                        &[&(owner as i64), &at],
+                    )
+                    .await?;
+                tracing::warn!(owner, %balance_after, %at, "balance negative after settlement: service stops");
+            }
+            let after = AccountRow {
+                balance: balance_after,
+                stop_at,
+                ..before.clone()
+            };
+            write.update_account(&before, after).await?;
+        }
+        write.commit().await?;
+        out.push(Settled {
+            owner_uin: owner,
+            month: month.to_string(),
+            amount,
+            balance_after,
+            stop_at,
+            already: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Adds `amount` to the owner's balance (in `write`); a balance back at zero or above lifts
+/// a stop at once (ending the suspension, or cancelling one not begun).
+pub async fn top_up(
+    write: &Write<'_>,
+    before: &AccountRow,
+    amount: Decimal,
+) -> anyhow::Result<AccountRow> {
+    anyhow::ensure!(amount > Decimal::ZERO, "a top-up must be positive");
+    write
+        .tx()
+        .execute(
+            "INSERT INTO entitlements.topups (owner_uin, amount, at, version) VALUES ($1, $2::text::numeric, $3, $4)",
+            &[&(before.uin as i64), &amount.to_string(), &write.now, &write.version],
+        )
+        .await?;
+    let balance = before.balance + amount;
+    let mut stop_at = before.stop_at;
+    if balance >= Decimal::ZERO
+        && let Some(at) = before.stop_at
+    {
+        if at <= write.now {
+            write
+                .tx()
+                .execute(
+                    "UPDATE entitlements.suspensions SET until_at = $3 WHERE owner_uin = $1 AND from_at = $2",
+                    &[&(before.uin as i64), &at, &write.now],
+                )
+                .await?;
+        } else {
+            write
+                .tx()
+                .execute(
+                    "DELETE FROM entitlements.suspensions WHERE owner_uin = $1 AND from_at = $2",
+                    &[&(before.uin as i64), &at],
+                )
+                .await?;
+        }
+        stop_at = None;
+    }
+    let after = AccountRow {
+        balance,
+        stop_at,
+        ..before.clone()
+    };
+    write.update_account(before, after).await
+}

@@ -258,26 +258,33 @@ pub fn resolve(
         let account = loaded.entitlements.account(credential.uin);
         let expected = match account {
             None => Expected::UnknownAccount,
-            Some(account) => match account.owner.gate(service.id, catalog.items_of(&route)) {
-                Err(refusal) => Expected::Refused {
-                    code: match refusal {
-                        StateRefusal::InArrears => &service.refusal_codes.in_arrears,
-                        StateRefusal::NotActivated => &service.refusal_codes.not_activated,
-                        StateRefusal::PacksExhausted(_) => &service.refusal_codes.packs_exhausted,
-                    }
-                    .to_string(),
-                },
-                Ok(()) => {
-                    let limit = account.limit(&route, catalog.default_qps, || now_nanos);
-                    match limit {
-                        Limit::Rate(qps) => Expected::Rate {
-                            qps,
-                            burst: Rate::with_burst_window(qps, burst_millis).burst,
-                        },
-                        Limit::Concurrency(n) => Expected::Concurrency { max_in_flight: n },
+            Some(account) => {
+                match account
+                    .owner
+                    .gate(service.id, catalog.items_of(&route), now_nanos)
+                {
+                    Err(refusal) => Expected::Refused {
+                        code: match refusal {
+                            StateRefusal::InArrears => &service.refusal_codes.in_arrears,
+                            StateRefusal::NotActivated => &service.refusal_codes.not_activated,
+                            StateRefusal::PacksExhausted(_) => {
+                                &service.refusal_codes.packs_exhausted
+                            }
+                        }
+                        .to_string(),
+                    },
+                    Ok(()) => {
+                        let limit = account.limit(&route, catalog.default_qps, || now_nanos);
+                        match limit {
+                            Limit::Rate(qps) => Expected::Rate {
+                                qps,
+                                burst: Rate::with_burst_window(qps, burst_millis).burst,
+                            },
+                            Limit::Concurrency(n) => Expected::Concurrency { max_in_flight: n },
+                        }
                     }
                 }
-            },
+            }
         };
         let key = (credential.uin, group_name.clone());
         let group = *group_index.entry(key).or_insert_with(|| {

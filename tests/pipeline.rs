@@ -142,7 +142,42 @@ fn run_consumer(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    run_consumer_with(pg, source, None)
+}
+
+/// The consumer with live settlement (balances rated in each batch's transaction).
+fn run_consumer_live(
+    pg: &Postgres,
+    source: Source,
+) -> (
+    Arc<ConsumerMetrics>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let metrics = Arc::new(ConsumerMetrics::new());
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    let live = Arc::new(tollgate_settlement::live::Live {
+        catalog,
+        book,
+        metrics: tollgate_settlement::live::LiveMetrics::new(&metrics.registry),
+        webhook: None,
+    });
+    run_consumer_with(pg, source, Some((metrics, live)))
+}
+
+fn run_consumer_with(
+    pg: &Postgres,
+    source: Source,
+    live: Option<(Arc<ConsumerMetrics>, Arc<tollgate_settlement::live::Live>)>,
+) -> (
+    Arc<ConsumerMetrics>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (metrics, live) = match live {
+        Some((m, l)) => (m, Some(l)),
+        None => (Arc::new(ConsumerMetrics::new()), None),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(consumer::run(
         ConsumerConfig {
@@ -151,7 +186,7 @@ fn run_consumer(
             reconcile_grace: Duration::from_secs(1),
             reconcile_interval: Duration::from_millis(500),
             crash_after_commit: None,
-            live: None,
+            live,
         },
         Arc::clone(&metrics),
         async move {
@@ -167,6 +202,69 @@ fn nats_source(nats: &Nats) -> Source {
         stream: "TOLLGATE_USAGE".into(),
         durable: "settlement".into(),
     }
+}
+
+/// The entitlement store in the ledger's database, with the load account (uin 50) and a
+/// 100,000-call prepaid pack of portrait segmentation for it: live settlement rates it.
+async fn store_with_load_pack(pg: &Postgres) -> String {
+    support::seed_store(&pg.url(), &entitlements()).await;
+    let mut db = tollgate_store::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let w = tollgate_store::Write::begin(&mut db, "test", chrono::Utc::now())
+        .await
+        .unwrap();
+    w.insert_pack(
+        "load-seg-100k",
+        50,
+        "bda.segment",
+        100_000,
+        chrono::Utc::now() - chrono::Duration::days(1),
+        "860".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+    "load-seg-100k".into()
+}
+
+/// The live balances the consumer wrote equal the statement's, to the unit.
+async fn assert_live_balances_match_the_statement(pg: &Postgres, owner: u64) {
+    let ledger = Ledger::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    let billing = tollgate_settlement::store::load_owner_billing(&pg.url(), owner, &catalog)
+        .await
+        .unwrap();
+    let usage = ledger.usage(&catalog, owner).await.unwrap();
+    let month = tollgate_settlement::Month::of_unix(chrono::Utc::now().timestamp());
+    let s =
+        tollgate_settlement::rating::rate_month(&catalog, &book, &billing, &usage, month).unwrap();
+    let db = tollgate_store::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let live: std::collections::BTreeMap<String, i64> = db
+        .query(
+            "SELECT pack, remaining FROM pack_balances WHERE owner_uin = $1",
+            &[&(owner as i64)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let statement: std::collections::BTreeMap<String, i64> = s
+        .balances
+        .iter()
+        .map(|b| (b.pack.clone(), b.remaining as i64))
+        .collect();
+    assert!(!statement.is_empty());
+    assert_eq!(live, statement, "live balances != the statement's");
+    let drawn: u64 = s.lines.iter().map(|l| l.free_units + l.prepaid_units).sum();
+    println!(
+        "live balances agree with the statement: {statement:?} ({drawn} units drawn from packs)"
+    );
 }
 
 /// Waits until the ledger's total units stop changing for a second, and returns them.
@@ -268,7 +366,8 @@ async fn sigkill_five_times_loses_nothing_and_doubles_nothing() {
         credentials_with_load(),
     )
     .unwrap();
-    let (_metrics, stop_consumer, consumer_task) = run_consumer(&pg, nats_source(&nats));
+    store_with_load_pack(&pg).await;
+    let (_metrics, stop_consumer, consumer_task) = run_consumer_live(&pg, nats_source(&nats));
 
     let mut gateway = spawn_gateway(&config, api_port);
     let stop = Arc::new(AtomicBool::new(false));
@@ -325,6 +424,7 @@ async fn sigkill_five_times_loses_nothing_and_doubles_nothing() {
         "ledger {units} > received {received} + in flight at kills {uncertain}"
     );
     assert_batches_contiguous(&pg, "gw-kill").await;
+    assert_live_balances_match_the_statement(&pg, 50).await;
 }
 
 /// Stop nats-server for 30 s under load and start it again: nothing lost, nothing doubled.
@@ -339,7 +439,8 @@ async fn a_thirty_second_broker_outage_loses_and_doubles_nothing() {
         &format!("ship_to = \"nats\"\nnats_url = \"{}\"\n", nats.url()),
     ))
     .await;
-    let (_metrics, stop_consumer, consumer_task) = run_consumer(&pg, nats_source(&nats));
+    store_with_load_pack(&pg).await;
+    let (_metrics, stop_consumer, consumer_task) = run_consumer_live(&pg, nats_source(&nats));
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());
     let load = start_load(&h, h.api(), 3, Arc::clone(&stop), Arc::clone(&seen));
@@ -372,6 +473,7 @@ async fn a_thirty_second_broker_outage_loses_and_doubles_nothing() {
         "the ledger must hold exactly the billable answers received"
     );
     assert_batches_contiguous(&pg, "gw-outage").await;
+    assert_live_balances_match_the_statement(&pg, 50).await;
 }
 
 /// Crash the consumer between its commit and its ack: the redelivered batch is only acked.

@@ -619,3 +619,67 @@ async fn pack_notices_go_out_on_the_hour_and_merge_when_both_thresholds_pass() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocr_accounts_activated_before_2021_12_14_switch_to_postpaid_when_packs_run_out() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    seed_store(&url, &entitlements()).await;
+    Ledger::connect(&url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut db = tollgate_store::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    db.execute(
+        "UPDATE entitlements.activations SET activated_at = '2021-06-01T10:00:00+08:00' WHERE owner_uin = 40",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    let live = tollgate_settlement::live::Live {
+        catalog,
+        book,
+        metrics: tollgate_settlement::live::LiveMetrics::new(&prometheus::Registry::new()),
+        webhook: None,
+    };
+    let now = chrono::Utc::now();
+    let month = tollgate_settlement::Month::of_unix(now.timestamp());
+    // The month's free pack and 10 calls more: nothing covers them.
+    used(
+        &db,
+        40,
+        "ocr.general_basic",
+        "GeneralBasicOCR",
+        month.start(),
+        1010,
+    )
+    .await;
+    let tx = db.transaction().await.unwrap();
+    live.settle_and_commit(tx, &[40], now).await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT postpaid, exhausted FROM entitlements.accounts WHERE uin = 40",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "postpaid was not switched on");
+    assert_eq!(
+        row.get::<_, Vec<String>>(1),
+        vec!["ocr.general_basic".to_owned()]
+    );
+    let audit = db
+        .query_one(
+            "SELECT actor, before->>'postpaid', after->>'postpaid' FROM entitlements.audit
+             WHERE target = 'account 40' AND actor = 'settlement'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (audit.get::<_, String>(1), audit.get::<_, String>(2)),
+        ("false".into(), "true".into())
+    );
+}

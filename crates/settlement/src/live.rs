@@ -52,7 +52,7 @@ impl LiveMetrics {
         let changes = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "tollgate_settlement_exhaustion_changes_total",
-                "Billing items settlement reported to the gateways as used up (exhausted) or covered again (lifted).",
+                "Billing items settlement reported to the gateways as used up (exhausted) or covered again (lifted), and owners whose postpaid it switched on (auto_postpaid: OCR activated before 2021-12-14).",
             ),
             &["change"],
         )
@@ -87,6 +87,16 @@ pub struct Evaluation {
     pub exhausted: Vec<String>,
     /// Every pack valid now and what it has left (for notices).
     pub packs: Vec<crate::rating::PackBalance>,
+    /// When OCR was activated (the 2021-12-14 rule).
+    pub ocr_activated: Option<DateTime<Utc>>,
+}
+
+/// OCR accounts activated before this instant (2021-12-14 00:00 Beijing time) have postpaid
+/// switched on automatically when their packs run out (the OCR seed).
+pub fn auto_postpaid_before() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2021-12-14T00:00:00+08:00")
+        .expect("a valid instant")
+        .with_timezone(&Utc)
 }
 
 impl Evaluation {
@@ -189,11 +199,16 @@ impl Live {
         self.metrics
             .rating_seconds
             .observe(started.elapsed().as_secs_f64());
+        let ocr_activated = image
+            .activations
+            .get(&(owner, "ocr".to_owned()))
+            .map(|a| a.activated_at);
         Ok(Some(Evaluation {
             account,
             statement,
             exhausted,
             packs,
+            ocr_activated,
         }))
     }
 
@@ -247,8 +262,30 @@ impl Live {
                 tracing::info!(owner = before.uin, %item, "packs cover it again");
             }
         }
+        // OCR accounts activated before 2021-12-14 switch to postpaid when their packs run out.
+        let ocr_ran_out = ev.exhausted.iter().any(|item| {
+            !before.exhausted.contains(item)
+                && self
+                    .catalog
+                    .item_by_key(item)
+                    .is_some_and(|i| self.catalog.service(i.service).name.as_ref() == "ocr")
+        });
+        let auto_postpaid = !before.postpaid
+            && ocr_ran_out
+            && ev.ocr_activated.is_some_and(|t| t < auto_postpaid_before());
+        if auto_postpaid {
+            self.metrics
+                .changes
+                .with_label_values(&["auto_postpaid"])
+                .inc();
+            tracing::info!(
+                owner = before.uin,
+                "OCR activated before 2021-12-14 and its packs ran out: postpaid switched on"
+            );
+        }
         let after = AccountRow {
             exhausted: ev.exhausted,
+            postpaid: before.postpaid || auto_postpaid,
             ..before.clone()
         };
         write.update_account(&before, after).await?;

@@ -401,6 +401,18 @@ fn packs_of(
         if from >= m_end {
             continue;
         }
+        // OCR: an account that used none of it for a year gets no monthly pack on the 1st; it
+        // comes back two minutes after the next use (for the rest of that month).
+        let dormancy = catalog.service(svc).name.as_ref() == "ocr";
+        let service_hours: Vec<i64> = if dormancy {
+            usage
+                .iter()
+                .filter(|u| catalog.item(u.item).service == svc)
+                .map(|u| u.hour_start)
+                .collect()
+        } else {
+            Vec::new()
+        };
         match def.validity {
             Validity::Month => {
                 let mut m = Month::of_unix(from);
@@ -410,12 +422,35 @@ fn packs_of(
                         m = m.next();
                         continue;
                     }
+                    let mut valid_from = m.start();
+                    if dormancy {
+                        let year_before = at(m.start())
+                            .checked_sub_months(Months::new(12))
+                            .map_or(i64::MIN, |d| d.timestamp());
+                        let dormant = from <= year_before
+                            && !service_hours
+                                .iter()
+                                .any(|h| (year_before..m.start()).contains(h));
+                        if dormant {
+                            match service_hours
+                                .iter()
+                                .find(|h| (m.start()..m.end()).contains(*h))
+                            {
+                                // The ledger is hourly: the pack covers its first use's hour.
+                                Some(first) => valid_from = first + 120,
+                                None => {
+                                    m = m.next();
+                                    continue;
+                                }
+                            }
+                        }
+                    }
                     packs.push(PackState::new(
                         format!("{}@{m}", def.id),
                         PackKind::Free,
                         def.covers.clone(),
                         def.quantity,
-                        (m.start(), m.end()),
+                        (valid_from, m.end()),
                         m.end(),
                     ));
                     m = m.next();
@@ -627,4 +662,79 @@ fn balances_of(catalog: &Catalog, packs: &[PackState], m_end: i64) -> Vec<PackBa
             valid_until: (p.until != i64::MAX).then(|| at(p.until)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::config::Source;
+
+    fn setup() -> (Catalog, PriceBook) {
+        let catalog = Catalog::embedded();
+        let book = crate::config::load_prices(
+            &Source::Embedded {
+                name: "pricing.toml",
+                text: crate::EMBEDDED_PRICING,
+            },
+            crate::EMBEDDED_PRICING,
+            &catalog,
+        )
+        .unwrap();
+        (catalog, book)
+    }
+
+    fn usage(catalog: &Catalog, rfc3339: &str, units: u64) -> UsageCount {
+        UsageCount {
+            item: catalog.item_by_key("ocr.general_basic").unwrap().id,
+            interface: "GeneralBasicOCR".into(),
+            hour_start: DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp(),
+            units,
+        }
+    }
+
+    fn free_units(s: &MonthStatement) -> u64 {
+        s.lines
+            .iter()
+            .find(|l| l.item == "ocr.general_basic")
+            .map_or(0, |l| l.free_units)
+    }
+
+    /// OCR: an account unused for a year gets no monthly free pack on the 1st; its next use
+    /// brings it back (for its hour on: the ledger is hourly).
+    #[test]
+    fn a_year_without_ocr_suspends_the_monthly_free_pack_until_the_next_use() {
+        let (catalog, book) = setup();
+        let ocr = catalog.service_by_name("ocr").unwrap().id;
+        let owner = OwnerBilling {
+            uin: 1,
+            activations: [(
+                ocr,
+                DateTime::parse_from_rfc3339("2024-01-10T10:00:00+08:00").unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        // Last used in February 2025; March 2026 is more than a year later.
+        let feb_2025 = usage(&catalog, "2025-02-10T10:00:00+08:00", 10);
+        let march = Month::new(2026, 3).unwrap();
+        let quiet = rate_month(&catalog, &book, &owner, &[feb_2025.clone()], march).unwrap();
+        assert!(
+            !quiet
+                .balances
+                .iter()
+                .any(|b| b.pack.starts_with("ocr.general_basic.monthly")),
+            "{:?}",
+            quiet.balances
+        );
+        // Used again on March 20: the month's pack is back from then and covers the use.
+        let back = usage(&catalog, "2026-03-20T15:00:00+08:00", 300);
+        let s = rate_month(&catalog, &book, &owner, &[feb_2025.clone(), back], march).unwrap();
+        assert_eq!(free_units(&s), 300);
+        // Used within the year (February 2026): March's pack is there from the 1st.
+        let feb_2026 = usage(&catalog, "2026-02-10T10:00:00+08:00", 10);
+        let early = usage(&catalog, "2026-03-01T08:00:00+08:00", 50);
+        let s = rate_month(&catalog, &book, &owner, &[feb_2026, early], march).unwrap();
+        assert_eq!(free_units(&s), 50);
+    }
 }

@@ -718,7 +718,14 @@ mod tests {
         // Last used in February 2025; March 2026 is more than a year later.
         let feb_2025 = usage(&catalog, "2025-02-10T10:00:00+08:00", 10);
         let march = Month::new(2026, 3).unwrap();
-        let quiet = rate_month(&catalog, &book, &owner, &[feb_2025.clone()], march).unwrap();
+        let quiet = rate_month(
+            &catalog,
+            &book,
+            &owner,
+            std::slice::from_ref(&feb_2025),
+            march,
+        )
+        .unwrap();
         assert!(
             !quiet
                 .balances

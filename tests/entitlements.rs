@@ -302,8 +302,13 @@ async fn an_overlay_bought_for_today_is_in_force_on_every_replica_within_a_secon
     let _serial = SERIAL.lock().await;
     let s = Service::start(None).await;
     let c = Call::new("ocr", "IDCardOCR", "AKIDmain");
+    // On the real clock a burst refills while it runs: the bound is the burst plus the rate
+    // times the burst's duration.
+    let bound = |qps: f64, took: Duration| (qps + qps * took.as_secs_f64()).ceil() as usize + 1;
     for h in &s.fleet {
-        assert!(admitted(h, &c, 60).await <= 25);
+        let t = Instant::now();
+        let n = admitted(h, &c, 60).await;
+        assert!(n <= bound(20.0, t.elapsed()), "{n} of 60 at 20 QPS");
     }
     let today = chrono::Utc::now()
         .with_timezone(&tollgate_core::clock::beijing())
@@ -340,8 +345,13 @@ async fn an_overlay_bought_for_today_is_in_force_on_every_replica_within_a_secon
     assert_eq!(by - from, chrono::Duration::minutes(15));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for h in &s.fleet {
+        let t = Instant::now();
         let n = admitted(h, &c, 150).await;
-        assert!((90..=110).contains(&n), "{n} of 150 admitted at 100 QPS");
+        let most = bound(100.0, t.elapsed());
+        assert!(
+            n >= 90 && n <= most,
+            "{n} of 150 admitted at 100 QPS (at most {most})"
+        );
     }
     s.stop().await;
 }

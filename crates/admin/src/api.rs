@@ -321,9 +321,12 @@ async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
             "an Authorization: Bearer token is required",
         ));
     };
-    let mut guard = state.client.lock().await;
-    let client = connection(state, &mut guard).await?;
-    let token = tokens::find(client, &bearer).await?.ok_or_else(|| {
+    let token = {
+        let mut guard = state.client.lock().await;
+        let client = connection(state, &mut guard).await?;
+        tokens::find(client, &bearer).await?
+    }
+    .ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -357,6 +360,8 @@ async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     }
     let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
     if needed == TokenScope::Read {
+        let mut guard = state.client.lock().await;
+        let client = connection(state, &mut guard).await?;
         return read_route(state, client, pattern, &params, &query).await;
     }
     let key = req
@@ -394,6 +399,11 @@ async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     };
     let now = state.now();
     let actor = format!("token {} ({})", token.id, token.name);
+    // A key is the token's: another token cannot replay this token's answers (a credential's
+    // SecretKey among them).
+    let key = format!("{}:{key}", token.id);
+    let mut guard = state.client.lock().await;
+    let client = connection(state, &mut guard).await?;
     let write = Write::begin(client, &actor, now).await?;
     if let Some(stored) = write.idempotent(&key).await? {
         write.rollback().await?;
@@ -933,6 +943,14 @@ async fn write_route(
         "/v1/accounts/{uin}/packs" => {
             let uin = uin_param(&params[0])?;
             let b: BuyPack = parse(body)?;
+            if let Some(p) = b.price
+                && (p < Decimal::ZERO || p.scale() > 2)
+            {
+                return Err(ApiError::invalid(
+                    "price",
+                    "must be an amount of CNY, zero or more, with at most 2 decimals",
+                ));
+            }
             let (row, _) = account(write, uin).await?;
             if row.owner_uin.is_some() {
                 return Err(ApiError::invalid(

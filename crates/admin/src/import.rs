@@ -2,8 +2,10 @@
 //! check a refund needs.
 //!
 //! An import is one write: validated whole first (the files' own validator), then applied as
-//! inserts of what the store lacks and updates of what differs, each audited under the actor
-//! `import <dir>`. Importing the same files twice changes nothing the second time.
+//! inserts of what the store lacks, each audited under the actor `import <dir>`. An account
+//! the store already holds keeps its state (postpaid, arrears, exhausted, balance, stop): they
+//! are the admin API's and settlement's from then on; only its name follows the file.
+//! Importing the same files twice changes nothing the second time.
 
 use std::path::Path;
 use tollgate_store::tokio_postgres;
@@ -118,20 +120,16 @@ pub async fn import(
                         owner
                     );
                 }
-                let same = h.name == wanted.name
-                    && h.postpaid == wanted.postpaid
-                    && h.arrears == wanted.arrears
-                    && h.exhausted == wanted.exhausted;
-                if !same {
+                // An existing account keeps its state: postpaid, arrears and exhausted are
+                // the admin API's and settlement's once the store holds it, and money is
+                // never an import's. Only a new name is taken.
+                if h.name != wanted.name {
                     write
                         .update_account(
                             h,
-                            // An import never touches money: the balance and a stop stay.
                             AccountRow {
-                                created_at: h.created_at,
-                                balance: h.balance,
-                                stop_at: h.stop_at,
-                                ..wanted
+                                name: wanted.name.clone(),
+                                ..h.clone()
                             },
                         )
                         .await?;
@@ -310,7 +308,8 @@ pub async fn pack_units_used(
             units: r.get::<_, i64>(3) as u64,
         });
     }
-    let billing = tollgate_settlement::store::owner_billing(image, pack.owner_uin, catalog)?;
+    let mut billing = tollgate_settlement::store::owner_billing(image, pack.owner_uin, catalog)?;
+    billing.suspensions = tollgate_settlement::arrears::suspensions(tx, pack.owner_uin).await?;
     let month = tollgate_settlement::Month::of_unix(now.timestamp());
     let s = tollgate_settlement::rating::rate_month(catalog, book, &billing, &counts, month)?;
     Ok(s.balances

@@ -110,6 +110,9 @@ pub struct StoreSync {
     /// Unix nanoseconds of the last read that confirmed the snapshot current.
     confirmed: AtomicI64,
     up: AtomicBool,
+    /// The store's rows did not validate against the catalog: the previous snapshot is in
+    /// force, and the snapshot is not confirmed current until they do.
+    refused: AtomicBool,
     last_error: Mutex<Option<String>>,
     metrics: StoreMetrics,
 }
@@ -211,6 +214,7 @@ impl StoreSync {
             image: Mutex::new(image),
             apply_lock: Mutex::new(()),
             up: AtomicBool::new(error.is_none()),
+            refused: AtomicBool::new(false),
             last_error: Mutex::new(error.clone()),
             metrics,
         });
@@ -279,6 +283,17 @@ impl StoreSync {
     /// The `/readyz` detail.
     pub fn detail(&self) -> String {
         let age = self.age_seconds();
+        if self.refused.load(Ordering::Relaxed) {
+            let err = self
+                .last_error
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .unwrap_or_default();
+            return format!(
+                "entitlements: the store's rows DO NOT VALIDATE against this catalog, serving an older snapshot ({age:.1} s since it was current): {err}"
+            );
+        }
         if self.up.load(Ordering::Relaxed) {
             format!(
                 "entitlements: store version {}, confirmed {age:.1} s ago",
@@ -371,10 +386,11 @@ impl StoreSync {
                 }
             }
         };
-        self.confirmed_now();
-        if changed {
+        // A refused snapshot is retried with every read until the rows validate.
+        if changed || self.refused.load(Ordering::Relaxed) {
             match self.compose_and_apply(gateway, None) {
                 Ok(generation) => {
+                    self.refused.store(false, Ordering::Relaxed);
                     tracing::info!(
                         version = self.version(),
                         generation,
@@ -383,15 +399,20 @@ impl StoreSync {
                 }
                 Err(e) => {
                     self.metrics.applied.with_label_values(&["refused"]).inc();
-                    tracing::error!(
-                        error = %e,
-                        version = self.version(),
-                        "the entitlement store's rows do not validate: the previous snapshot stays in force"
-                    );
+                    if !self.refused.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            error = %e,
+                            version = self.version(),
+                            "the entitlement store's rows do not validate: the previous snapshot stays in force"
+                        );
+                    }
+                    // Not current: the age keeps growing (TollgateEntitlementsStale).
+                    *self.last_error.lock().expect("not poisoned") = Some(e);
                     return false;
                 }
             }
         }
+        self.confirmed_now();
         // Published after the snapshot is in force: a version seen here is being enforced.
         let image = self.image.lock().expect("not poisoned");
         self.metrics.version.set(image.version);

@@ -37,7 +37,13 @@ pub struct Settled {
     pub stop_at: Option<DateTime<Utc>>,
     /// Settled by an earlier run: nothing deducted now.
     pub already: bool,
+    /// Not settled, and why (a line that needs a contract price): settle again once fixed.
+    pub blocked: Option<String>,
 }
+
+/// Late batches of a month land within this after it ends (a gateway's seal interval and
+/// shipping, a broker outage): a month is settled only once this has passed.
+pub const AFTER_MONTH_END: Duration = Duration::hours(1);
 
 /// The owner's suspensions, as rating takes them (Unix seconds).
 pub async fn suspensions(c: &impl GenericClient, owner: u64) -> anyhow::Result<Vec<(i64, i64)>> {
@@ -91,10 +97,11 @@ pub async fn settle_month(
     month: Month,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Settled>> {
+    let settle_from =
+        DateTime::from_timestamp(month.end(), 0).unwrap_or_default() + AFTER_MONTH_END;
     anyhow::ensure!(
-        now.timestamp() >= month.end(),
-        "{month} is not over yet (it ends {})",
-        DateTime::from_timestamp(month.end(), 0).unwrap_or_default()
+        now >= settle_from,
+        "{month} can be settled from {settle_from} (an hour after it ends, for late batches)"
     );
     let owners: Vec<i64> = client
         .query(
@@ -126,6 +133,7 @@ pub async fn settle_month(
                 balance_after: r.get::<_, String>(1).parse()?,
                 stop_at: None,
                 already: true,
+                blocked: None,
             });
             continue;
         }
@@ -134,6 +142,24 @@ pub async fn settle_month(
         billing.suspensions = suspensions(write.tx(), owner).await?;
         let usage = usage_of(write.tx(), catalog, owner).await?;
         let s = crate::rating::rate_month(catalog, book, &billing, &usage, month)?;
+        if !s.contract_price_required.is_empty() {
+            write.rollback().await?;
+            let why = format!(
+                "no contract price for {} (联系商务): set one (PUT /v1/accounts/{owner}/contract-prices/<item>) and settle again",
+                s.contract_price_required.join(", ")
+            );
+            tracing::error!(owner, %why, "month not settled");
+            out.push(Settled {
+                owner_uin: owner,
+                month: month.to_string(),
+                amount: Decimal::ZERO,
+                balance_after: image.accounts[&owner].balance,
+                stop_at: None,
+                already: false,
+                blocked: Some(why),
+            });
+            continue;
+        }
         let amount = s.postpaid_total;
         let before = image.accounts[&owner].clone();
         let balance_after = before.balance - amount;
@@ -183,6 +209,7 @@ pub async fn settle_month(
             balance_after,
             stop_at,
             already: false,
+            blocked: None,
         });
     }
     Ok(out)

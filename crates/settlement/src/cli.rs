@@ -90,6 +90,9 @@ pub struct SettleArgs {
     /// Directory with catalog.toml and pricing.toml (embedded copies if absent).
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
+    /// Settle even though the ledger lacks batches the gateways report sealed.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `tollgate settle`.
@@ -99,8 +102,16 @@ pub async fn settle(a: SettleArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--month: {e}"))?;
     let (catalog, book) = load_pricing(&a.config_dir)?;
-    // The ledger's tables (and the store's, which `tollgate admin migrate` makes).
-    crate::consumer::Ledger::connect(&a.postgres, std::time::Duration::from_secs(10)).await?;
+    // The ledger's tables (and the store's, which `tollgate admin migrate` makes), and no
+    // batch the gateways sealed missing from it.
+    let ledger =
+        crate::consumer::Ledger::connect(&a.postgres, std::time::Duration::from_secs(10)).await?;
+    let (gap_batches, gap_units) = ledger.reconcile(std::time::Duration::from_secs(60)).await?;
+    if (gap_batches, gap_units) != (0, 0) && !a.force {
+        anyhow::bail!(
+            "the ledger lacks {gap_batches} batches ({gap_units} units) the gateways sealed: settle once the consumer has caught up (or --force)"
+        );
+    }
     let mut client =
         tollgate_store::connect(&a.postgres, std::time::Duration::from_secs(10)).await?;
     let settled =

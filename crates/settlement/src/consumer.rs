@@ -424,16 +424,29 @@ impl Ledger {
             &[&owners, &items, &interfaces, &hours, &months, &units, &records],
         )
         .await?;
-        match &self.live {
-            Some(live) if crate::live::store_present(&tx).await? => {
-                let mut touched: Vec<u64> = owners.iter().map(|o| *o as u64).collect();
-                touched.sort_unstable();
-                touched.dedup();
-                live.settle_and_commit(tx, &touched, chrono::Utc::now())
-                    .await?;
+        let mut tx = tx;
+        if let Some(live) = &self.live
+            && crate::live::store_present(&tx).await?
+        {
+            let mut touched: Vec<u64> = owners.iter().map(|o| *o as u64).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            // In a savepoint: a rating that fails (a row naming what this catalog lacks)
+            // must not hold the ledger back. It is logged and counted; the batch applies.
+            let savepoint = tx.savepoint("live").await?;
+            if let Err(e) = live
+                .settle_and_commit(savepoint, &touched, chrono::Utc::now())
+                .await
+            {
+                live.metrics.errors.inc();
+                tracing::error!(
+                    batch = %b.batch_id,
+                    error = %format!("{e:#}"),
+                    "live settlement failed for this batch: its usage is applied, balances and exhaustion are not updated"
+                );
             }
-            _ => tx.commit().await?,
         }
+        tx.commit().await?;
         Ok(Applied::New)
     }
 

@@ -43,6 +43,7 @@ impl std::fmt::Debug for Live {
 /// Live settlement's metrics (part of the consumer's registry).
 #[derive(Clone)]
 pub struct LiveMetrics {
+    pub errors: prometheus::IntCounter,
     pub changes: prometheus::IntCounterVec,
     pub rating_seconds: prometheus::Histogram,
 }
@@ -65,6 +66,14 @@ impl LiveMetrics {
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
         )
         .expect("valid metric");
+        let errors = prometheus::IntCounter::new(
+            "tollgate_settlement_live_errors_total",
+            "Batches whose live settlement failed (applied to the ledger; balances and exhaustion not updated until the owner's next batch).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(errors.clone()))
+            .expect("registered once");
         registry
             .register(Box::new(changes.clone()))
             .expect("registered once");
@@ -72,6 +81,7 @@ impl LiveMetrics {
             .register(Box::new(rating_seconds.clone()))
             .expect("registered once");
         LiveMetrics {
+            errors,
             changes,
             rating_seconds,
         }

@@ -145,6 +145,12 @@ pub async fn record(
             .count();
         let notify = others == 0;
         let pending: Option<String> = held.as_ref().and_then(|r| r.get(1));
+        // Low while other packs still cover its items, nothing pending: the level is not
+        // recorded, so the crossing is noticed once the pack becomes the last one. (An empty
+        // pack is recorded: it can never become the last usable one.)
+        if !notify && pending.is_none() && now_level == Level::Low {
+            continue;
+        }
         let kind = if notify || pending.is_some() {
             // A pending notice merges into the newer, lower level.
             Some(now_level.max(if pending.as_deref() == Some("exhausted") {

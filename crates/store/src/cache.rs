@@ -62,6 +62,8 @@ pub fn save(path: &Path, image: &Image, now: DateTime<Utc>) -> std::io::Result<(
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
+    // A leftover temporary file keeps its mode when reopened: start from none.
+    let _ = std::fs::remove_file(&tmp);
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -237,7 +237,8 @@ pub async fn is_current(client: &tokio_postgres::Client) -> anyhow::Result<bool>
         .query_opt("SELECT max(version) FROM entitlements.migrations", &[])
         .await;
     match row {
-        Ok(Some(r)) => Ok(r.get::<_, Option<i32>>(0) == Some(latest)),
+        // A newer schema is fine: migrations only add what older readers do not read.
+        Ok(Some(r)) => Ok(r.get::<_, Option<i32>>(0).is_some_and(|v| v >= latest)),
         Ok(None) => Ok(false),
         // The table does not exist yet.
         Err(e)

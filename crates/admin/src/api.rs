@@ -437,6 +437,24 @@ async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
                 .await?;
             let version = write.commit().await?;
             tracing::info!(%actor, route = pattern, version, "entitlement write");
+            // A new pack raises its owner's spend budget at once (outside the write: budget
+            // rows are locked before the version counter by settlement, never after it).
+            if pattern == "/v1/accounts/{uin}/packs"
+                && let (Some(owner), Some(item), Some(size)) = (
+                    answer["pack"]["owner_uin"].as_i64(),
+                    answer["pack"]["item"].as_str(),
+                    answer["pack"]["size"].as_i64(),
+                )
+                && let Err(e) = client
+                    .execute(
+                        "UPDATE entitlements.spend_budgets SET remaining = remaining + $3, updated_at = now()
+                         WHERE owner_uin = $1 AND item = $2",
+                        &[&owner, &item, &size],
+                    )
+                    .await
+            {
+                tracing::warn!(error = %e, "spend budget not raised; settlement raises it at its next tick");
+            }
             Ok(respond(status, response))
         }
         Err(e) => {

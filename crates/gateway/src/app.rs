@@ -267,6 +267,8 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         }
         (None, _) => (build_sink(&settings)?, None, None),
     };
+    // The id settlement knows this replica's usage by (spend leases are counted against it).
+    let wire_id = shipper.as_ref().map(|s| s.wire_id().to_owned());
     let gateway = Gateway::new(
         Arc::clone(&settings),
         loaded,
@@ -368,6 +370,33 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             }
         };
         tasks.push(tokio::spawn(watcher.run(interval, apply, stopped())));
+    }
+    // Spend leases for prepaid-only owners (the store, a spool whose gateway id names this
+    // replica in settlement's batches).
+    if let (EntitlementSource::Store(st), Some(wire_id)) = (&settings.entitlements, &wire_id)
+        && st.spend_lease_units > 0
+    {
+        let spend = Arc::new(crate::spend::Spend::new(
+            st.spend_lease_units,
+            st.spend_lease_ttl,
+            Arc::clone(&options.clock),
+            crate::spend::SpendMetrics::new(&metrics.registry),
+        ));
+        gateway.set_spend(Arc::clone(&spend));
+        let keys = Arc::clone(&gateway);
+        tasks.push(tokio::spawn(spend.run(
+            st.url.clone(),
+            wire_id.clone(),
+            move |item| {
+                let snap = keys.snapshot();
+                snap.loaded
+                    .catalog
+                    .billing_items
+                    .get(item.0 as usize)
+                    .map(|i| i.key.to_string())
+            },
+            stopped(),
+        )));
     }
     // The store sync: pushes, periodic deltas and full reads, until the drain is over.
     if let Some((sync, conn)) = from_store {

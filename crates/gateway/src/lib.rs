@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod settings;
+pub mod spend;
 pub mod store_sync;
 
 /// The embedded `tollgate.toml` (`tollgate gateway` without `--config`, `tollgate demo`).

@@ -262,6 +262,8 @@ struct RawEntitlementSource {
     timeout_ms: u64,
     startup_timeout_ms: u64,
     cache_file: String,
+    spend_lease_units: u64,
+    spend_lease_ttl_ms: u64,
 }
 
 impl Default for RawEntitlementSource {
@@ -274,6 +276,8 @@ impl Default for RawEntitlementSource {
             timeout_ms: 2000,
             startup_timeout_ms: 30_000,
             cache_file: "data/entitlements-snapshot.json".into(),
+            spend_lease_units: 20,
+            spend_lease_ttl_ms: 10_000,
         }
     }
 }
@@ -304,6 +308,12 @@ pub struct StoreSource {
     /// The last snapshot on disk: a gateway restarted while the store is unreachable starts
     /// from it. `None`: no cache.
     pub cache_file: Option<PathBuf>,
+    /// Units a replica leases at a time for a prepaid-only owner's billing item (0: no spend
+    /// leases).
+    pub spend_lease_units: u64,
+    /// A lease not renewed within this stops counting in the store; the store unreachable
+    /// this long, leases are not enforced.
+    pub spend_lease_ttl: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -824,6 +834,8 @@ fn parse_entitlement_source(
         timeout: Duration::from_millis(e.timeout_ms),
         startup_timeout: Duration::from_millis(e.startup_timeout_ms),
         cache_file: (!e.cache_file.is_empty()).then(|| PathBuf::from(&e.cache_file)),
+        spend_lease_units: e.spend_lease_units,
+        spend_lease_ttl: Duration::from_millis(e.spend_lease_ttl_ms.max(1)),
     }))
 }
 

@@ -433,11 +433,20 @@ impl Ledger {
             touched.dedup();
             // In a savepoint: a rating that fails (a row naming what this catalog lacks)
             // must not hold the ledger back. It is logged and counted; the batch applies.
+            let mut spent: std::collections::BTreeMap<(u64, String), u64> = Default::default();
+            for c in &b.counts {
+                *spent
+                    .entry((c.owner_uin, c.billing_item.to_string()))
+                    .or_default() += c.units;
+            }
             let savepoint = tx.savepoint("live").await?;
-            if let Err(e) = live
-                .settle_and_commit(savepoint, &touched, chrono::Utc::now())
-                .await
-            {
+            let result = async {
+                live.apply_spend(&savepoint, &b.gateway_id, &spent).await?;
+                live.settle_and_commit(savepoint, &touched, chrono::Utc::now())
+                    .await
+            }
+            .await;
+            if let Err(e) = result {
                 live.metrics.errors.inc();
                 tracing::error!(
                     batch = %b.batch_id,

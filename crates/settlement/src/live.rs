@@ -234,6 +234,7 @@ impl Live {
         for &owner in owners {
             if let Some(ev) = self.evaluate(&tx, owner, now).await? {
                 write_balances(&tx, owner, &ev.statement, now).await?;
+                write_budgets(&tx, &ev, now).await?;
                 crate::notify::record(&tx, &self.catalog, owner, &ev.packs, now).await?;
                 if ev.changes() {
                     changed.push(owner);
@@ -311,7 +312,8 @@ impl Live {
     ) -> anyhow::Result<()> {
         let owners: Vec<i64> = client
             .query(
-                "SELECT uin FROM entitlements.accounts WHERE owner_uin IS NULL AND cardinality(exhausted) > 0",
+                "SELECT uin FROM entitlements.accounts WHERE owner_uin IS NULL AND cardinality(exhausted) > 0
+                 UNION SELECT owner_uin FROM entitlements.spend_budgets WHERE remaining = 0",
                 &[],
             )
             .await?
@@ -324,6 +326,79 @@ impl Live {
         }
         Ok(())
     }
+}
+
+impl Live {
+    /// Adds a batch's units to its gateway's spend leases (`tollgate_store::spend`), in the
+    /// batch's transaction, budget rows locked first (the order grants lock them in).
+    pub async fn apply_spend(
+        &self,
+        tx: &Transaction<'_>,
+        gateway_id: &str,
+        units: &std::collections::BTreeMap<(u64, String), u64>,
+    ) -> anyhow::Result<()> {
+        for ((owner, item), n) in units {
+            let budget = tx
+                .query_opt(
+                    "SELECT 1 FROM entitlements.spend_budgets WHERE owner_uin = $1 AND item = $2 FOR UPDATE",
+                    &[&(*owner as i64), item],
+                )
+                .await?;
+            if budget.is_none() {
+                continue;
+            }
+            tx.execute(
+                "UPDATE entitlements.spend_leases SET applied = applied + $4
+                 WHERE owner_uin = $1 AND item = $2 AND member = $3",
+                &[&(*owner as i64), item, &gateway_id, &(*n as i64)],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The owner's spend budgets: with postpaid off, per billing item the units its packs valid
+/// now still cover; with postpaid on, none (nothing to bound).
+async fn write_budgets(
+    tx: &Transaction<'_>,
+    ev: &Evaluation,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let owner = ev.account.uin as i64;
+    if ev.account.postpaid {
+        tx.execute(
+            "DELETE FROM entitlements.spend_budgets WHERE owner_uin = $1",
+            &[&owner],
+        )
+        .await?;
+        return Ok(());
+    }
+    let mut items: Vec<&String> = ev
+        .packs
+        .iter()
+        .flat_map(|p| p.items.iter())
+        .chain(ev.exhausted.iter())
+        .chain(ev.statement.lines.iter().map(|l| &l.item))
+        .collect();
+    items.sort();
+    items.dedup();
+    for item in items {
+        let remaining: u64 = ev
+            .packs
+            .iter()
+            .filter(|p| p.items.contains(item))
+            .map(|p| p.remaining)
+            .sum();
+        tx.execute(
+            "INSERT INTO entitlements.spend_budgets (owner_uin, item, remaining, updated_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (owner_uin, item) DO UPDATE SET remaining = EXCLUDED.remaining, updated_at = EXCLUDED.updated_at",
+            &[&owner, item, &(remaining as i64), &now],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Replaces the owner's live balances with the statement's.

@@ -17,6 +17,7 @@ pub mod image;
 pub mod listen;
 pub mod read;
 pub mod schema;
+pub mod spend;
 pub mod tokens;
 pub mod write;
 

@@ -192,6 +192,30 @@ CREATE TABLE entitlements.suspensions (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+-- Spend leases (crate::spend): for an owner with postpaid off, the units its packs still
+-- cover per billing item after the usage in the ledger (written by live settlement), and
+-- per gateway the units leased to it and, of its usage, those applied to the ledger.
+CREATE TABLE entitlements.spend_budgets (
+    owner_uin bigint NOT NULL,
+    item text NOT NULL,
+    remaining bigint NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (owner_uin, item)
+);
+CREATE TABLE entitlements.spend_leases (
+    owner_uin bigint NOT NULL,
+    item text NOT NULL,
+    member text NOT NULL,
+    granted bigint NOT NULL DEFAULT 0,
+    applied bigint NOT NULL DEFAULT 0,
+    renewed_at timestamptz NOT NULL,
+    PRIMARY KEY (owner_uin, item, member)
+);
+"#,
+    ),
 ];
 
 /// The `LISTEN`/`NOTIFY` channel; each committed write notifies its version.

@@ -273,6 +273,11 @@ impl Shipper {
     /// Seals what the spool holds beyond the last sealed sequence, reading at most
     /// `max_batch_records` records at a time, into batches of at most `max_batch_counts`
     /// counts. Returns how many batches were sealed.
+    /// The id this spool's batches travel under (settlement knows this replica by it).
+    pub fn wire_id(&self) -> &str {
+        &self.wire_id
+    }
+
     pub fn seal(&mut self) -> std::io::Result<usize> {
         let result = self.seal_into();
         if result.is_err() {

@@ -201,6 +201,8 @@ pub struct Gateway {
     /// `tollgate_gateway_errors_total{code="RequestLimitExceeded"}`, resolved once: under
     /// overload it is the most frequent answer.
     limit_errors: prometheus::IntCounter,
+    /// Spend leases of prepaid-only owners (`crate::spend`), when on.
+    spend: std::sync::OnceLock<Arc<crate::spend::Spend>>,
 }
 
 impl Gateway {
@@ -234,6 +236,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             generation: AtomicU64::new(1),
+            spend: std::sync::OnceLock::new(),
         })
     }
 
@@ -281,6 +284,11 @@ impl Gateway {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Turns spend leases on (once, at start).
+    pub fn set_spend(&self, spend: Arc<crate::spend::Spend>) {
+        let _ = self.spend.set(spend);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -509,6 +517,20 @@ impl Gateway {
         }
         // Admit: resolve the limit at this instant, then one atomic decision.
         let permit = self.admit(snapshot, account, uin, &head.route, &group, now_unix_nanos)?;
+        // A prepaid-only owner: within this replica's spend lease (atomics; never waits).
+        if let Some(spend) = self.spend.get()
+            && !account.owner.postpaid
+            && let Some(item) = snapshot.loaded.catalog.items_of(&head.route).next()
+            && !spend.take(account.owner_uin, item)
+        {
+            snapshot.group_metrics(group.group_ref).refused.inc();
+            return Err(Refusal::AccountState {
+                code: Arc::clone(&head.service.refusal_codes.packs_exhausted),
+                state: tollgate_core::entitlement::StateRefusal::PacksExhausted(item),
+                service: Arc::clone(&head.service.name),
+                item: Some(Arc::clone(&snapshot.loaded.catalog.item(item).key)),
+            });
+        }
         Ok(Admitted {
             uin,
             account,

@@ -27,6 +27,7 @@ struct Fleet {
     api: tollgate_admin::Running,
     admin: Client,
     gateways: Vec<Arc<Harness>>,
+    consumer_metrics: Arc<ConsumerMetrics>,
     consumer_stop: Option<tokio::sync::oneshot::Sender<()>>,
     consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _spools: tempfile::TempDir,
@@ -69,6 +70,7 @@ impl Fleet {
             metrics: tollgate_settlement::live::LiveMetrics::new(&metrics.registry),
             webhook: None,
         });
+        let consumer_metrics = Arc::clone(&metrics);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let consumer = tokio::spawn(consumer::run(
             ConsumerConfig {
@@ -112,6 +114,7 @@ impl Fleet {
             api,
             admin,
             gateways,
+            consumer_metrics,
             consumer_stop: Some(stop),
             consumer: Some(consumer),
             _spools: spools,
@@ -325,6 +328,19 @@ async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out
     assert_eq!(line.prepaid_units as usize, ok.min(1000));
     assert_eq!(line.postpaid_units, 0);
     assert_eq!(line.overserved_units as usize, over);
+    // The consumer counted the over-served units too.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            support::metric_value(
+                &f.consumer_metrics.render(),
+                "tollgate_settlement_overserved_units_total",
+                &[],
+            ) == over as f64
+        })
+        .await,
+        "{}",
+        f.consumer_metrics.render()
+    );
     let remaining: i64 = db
         .query_one(
             "SELECT remaining FROM pack_balances WHERE owner_uin = 40 AND pack = $1",

@@ -111,6 +111,19 @@ CREATE TABLE pack_notices (
 CREATE INDEX pack_notices_due ON pack_notices (due_at) WHERE pending_kind IS NOT NULL;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Units each owner was served beyond its packs this month with postpaid off (crate::live),
+-- as last rated: the over-served metric counts what each rating adds.
+CREATE TABLE live_overserved (
+    owner_uin  bigint NOT NULL,
+    month      text   NOT NULL,
+    units      bigint NOT NULL,
+    PRIMARY KEY (owner_uin, month)
+);
+"#,
+    ),
 ];
 
 /// Where batches come from.

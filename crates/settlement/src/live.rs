@@ -44,6 +44,7 @@ impl std::fmt::Debug for Live {
 #[derive(Clone)]
 pub struct LiveMetrics {
     pub errors: prometheus::IntCounter,
+    pub overserved: prometheus::IntCounter,
     pub changes: prometheus::IntCounterVec,
     pub rating_seconds: prometheus::Histogram,
 }
@@ -74,6 +75,14 @@ impl LiveMetrics {
         registry
             .register(Box::new(errors.clone()))
             .expect("registered once");
+        let overserved = prometheus::IntCounter::new(
+            "tollgate_settlement_overserved_units_total",
+            "Units served beyond owners' packs while their postpaid was off (not billed): what the gateways served before they learnt the packs were used up, bounded by spend leases.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(overserved.clone()))
+            .expect("registered once");
         registry
             .register(Box::new(changes.clone()))
             .expect("registered once");
@@ -82,6 +91,7 @@ impl LiveMetrics {
             .expect("registered once");
         LiveMetrics {
             errors,
+            overserved,
             changes,
             rating_seconds,
         }
@@ -235,6 +245,7 @@ impl Live {
             if let Some(ev) = self.evaluate(&tx, owner, now).await? {
                 write_balances(&tx, owner, &ev.statement, now).await?;
                 write_budgets(&tx, &ev, now).await?;
+                self.count_overserved(&tx, owner, &ev.statement).await?;
                 crate::notify::record(&tx, &self.catalog, owner, &ev.packs, now).await?;
                 if ev.changes() {
                     changed.push(owner);
@@ -329,6 +340,35 @@ impl Live {
 }
 
 impl Live {
+    /// Counts what this rating adds to the owner's over-served units of the month.
+    async fn count_overserved(
+        &self,
+        tx: &Transaction<'_>,
+        owner: u64,
+        s: &MonthStatement,
+    ) -> anyhow::Result<()> {
+        let now: i64 = s.lines.iter().map(|l| l.overserved_units as i64).sum();
+        let before: i64 = tx
+            .query_opt(
+                "SELECT units FROM live_overserved WHERE owner_uin = $1 AND month = $2",
+                &[&(owner as i64), &s.month],
+            )
+            .await?
+            .map_or(0, |r| r.get(0));
+        if now != before {
+            tx.execute(
+                "INSERT INTO live_overserved (owner_uin, month, units) VALUES ($1, $2, $3)
+                 ON CONFLICT (owner_uin, month) DO UPDATE SET units = EXCLUDED.units",
+                &[&(owner as i64), &s.month, &now],
+            )
+            .await?;
+        }
+        if now > before {
+            self.metrics.overserved.inc_by((now - before) as u64);
+        }
+        Ok(())
+    }
+
     /// Adds a batch's units to its gateway's spend leases (`tollgate_store::spend`), in the
     /// batch's transaction, budget rows locked first (the order grants lock them in).
     pub async fn apply_spend(

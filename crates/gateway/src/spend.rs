@@ -40,6 +40,9 @@ struct Key {
     /// Monotonic nanoseconds of the last answer for it (an unlimited key asks again each
     /// second: its owner may have been rated since).
     checked: AtomicI64,
+    /// The last grant gave nothing (the packs are used up): ask again once a second, not
+    /// every round.
+    dry: AtomicBool,
     asked: AtomicBool,
 }
 
@@ -130,6 +133,7 @@ impl Spend {
                     state: AtomicU8::new(UNKNOWN),
                     last_call: AtomicI64::new(now),
                     checked: AtomicI64::new(now),
+                    dry: AtomicBool::new(false),
                     asked: AtomicBool::new(false),
                 });
                 Arc::clone(&self.keys.entry((owner, item)).or_insert(k))
@@ -156,6 +160,16 @@ impl Spend {
             self.metrics.refused.inc();
         }
         ok
+    }
+
+    /// Returns the unit [`Spend::take`] took for a call that was then refused (by its quota):
+    /// it was not served.
+    pub fn untake(&self, owner: u64, item: BillingItemId) {
+        if let Some(k) = self.keys.get(&(owner, item))
+            && k.state.load(Ordering::Relaxed) != UNLIMITED
+        {
+            k.allowance.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Keeps leases filled until `shutdown`: `member` is this replica's gateway id (the id its
@@ -204,7 +218,11 @@ impl Spend {
                 } else if state == UNKNOWN {
                     // Repay the first calls' advance and take a lease.
                     self.lease + (self.lease - allowance)
-                } else if state == LIMITED && allowance < self.lease / 2 {
+                } else if state == LIMITED
+                    && allowance < self.lease / 2
+                    && (!key.dry.load(Ordering::Relaxed)
+                        || now - key.checked.load(Ordering::Relaxed) >= 1_000_000_000)
+                {
                     self.lease - allowance.max(0)
                 } else if state == UNLIMITED
                     && now - key.checked.load(Ordering::Relaxed) >= 1_000_000_000
@@ -234,6 +252,7 @@ impl Spend {
                             key.allowance.fetch_add(want, Ordering::AcqRel);
                         }
                         key.state.store(LIMITED, Ordering::Relaxed);
+                        key.dry.store(want > 0 && n == 0, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %format!("{e:#}"), "spend lease request failed");
@@ -265,5 +284,52 @@ impl Spend {
         let stale = self.clock.monotonic_nanos() as i64 - self.answered.load(Ordering::Relaxed)
             > self.ttl.as_nanos() as i64;
         self.metrics.degraded.set(i64::from(stale));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::clock::FakeClock;
+
+    fn spend(lease: u64) -> Spend {
+        Spend::new(
+            lease,
+            Duration::from_secs(10),
+            FakeClock::new(0),
+            SpendMetrics::new(&prometheus::Registry::new()),
+        )
+    }
+
+    #[test]
+    fn a_new_key_is_served_one_lease_in_advance_then_refused() {
+        let s = spend(5);
+        let item = BillingItemId(3);
+        for _ in 0..5 {
+            assert!(s.take(7, item));
+        }
+        assert!(!s.take(7, item));
+        assert_eq!(s.metrics.refused.get(), 1);
+        // A unit given back (its call was refused by its quota) serves another call.
+        s.untake(7, item);
+        assert!(s.take(7, item));
+        // Other keys are separate.
+        assert!(s.take(8, item));
+        assert!(s.take(7, BillingItemId(4)));
+    }
+
+    #[test]
+    fn an_unlimited_key_is_not_counted() {
+        let s = spend(2);
+        let item = BillingItemId(1);
+        assert!(s.take(1, item));
+        s.keys
+            .get(&(1, item))
+            .unwrap()
+            .state
+            .store(UNLIMITED, Ordering::Relaxed);
+        for _ in 0..100 {
+            assert!(s.take(1, item));
+        }
     }
 }

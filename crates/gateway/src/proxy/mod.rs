@@ -515,22 +515,36 @@ impl Gateway {
         if !self.sink.accepting() {
             return Err(Refusal::MeteringUnavailable);
         }
-        // Admit: resolve the limit at this instant, then one atomic decision.
-        let permit = self.admit(snapshot, account, uin, &head.route, &group, now_unix_nanos)?;
         // A prepaid-only owner: within this replica's spend lease (atomics; never waits).
-        if let Some(spend) = self.spend.get()
-            && !account.owner.postpaid
-            && let Some(item) = snapshot.loaded.catalog.items_of(&head.route).next()
-            && !spend.take(account.owner_uin, item)
-        {
-            snapshot.group_metrics(group.group_ref).refused.inc();
-            return Err(Refusal::AccountState {
-                code: Arc::clone(&head.service.refusal_codes.packs_exhausted),
-                state: tollgate_core::entitlement::StateRefusal::PacksExhausted(item),
-                service: Arc::clone(&head.service.name),
-                item: Some(Arc::clone(&snapshot.loaded.catalog.item(item).key)),
-            });
-        }
+        let spent = match self.spend.get() {
+            Some(spend) if !account.owner.postpaid => {
+                match snapshot.loaded.catalog.items_of(&head.route).next() {
+                    Some(item) if !spend.take(account.owner_uin, item) => {
+                        snapshot.group_metrics(group.group_ref).refused.inc();
+                        return Err(Refusal::AccountState {
+                            code: Arc::clone(&head.service.refusal_codes.packs_exhausted),
+                            state: tollgate_core::entitlement::StateRefusal::PacksExhausted(item),
+                            service: Arc::clone(&head.service.name),
+                            item: Some(Arc::clone(&snapshot.loaded.catalog.item(item).key)),
+                        });
+                    }
+                    Some(item) => Some((spend, item)),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        // Admit: resolve the limit at this instant, then one atomic decision (a refused call
+        // gives its spend unit back: it is not served).
+        let permit = match self.admit(snapshot, account, uin, &head.route, &group, now_unix_nanos) {
+            Ok(p) => p,
+            Err(refusal) => {
+                if let Some((spend, item)) = spent {
+                    spend.untake(account.owner_uin, item);
+                }
+                return Err(refusal);
+            }
+        };
         Ok(Admitted {
             uin,
             account,

@@ -91,24 +91,23 @@ impl Service {
         }
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    /// A write with a fresh idempotency key; its answer, which must be a success.
+    async fn send(&self, method: Method, path: &str, body: Value) -> Value {
         let key = uuid::Uuid::new_v4().to_string();
         self.write
-            .write(Method::POST, path, &body, &key)
+            .write(method.clone(), path, &body, &key)
             .await
             .unwrap()
             .ok()
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.send(Method::POST, path, body).await
     }
 
     async fn put(&self, path: &str, body: Value) -> Value {
-        let key = uuid::Uuid::new_v4().to_string();
-        self.write
-            .write(Method::PUT, path, &body, &key)
-            .await
-            .unwrap()
-            .ok()
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+        self.send(Method::PUT, path, body).await
     }
 
     /// Waits until every replica enforces store version `version` (each polled on its own

@@ -64,12 +64,12 @@ impl Fleet {
 
         let metrics = Arc::new(ConsumerMetrics::new());
         let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
-        let live = Arc::new(tollgate_settlement::live::Live {
+        let live = Arc::new(tollgate_settlement::live::Live::new(
             catalog,
             book,
-            metrics: tollgate_settlement::live::LiveMetrics::new(&metrics.registry),
-            webhook: None,
-        });
+            &metrics.registry,
+            None,
+        ));
         let consumer_metrics = Arc::clone(&metrics);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let consumer = tokio::spawn(consumer::run(
@@ -135,6 +135,65 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// Waits until every replica enforces store version `version`, for at most `within`.
+    async fn reached(&self, version: i64, within: Duration) {
+        for h in &self.gateways {
+            assert!(
+                eventually(within, || async {
+                    h.metric("tollgate_entitlements_version", &[]).await >= version as f64
+                })
+                .await,
+                "version {version} not in force within {within:?}"
+            );
+        }
+    }
+
+    /// A 100-QPS overlay on each replica's 20 for today (200 calls a second need it) and a
+    /// 1,000-call prepaid pack for account 40, in force on every replica. The purchase's answer.
+    async fn overlay_and_pack(&self) -> serde_json::Value {
+        let today = chrono::Utc::now()
+            .with_timezone(&tollgate_core::clock::beijing())
+            .date_naive();
+        self.write(
+            Method::POST,
+            "/v1/accounts/40/overlays",
+            json!({"interface": "ocr.GeneralBasicOCR", "qps": 100, "start": today, "end": today}),
+        )
+        .await;
+        let bought = self
+            .write(
+                Method::POST,
+                "/v1/accounts/40/packs",
+                json!({"item": "ocr.general_basic", "size": 1000}),
+            )
+            .await;
+        self.reached(bought["version"].as_i64().unwrap(), Duration::from_secs(5))
+            .await;
+        bought
+    }
+
+    /// Offers `n` copies of `call` at 200 a second, open loop, alternating replicas: for
+    /// each, the replica, when it was answered and its error code.
+    async fn offer(&self, call: &Call, n: usize) -> Vec<(usize, Instant, Option<String>)> {
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            ticker.tick().await;
+            let h = Arc::clone(&self.gateways[i % 2]);
+            let c = call.clone();
+            set.spawn(async move {
+                let r = h.call(&c).await;
+                (i % 2, Instant::now(), r.error_code().map(str::to_owned))
+            });
+        }
+        let mut replies = Vec::new();
+        while let Some(r) = set.join_next().await {
+            replies.push(r.unwrap());
+        }
+        replies
+    }
+
     async fn stop(mut self) {
         for h in self.gateways.drain(..) {
             if let Ok(h) = Arc::try_unwrap(h) {
@@ -145,6 +204,23 @@ impl Fleet {
         let _ = self.consumer.take().unwrap().await;
         self.api.shutdown().await;
     }
+}
+
+/// Account 40's `ocr.general_basic` line of this month's statement, as the ledger and the
+/// store have it.
+async fn general_basic_line(url: &str, ledger: &Ledger) -> tollgate_settlement::rating::ItemLine {
+    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
+    let billing = tollgate_settlement::store::load_owner_billing(url, 40, &catalog)
+        .await
+        .unwrap();
+    let usage = ledger.usage(&catalog, 40).await.unwrap();
+    let month = tollgate_settlement::Month::of_unix(chrono::Utc::now().timestamp());
+    let s =
+        tollgate_settlement::rating::rate_month(&catalog, &book, &billing, &usage, month).unwrap();
+    s.lines
+        .into_iter()
+        .find(|l| l.item == "ocr.general_basic")
+        .unwrap()
 }
 
 /// The month's free pack of `ocr.general_basic` (1,000 calls) used up before the test.
@@ -167,54 +243,14 @@ async fn free_pack_used(url: &str, owner: i64) {
 async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out() {
     let f = Fleet::start().await;
     free_pack_used(&f.url, 40).await;
-    let today = chrono::Utc::now()
-        .with_timezone(&tollgate_core::clock::beijing())
-        .date_naive();
-    // 200 calls a second need the limit: a 100-QPS overlay on each replica's 20.
-    f.write(
-        Method::POST,
-        "/v1/accounts/40/overlays",
-        json!({"interface": "ocr.GeneralBasicOCR", "qps": 100, "start": today, "end": today}),
-    )
-    .await;
-    let bought = f
-        .write(
-            Method::POST,
-            "/v1/accounts/40/packs",
-            json!({"item": "ocr.general_basic", "size": 1000}),
-        )
-        .await;
+    let bought = f.overlay_and_pack().await;
     let pack = bought["pack"]["id"].as_str().unwrap().to_owned();
-    for h in &f.gateways {
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                h.metric("tollgate_entitlements_version", &[]).await
-                    >= bought["version"].as_i64().unwrap() as f64
-            })
-            .await
-        );
-    }
 
     // 200 calls a second, open loop, alternating replicas, for 12 seconds.
     let call = Call::new("ocr", "GeneralBasicOCR", "AKIDexhausted");
     let started = Instant::now();
     let wall_started = chrono::Utc::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(5));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..2400usize {
-        ticker.tick().await;
-        let h = Arc::clone(&f.gateways[i % 2]);
-        let c = call.clone();
-        set.spawn(async move {
-            let r = h.call(&c).await;
-            (i % 2, Instant::now(), r.error_code().map(str::to_owned))
-        });
-    }
-    let mut replies = Vec::new();
-    while let Some(r) = set.join_next().await {
-        replies.push(r.unwrap());
-    }
+    let replies = f.offer(&call, 2400).await;
     let ok = replies.iter().filter(|r| r.2.is_none()).count();
     let run_out = replies
         .iter()
@@ -311,19 +347,7 @@ async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out
         ledger.total_units().await.unwrap(),
         1000 + ok
     );
-    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
-    let billing = tollgate_settlement::store::load_owner_billing(&f.url, 40, &catalog)
-        .await
-        .unwrap();
-    let usage = ledger.usage(&catalog, 40).await.unwrap();
-    let month = tollgate_settlement::Month::of_unix(chrono::Utc::now().timestamp());
-    let s =
-        tollgate_settlement::rating::rate_month(&catalog, &book, &billing, &usage, month).unwrap();
-    let line = s
-        .lines
-        .iter()
-        .find(|l| l.item == "ocr.general_basic")
-        .unwrap();
+    let line = general_basic_line(&f.url, &ledger).await;
     assert_eq!(line.free_units, 1000);
     assert_eq!(line.prepaid_units as usize, ok.min(1000));
     assert_eq!(line.postpaid_units, 0);
@@ -360,14 +384,9 @@ async fn a_prepaid_only_owner_is_refused_on_every_replica_once_its_pack_runs_out
             json!({"item": "ocr.general_basic", "size": 1000}),
         )
         .await;
+    f.reached(lifted["version"].as_i64().unwrap(), Duration::from_secs(1))
+        .await;
     for h in &f.gateways {
-        assert!(
-            eventually(Duration::from_secs(1), || async {
-                h.metric("tollgate_entitlements_version", &[]).await
-                    >= lifted["version"].as_i64().unwrap() as f64
-            })
-            .await
-        );
         // The replica's spend lease is refilled from the raised budget at its next round.
         assert!(
             eventually(Duration::from_secs(1), || async {
@@ -394,45 +413,12 @@ async fn with_postpaid_on_the_owner_is_never_refused_and_the_excess_is_priced() 
         json!({"enabled": true}),
     )
     .await;
-    let today = chrono::Utc::now()
-        .with_timezone(&tollgate_core::clock::beijing())
-        .date_naive();
-    f.write(
-        Method::POST,
-        "/v1/accounts/40/overlays",
-        json!({"interface": "ocr.GeneralBasicOCR", "qps": 100, "start": today, "end": today}),
-    )
-    .await;
-    let bought = f
-        .write(
-            Method::POST,
-            "/v1/accounts/40/packs",
-            json!({"item": "ocr.general_basic", "size": 1000}),
-        )
-        .await;
-    for h in &f.gateways {
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                h.metric("tollgate_entitlements_version", &[]).await
-                    >= bought["version"].as_i64().unwrap() as f64
-            })
-            .await
-        );
-    }
+    f.overlay_and_pack().await;
     let call = Call::new("ocr", "GeneralBasicOCR", "AKIDexhausted");
-    let mut ticker = tokio::time::interval(Duration::from_millis(5));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..1600usize {
-        ticker.tick().await;
-        let h = Arc::clone(&f.gateways[i % 2]);
-        let c = call.clone();
-        set.spawn(async move { h.call(&c).await.error_code().map(str::to_owned) });
-    }
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
-    while let Some(r) = set.join_next().await {
+    for (_, _, code) in f.offer(&call, 1600).await {
         *codes
-            .entry(r.unwrap().unwrap_or_else(|| "success".into()))
+            .entry(code.unwrap_or_else(|| "success".into()))
             .or_default() += 1;
     }
     assert_eq!(codes.get("success"), Some(&1600), "{codes:?}");
@@ -446,19 +432,7 @@ async fn with_postpaid_on_the_owner_is_never_refused_and_the_excess_is_priced() 
         })
         .await
     );
-    let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
-    let billing = tollgate_settlement::store::load_owner_billing(&f.url, 40, &catalog)
-        .await
-        .unwrap();
-    let usage = ledger.usage(&catalog, 40).await.unwrap();
-    let month = tollgate_settlement::Month::of_unix(chrono::Utc::now().timestamp());
-    let s =
-        tollgate_settlement::rating::rate_month(&catalog, &book, &billing, &usage, month).unwrap();
-    let line = s
-        .lines
-        .iter()
-        .find(|l| l.item == "ocr.general_basic")
-        .unwrap();
+    let line = general_basic_line(&f.url, &ledger).await;
     assert_eq!((line.free_units, line.prepaid_units), (1000, 1000));
     assert_eq!(line.postpaid_units, 600);
     assert_eq!(line.overserved_units, 0);
@@ -500,12 +474,8 @@ async fn pack_notices_go_out_on_the_hour_and_merge_when_both_thresholds_pass() {
         .await
         .unwrap();
     let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
-    let live = tollgate_settlement::live::Live {
-        catalog,
-        book,
-        metrics: tollgate_settlement::live::LiveMetrics::new(&prometheus::Registry::new()),
-        webhook: None,
-    };
+    let live =
+        tollgate_settlement::live::Live::new(catalog, book, &prometheus::Registry::new(), None);
     // Tomorrow (Beijing), so the accounts' activation (at the import) is before it.
     let day = chrono::Utc::now()
         .with_timezone(&tollgate_core::clock::beijing())
@@ -686,12 +656,8 @@ async fn ocr_accounts_activated_before_2021_12_14_switch_to_postpaid_when_packs_
     .await
     .unwrap();
     let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
-    let live = tollgate_settlement::live::Live {
-        catalog,
-        book,
-        metrics: tollgate_settlement::live::LiveMetrics::new(&prometheus::Registry::new()),
-        webhook: None,
-    };
+    let live =
+        tollgate_settlement::live::Live::new(catalog, book, &prometheus::Registry::new(), None);
     let now = chrono::Utc::now();
     let month = tollgate_settlement::Month::of_unix(now.timestamp());
     // The month's free pack and 10 calls more: nothing covers them.

@@ -156,12 +156,12 @@ fn run_consumer_live(
 ) {
     let metrics = Arc::new(ConsumerMetrics::new());
     let (catalog, book) = tollgate_admin::load_pricing(&None).unwrap();
-    let live = Arc::new(tollgate_settlement::live::Live {
+    let live = Arc::new(tollgate_settlement::live::Live::new(
         catalog,
         book,
-        metrics: tollgate_settlement::live::LiveMetrics::new(&metrics.registry),
-        webhook: None,
-    });
+        &metrics.registry,
+        None,
+    ));
     run_consumer_with(pg, source, Some((metrics, live)))
 }
 

@@ -334,7 +334,8 @@ async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
         )
     })?;
     let Some((index, params)) = route_of(&method, &path) else {
-        let known = ROUTES.iter().any(|(_, p, _)| route_matches_path(p, &path));
+        // Another method routes this path: 405, not 404.
+        let known = ROUTES.iter().any(|(m, _, _)| route_of(m, &path).is_some());
         return Err(if known {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -464,22 +465,8 @@ async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     }
 }
 
-fn route_matches_path(pattern: &str, path: &str) -> bool {
-    ROUTES
-        .iter()
-        .filter(|(_, p, _)| *p == pattern)
-        .any(|(m, _, _)| route_of(m, path).is_some())
-}
-
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error_free(de)
-}
-
-fn serde_path_to_error_free<'de, T: DeserializeOwned>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, ApiError> {
-    T::deserialize(de).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "InvalidJson",

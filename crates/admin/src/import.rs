@@ -288,28 +288,9 @@ pub async fn pack_units_used(
             pack.id
         );
     }
-    let rows = tx
-        .query(
-            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1 ORDER BY hour_start",
-            &[&(pack.owner_uin as i64)],
-        )
-        .await?;
-    let mut counts = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let item: String = r.get(0);
-        let Some(it) = catalog.item_by_key(&item) else {
-            anyhow::bail!("the usage ledger has unknown billing item {item:?}");
-        };
-        let interface: String = r.get(1);
-        counts.push(tollgate_settlement::UsageCount {
-            item: it.id,
-            interface: interface.as_str().into(),
-            hour_start: r.get(2),
-            units: r.get::<_, i64>(3) as u64,
-        });
-    }
-    let mut billing = tollgate_settlement::store::owner_billing(image, pack.owner_uin, catalog)?;
-    billing.suspensions = tollgate_settlement::arrears::suspensions(tx, pack.owner_uin).await?;
+    let counts = tollgate_settlement::consumer::usage_of(tx, catalog, pack.owner_uin).await?;
+    let billing =
+        tollgate_settlement::store::billing_in(tx, image, pack.owner_uin, catalog).await?;
     let month = tollgate_settlement::Month::of_unix(now.timestamp());
     let s = tollgate_settlement::rating::rate_month(catalog, book, &billing, &counts, month)?;
     Ok(s.balances

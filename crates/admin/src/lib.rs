@@ -20,10 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tollgate_core::catalog::Catalog;
 use tollgate_core::clock::Clock;
-use tollgate_core::config::{self as core_config, EMBEDDED_CATALOG, Source};
-use tollgate_settlement::prices::PriceBook;
 
 /// The OpenAPI 3 document of the admin API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -38,25 +35,8 @@ pub struct ServiceConfig {
     pub config_dir: Option<PathBuf>,
 }
 
-/// A config file from `dir`, or the embedded copy.
-pub fn config_source(dir: &Option<PathBuf>, name: &'static str, embedded: &'static str) -> Source {
-    match dir {
-        Some(d) => Source::File(d.join(name)),
-        None => Source::Embedded {
-            name,
-            text: embedded,
-        },
-    }
-}
-
-/// The catalog and price book of `dir`.
-pub fn load_pricing(dir: &Option<PathBuf>) -> anyhow::Result<(Catalog, PriceBook)> {
-    let src = config_source(dir, "catalog.toml", EMBEDDED_CATALOG);
-    let catalog = core_config::catalog::load(&src, &src.read()?)?;
-    let src = config_source(dir, "pricing.toml", tollgate_settlement::EMBEDDED_PRICING);
-    let book = tollgate_settlement::config::load_prices(&src, &src.read()?, &catalog)?;
-    Ok((catalog, book))
-}
+/// The catalog and price book of a config directory: settlement's own loader.
+pub use tollgate_settlement::cli::load_pricing;
 
 /// A running admin API.
 pub struct Running {

@@ -280,16 +280,19 @@ impl StoreSync {
         self.metrics.age_seconds.set(self.age_seconds());
     }
 
+    fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .unwrap_or_default()
+    }
+
     /// The `/readyz` detail.
     pub fn detail(&self) -> String {
         let age = self.age_seconds();
         if self.refused.load(Ordering::Relaxed) {
-            let err = self
-                .last_error
-                .lock()
-                .expect("not poisoned")
-                .clone()
-                .unwrap_or_default();
+            let err = self.last_error();
             return format!(
                 "entitlements: the store's rows DO NOT VALIDATE against this catalog, serving an older snapshot ({age:.1} s since it was current): {err}"
             );
@@ -300,12 +303,7 @@ impl StoreSync {
                 self.version()
             )
         } else {
-            let err = self
-                .last_error
-                .lock()
-                .expect("not poisoned")
-                .clone()
-                .unwrap_or_default();
+            let err = self.last_error();
             format!(
                 "entitlements: STORE UNREACHABLE, serving the last snapshot (version {}, {age:.1} s old): {err}",
                 self.version()

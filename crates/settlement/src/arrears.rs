@@ -14,8 +14,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
+use crate::Month;
 use crate::prices::PriceBook;
-use crate::{Month, UsageCount};
 use tollgate_core::catalog::Catalog;
 use tollgate_store::Scope;
 use tollgate_store::image::AccountRow;
@@ -59,34 +59,6 @@ pub async fn suspensions(c: &impl GenericClient, owner: u64) -> anyhow::Result<V
         (from.timestamp(), until.map_or(i64::MAX, |u| u.timestamp()))
     })
     .collect())
-}
-
-async fn usage_of(
-    c: &impl GenericClient,
-    catalog: &Catalog,
-    owner: u64,
-) -> anyhow::Result<Vec<UsageCount>> {
-    let rows = c
-        .query(
-            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1",
-            &[&(owner as i64)],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
-            let item: String = r.get(0);
-            let interface: String = r.get(1);
-            Ok(UsageCount {
-                item: catalog
-                    .item_by_key(&item)
-                    .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
-                    .id,
-                interface: interface.as_str().into(),
-                hour_start: r.get(2),
-                units: r.get::<_, i64>(3) as u64,
-            })
-        })
-        .collect()
 }
 
 /// Settles `month` for every main account of the store (ledger and store in one database).
@@ -138,9 +110,8 @@ pub async fn settle_month(
             continue;
         }
         let image = tollgate_store::read::read_in(write.tx(), Scope::owner(owner)).await?;
-        let mut billing = crate::store::owner_billing(&image, owner, catalog)?;
-        billing.suspensions = suspensions(write.tx(), owner).await?;
-        let usage = usage_of(write.tx(), catalog, owner).await?;
+        let billing = crate::store::billing_in(write.tx(), &image, owner, catalog).await?;
+        let usage = crate::consumer::usage_of(write.tx(), catalog, owner).await?;
         let s = crate::rating::rate_month(catalog, book, &billing, &usage, month)?;
         if !s.contract_price_required.is_empty() {
             write.rollback().await?;

@@ -216,7 +216,7 @@ pub enum QuoteWhat {
 }
 
 /// A config file from `dir`, or the embedded copy.
-fn config_source(dir: &Option<PathBuf>, name: &'static str, embedded: &'static str) -> Source {
+pub fn config_source(dir: &Option<PathBuf>, name: &'static str, embedded: &'static str) -> Source {
     match dir {
         Some(d) => Source::File(d.join(name)),
         None => Source::Embedded {
@@ -226,7 +226,8 @@ fn config_source(dir: &Option<PathBuf>, name: &'static str, embedded: &'static s
     }
 }
 
-fn load_pricing(dir: &Option<PathBuf>) -> anyhow::Result<(Catalog, PriceBook)> {
+/// The catalog and price book of `dir` (the embedded copies without one).
+pub fn load_pricing(dir: &Option<PathBuf>) -> anyhow::Result<(Catalog, PriceBook)> {
     let src = config_source(dir, "catalog.toml", EMBEDDED_CATALOG);
     let cat = core_config::catalog::load(&src, &src.read()?)?;
     let src = config_source(dir, "pricing.toml", EMBEDDED_PRICING);
@@ -428,12 +429,12 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
         None
     } else {
         let (catalog, book) = load_pricing(&a.config_dir)?;
-        Some(std::sync::Arc::new(crate::live::Live {
+        Some(std::sync::Arc::new(crate::live::Live::new(
             catalog,
             book,
-            metrics: crate::live::LiveMetrics::new(&metrics.registry),
-            webhook: a.notify_webhook.clone(),
-        }))
+            &metrics.registry,
+            a.notify_webhook.clone(),
+        )))
     };
     let listener = tokio::net::TcpListener::bind(a.admin_listen)
         .await

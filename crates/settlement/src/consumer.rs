@@ -332,34 +332,15 @@ impl Ledger {
     }
 
     async fn migrate(&mut self) -> anyhow::Result<()> {
-        let tx = self.client.transaction().await?;
         // One consumer migrates at a time.
-        tx.execute("SELECT pg_advisory_xact_lock(7420117)", &[])
-            .await?;
-        tx.batch_execute(
+        tollgate_store::schema::apply_migrations(
+            &mut self.client,
+            7420117,
             "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            "schema_migrations",
+            MIGRATIONS,
         )
-        .await?;
-        for (version, sql) in MIGRATIONS {
-            let done = tx
-                .query_opt(
-                    "SELECT 1 FROM schema_migrations WHERE version = $1",
-                    &[version],
-                )
-                .await?
-                .is_some();
-            if !done {
-                tx.batch_execute(sql).await?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version) VALUES ($1)",
-                    &[version],
-                )
-                .await?;
-                tracing::info!(version, "schema migration applied");
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     /// Applies one batch in one transaction; a batch id already applied changes nothing.
@@ -556,28 +537,7 @@ impl Ledger {
         catalog: &tollgate_core::catalog::Catalog,
         owner_uin: u64,
     ) -> anyhow::Result<Vec<UsageCount>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1 ORDER BY hour_start",
-                &[&i64_of(owner_uin)],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let item: String = r.get(0);
-                let interface: String = r.get(1);
-                Ok(UsageCount {
-                    item: catalog
-                        .item_by_key(&item)
-                        .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
-                        .id,
-                    interface: Arc::from(interface.as_str()),
-                    hour_start: r.get(2),
-                    units: r.get::<_, i64>(3) as u64,
-                })
-            })
-            .collect()
+        usage_of(&self.client, catalog, owner_uin).await
     }
 
     /// Total units in the ledger (for tests and reports).
@@ -599,6 +559,36 @@ impl Ledger {
             .await?
             .get(0))
     }
+}
+
+/// An owner's usage in the ledger as hourly counts, billing items resolved by `catalog`, as
+/// `c` sees it (a batch's own transaction, a refund's, a statement's connection).
+pub async fn usage_of(
+    c: &impl tokio_postgres::GenericClient,
+    catalog: &tollgate_core::catalog::Catalog,
+    owner_uin: u64,
+) -> anyhow::Result<Vec<UsageCount>> {
+    let rows = c
+        .query(
+            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1 ORDER BY hour_start",
+            &[&i64_of(owner_uin)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let item: String = r.get(0);
+            let interface: String = r.get(1);
+            Ok(UsageCount {
+                item: catalog
+                    .item_by_key(&item)
+                    .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
+                    .id,
+                interface: Arc::from(interface.as_str()),
+                hour_start: r.get(2),
+                units: r.get::<_, i64>(3) as u64,
+            })
+        })
+        .collect()
 }
 
 /// Applies with retries: a lost connection is re-established; the batch is retried until it

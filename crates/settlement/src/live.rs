@@ -17,9 +17,9 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_postgres::{GenericClient, Transaction};
 
+use crate::Month;
 use crate::prices::PriceBook;
 use crate::rating::{MonthStatement, rate_month, uncovered_at};
-use crate::{Month, UsageCount};
 use tollgate_core::catalog::Catalog;
 use tollgate_store::Scope;
 use tollgate_store::image::AccountRow;
@@ -32,6 +32,23 @@ pub struct Live {
     pub metrics: LiveMetrics,
     /// Pack notices are also POSTed here (JSON), besides NATS.
     pub webhook: Option<String>,
+}
+
+impl Live {
+    /// Live settlement over `catalog` and `book`, its metrics in `registry`.
+    pub fn new(
+        catalog: Catalog,
+        book: PriceBook,
+        registry: &prometheus::Registry,
+        webhook: Option<String>,
+    ) -> Live {
+        Live {
+            catalog,
+            book,
+            metrics: LiveMetrics::new(registry),
+            webhook,
+        }
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -139,34 +156,6 @@ pub async fn store_present(c: &impl GenericClient) -> Result<bool, tokio_postgre
     .get(0))
 }
 
-async fn usage_of(
-    c: &impl GenericClient,
-    catalog: &Catalog,
-    owner: u64,
-) -> anyhow::Result<Vec<UsageCount>> {
-    let rows = c
-        .query(
-            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1",
-            &[&(owner as i64)],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
-            let item: String = r.get(0);
-            let interface: String = r.get(1);
-            Ok(UsageCount {
-                item: catalog
-                    .item_by_key(&item)
-                    .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
-                    .id,
-                interface: interface.as_str().into(),
-                hour_start: r.get(2),
-                units: r.get::<_, i64>(3) as u64,
-            })
-        })
-        .collect()
-}
-
 impl Live {
     /// Rates `owner` at `now` as `c` sees the ledger and the store; `None` if the store does
     /// not know the owner.
@@ -184,9 +173,8 @@ impl Live {
         if account.owner_uin.is_some() {
             return Ok(None);
         }
-        let mut billing = crate::store::owner_billing(&image, owner, &self.catalog)?;
-        billing.suspensions = crate::arrears::suspensions(c, owner).await?;
-        let usage = usage_of(c, &self.catalog, owner).await?;
+        let billing = crate::store::billing_in(c, &image, owner, &self.catalog).await?;
+        let usage = crate::consumer::usage_of(c, &self.catalog, owner).await?;
         let month = Month::of_unix(now.timestamp());
         let statement = rate_month(&self.catalog, &self.book, &billing, &usage, month)?;
         let mut candidates: Vec<_> = statement

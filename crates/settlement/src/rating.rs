@@ -314,16 +314,7 @@ pub fn uncovered_at(
     now: i64,
     items: &[BillingItemId],
 ) -> Vec<BillingItemId> {
-    let month = Month::of_unix(now);
-    let mut usage: Vec<&UsageCount> = usage
-        .iter()
-        .filter(|u| u.hour_start < month.end())
-        .collect();
-    usage.sort_by(|a, b| {
-        (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
-    });
-    let mut packs = packs_of(catalog, book, owner, &usage, month);
-    replay(&usage, &mut packs, month, owner);
+    let packs = drawn_at(catalog, book, owner, usage, now);
     items
         .iter()
         .copied()
@@ -335,15 +326,14 @@ pub fn uncovered_at(
         .collect()
 }
 
-/// Every pack valid at `now` (Unix seconds), untouched ones too, with what it has left after
-/// `usage` is drawn in the rating engine's order: what pack notices look at.
-pub fn packs_now(
+/// The packs of `now`'s month, with `usage` drawn from them in the rating engine's order.
+fn drawn_at(
     catalog: &Catalog,
     book: &PriceBook,
     owner: &OwnerBilling,
     usage: &[UsageCount],
     now: i64,
-) -> Vec<PackBalance> {
+) -> Vec<PackState> {
     let month = Month::of_unix(now);
     let mut usage: Vec<&UsageCount> = usage
         .iter()
@@ -355,20 +345,21 @@ pub fn packs_now(
     let mut packs = packs_of(catalog, book, owner, &usage, month);
     replay(&usage, &mut packs, month, owner);
     packs
+}
+
+/// Every pack valid at `now` (Unix seconds), untouched ones too, with what it has left after
+/// `usage` is drawn in the rating engine's order: what pack notices look at.
+pub fn packs_now(
+    catalog: &Catalog,
+    book: &PriceBook,
+    owner: &OwnerBilling,
+    usage: &[UsageCount],
+    now: i64,
+) -> Vec<PackBalance> {
+    drawn_at(catalog, book, owner, usage, now)
         .iter()
         .filter(|p| p.from <= now && now < p.until)
-        .map(|p| PackBalance {
-            pack: p.id.clone(),
-            kind: p.kind,
-            items: p
-                .covers
-                .iter()
-                .map(|i| catalog.item(*i).key.to_string())
-                .collect(),
-            size: p.size,
-            remaining: p.remaining,
-            valid_until: (p.until != i64::MAX).then(|| at(p.until)),
-        })
+        .map(|p| balance_of(catalog, p))
         .collect()
 }
 
@@ -649,19 +640,24 @@ fn balances_of(catalog: &Catalog, packs: &[PackState], m_end: i64) -> Vec<PackBa
         .iter()
         .filter(|p| p.from < m_end && p.until > m_end - 1)
         .filter(|p| p.kind == PackKind::Prepaid || p.until != m_end || p.remaining < p.size)
-        .map(|p| PackBalance {
-            pack: p.id.clone(),
-            kind: p.kind,
-            items: p
-                .covers
-                .iter()
-                .map(|i| catalog.item(*i).key.to_string())
-                .collect(),
-            size: p.size,
-            remaining: p.remaining,
-            valid_until: (p.until != i64::MAX).then(|| at(p.until)),
-        })
+        .map(|p| balance_of(catalog, p))
         .collect()
+}
+
+/// What a pack has left, as statements and live balances show it.
+fn balance_of(catalog: &Catalog, p: &PackState) -> PackBalance {
+    PackBalance {
+        pack: p.id.clone(),
+        kind: p.kind,
+        items: p
+            .covers
+            .iter()
+            .map(|i| catalog.item(*i).key.to_string())
+            .collect(),
+        size: p.size,
+        remaining: p.remaining,
+        valid_until: (p.until != i64::MAX).then(|| at(p.until)),
+    }
 }
 
 #[cfg(test)]

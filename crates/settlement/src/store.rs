@@ -8,6 +8,7 @@ use crate::PurchasedPack;
 use tollgate_core::catalog::Catalog;
 use tollgate_core::clock::beijing;
 use tollgate_store::Image;
+use tollgate_store::tokio_postgres;
 
 /// The owner's billing data in `image` (an image of at least the owner's tree). Rows naming
 /// what the catalog does not know are an error: a statement must not silently drop them.
@@ -63,6 +64,19 @@ pub fn owner_billing(image: &Image, owner: u64, catalog: &Catalog) -> anyhow::Re
     Ok(b)
 }
 
+/// The owner's billing data in `image`, with its suspensions as `c` sees them: what rating
+/// takes for a statement, a live rating, a settlement or a refund.
+pub async fn billing_in(
+    c: &impl tokio_postgres::GenericClient,
+    image: &Image,
+    owner: u64,
+    catalog: &Catalog,
+) -> anyhow::Result<OwnerBilling> {
+    let mut b = owner_billing(image, owner, catalog)?;
+    b.suspensions = crate::arrears::suspensions(c, owner).await?;
+    Ok(b)
+}
+
 /// Reads the owner's tree from the store at `url` and returns its billing data.
 pub async fn load_owner_billing(
     url: &str,
@@ -71,7 +85,5 @@ pub async fn load_owner_billing(
 ) -> anyhow::Result<OwnerBilling> {
     let mut client = tollgate_store::connect(url, std::time::Duration::from_secs(10)).await?;
     let image = tollgate_store::read(&mut client, tollgate_store::Scope::owner(owner)).await?;
-    let mut b = owner_billing(&image, owner, catalog)?;
-    b.suspensions = crate::arrears::suspensions(&client, owner).await?;
-    Ok(b)
+    billing_in(&client, &image, owner, catalog).await
 }

@@ -223,19 +223,36 @@ pub const CHANNEL: &str = "tollgate_entitlements";
 
 /// Applies the migrations not applied yet (one migrator at a time, under an advisory lock).
 pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(7420118)", &[])
-        .await?;
-    tx.batch_execute(
+    apply_migrations(
+        client,
+        7420118,
         "CREATE SCHEMA IF NOT EXISTS entitlements;
          CREATE TABLE IF NOT EXISTS entitlements.migrations (
              version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        "entitlements.migrations",
+        MIGRATIONS,
     )
-    .await?;
-    for (version, sql) in MIGRATIONS {
+    .await
+}
+
+/// Applies `migrations` in order, each once, recorded in `table` (made by `setup`), in one
+/// transaction under the advisory lock `lock`: what every schema of the project (this store,
+/// settlement's ledger) migrates with.
+pub async fn apply_migrations(
+    client: &mut tokio_postgres::Client,
+    lock: i64,
+    setup: &str,
+    table: &str,
+    migrations: &[(i32, &str)],
+) -> anyhow::Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await?;
+    tx.batch_execute(setup).await?;
+    for (version, sql) in migrations {
         let done = tx
             .query_opt(
-                "SELECT 1 FROM entitlements.migrations WHERE version = $1",
+                &format!("SELECT 1 FROM {table} WHERE version = $1"),
                 &[version],
             )
             .await?
@@ -243,11 +260,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> 
         if !done {
             tx.batch_execute(sql).await?;
             tx.execute(
-                "INSERT INTO entitlements.migrations (version) VALUES ($1)",
+                &format!("INSERT INTO {table} (version) VALUES ($1)"),
                 &[version],
             )
             .await?;
-            tracing::info!(version, "entitlement store migration applied");
+            tracing::info!(version, table, "schema migration applied");
         }
     }
     tx.commit().await?;

@@ -24,6 +24,7 @@ fn record() -> Vec<u8> {
         billing_item: "ocr.general_basic".into(),
         units: 1,
         time_unix_ms: 1_795_347_128_123,
+        unresolved_library: None,
     })
 }
 

@@ -801,6 +801,7 @@ async fn a_known_batch_id_with_other_content_is_refused_loudly() {
             minute: 1_796_000_000 / 60 * 60,
             units,
             records: units,
+            unresolved_library: None,
         }],
     };
     assert_eq!(ledger.apply(&batch(5)).await.unwrap(), Applied::New);

@@ -54,7 +54,9 @@ impl World {
                 .id,
             interface: Arc::from(interface),
             hour_start: t(at).timestamp(),
+            first_at: t(at).timestamp(),
             units,
+            unresolved_library: None,
         }
     }
 
@@ -837,7 +839,8 @@ fn statements_render_for_people_and_machines() {
         "{csv}"
     );
     assert!(
-        csv.lines().any(|l| l == "1,2026-07,total,,,,,,,,,,,159.00"),
+        csv.lines()
+            .any(|l| l == "1,2026-07,total,,,,,,,,,,,159.00,0"),
         "{csv}"
     );
 }
@@ -980,7 +983,9 @@ proptest! {
                 item: w.catalog.item_by_key(items[*i]).unwrap().id,
                 interface: Arc::from(actions[*i]),
                 hour_start: start + h * 3600,
+                first_at: start + h * 3600,
                 units: *n,
+                unresolved_library: None,
             })
             .collect();
         let owner = OwnerBilling {

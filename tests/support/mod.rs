@@ -317,6 +317,10 @@ poll_interval_ms = 100
 {}
 [quota]
 {}
+[image_search]
+libraries_file = "{}"
+lookup_timeout_ms = 1000
+retry_interval_ms = 500
 [entitlements]
 {}
 "#,
@@ -327,6 +331,7 @@ poll_interval_ms = 100
             b.auth,
             b.shutdown,
             b.quota,
+            dir.path().join("image-libraries.json").display(),
             b.entitlements_source,
         );
         // A store-fed gateway caches its snapshot in its own temp dir unless told where.
@@ -392,8 +397,9 @@ poll_interval_ms = 100
         std::fs::write(
             &path,
             format!(
-                "[listen]\napi = \"127.0.0.1:{api_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n[upstream.default]\nurl = \"http://{}\"\n{metering}\n[log]\nlevel = \"warn\"\n",
-                self.stub_addr
+                "[listen]\napi = \"127.0.0.1:{api_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n[upstream.default]\nurl = \"http://{}\"\n{metering}\n[log]\nlevel = \"warn\"\n[image_search]\nlibraries_file = \"{}\"\n",
+                self.stub_addr,
+                dir.join("image-libraries.json").display()
             ),
         )
         .unwrap();

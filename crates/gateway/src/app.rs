@@ -398,6 +398,44 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
             stopped(),
         )));
     }
+    // Image-search libraries: held from the store (or the file), learned ones written back,
+    // failed lookups asked again.
+    {
+        let destination = match (&settings.entitlements, &store_sync) {
+            (EntitlementSource::Store(st), Some(sync)) => {
+                gateway.libraries().absorb(&sync.libraries());
+                crate::library::Destination::Store {
+                    url: st.url.clone(),
+                    actor: format!(
+                        "gateway {}",
+                        wire_id
+                            .as_deref()
+                            .unwrap_or(settings.api_listen.to_string().as_str())
+                    ),
+                }
+            }
+            _ => {
+                let path = settings.image_search.libraries_file.clone();
+                gateway
+                    .libraries()
+                    .absorb(&crate::library::load_file(&path)?);
+                crate::library::Destination::File(path)
+            }
+        };
+        if let Some(rx) = gateway.take_library_changes() {
+            tasks.push(tokio::spawn(crate::library::writer(
+                Arc::clone(gateway.libraries()),
+                rx,
+                destination,
+                stopped(),
+            )));
+        }
+        tasks.push(tokio::spawn(crate::library::retry(
+            Arc::clone(&gateway),
+            Arc::new(crate::proxy::forward::Forwarder::new(&settings)),
+            stopped(),
+        )));
+    }
     // The store sync: pushes, periodic deltas and full reads, until the drain is over.
     if let Some((sync, conn)) = from_store {
         tasks.push(tokio::spawn(sync.run(

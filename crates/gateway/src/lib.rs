@@ -15,6 +15,7 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod fleet;
+pub mod library;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;

@@ -37,6 +37,8 @@ struct RawSettings {
     shutdown: RawShutdown,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    image_search: RawImageSearch,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +350,38 @@ impl Default for RawShutdown {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawImageSearch {
+    lookup_timeout_ms: u64,
+    retry_interval_ms: u64,
+    libraries_file: String,
+}
+
+impl Default for RawImageSearch {
+    fn default() -> Self {
+        RawImageSearch {
+            lookup_timeout_ms: 2_000,
+            retry_interval_ms: 10_000,
+            libraries_file: "data/image-libraries.json".into(),
+        }
+    }
+}
+
+/// Image-search libraries (`crate::library`).
+#[derive(Debug, Clone)]
+pub struct ImageSearchSettings {
+    /// A `DescribeGroups` asked about a library never seen created must answer within this;
+    /// the call is billed unresolved otherwise.
+    pub lookup_timeout: Duration,
+    /// How often a library whose lookup failed is asked about again (calls into it meanwhile
+    /// are billed unresolved, with no lookup of their own).
+    pub retry_interval: Duration,
+    /// With `entitlements.source = "files"`: where learned libraries are kept (the store
+    /// holds them otherwise).
+    pub libraries_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawLog {
     format: LogFormat,
     level: String,
@@ -457,6 +491,7 @@ pub struct Settings {
     pub idle_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub image_search: ImageSearchSettings,
 }
 
 impl Settings {
@@ -767,6 +802,36 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         idle_grace: Duration::from_millis(raw.shutdown.idle_grace_ms),
         log_format: raw.log.format,
         log_level: raw.log.level,
+        image_search: image_search(&raw.image_search, &err)?,
+    })
+}
+
+fn image_search(
+    i: &RawImageSearch,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ImageSearchSettings, ConfigError> {
+    if i.lookup_timeout_ms == 0 {
+        return Err(err(
+            "image_search.lookup_timeout_ms",
+            "must be at least 1".into(),
+        ));
+    }
+    if i.retry_interval_ms < 100 {
+        return Err(err(
+            "image_search.retry_interval_ms",
+            "must be at least 100 (each retry is a call to the backend)".into(),
+        ));
+    }
+    if i.libraries_file.is_empty() {
+        return Err(err(
+            "image_search.libraries_file",
+            "must not be empty".into(),
+        ));
+    }
+    Ok(ImageSearchSettings {
+        lookup_timeout: Duration::from_millis(i.lookup_timeout_ms),
+        retry_interval: Duration::from_millis(i.retry_interval_ms),
+        libraries_file: PathBuf::from(&i.libraries_file),
     })
 }
 

@@ -265,6 +265,17 @@ impl StoreSync {
     }
 
     /// The version of the snapshot held.
+    /// The image-search libraries in the image held.
+    pub fn libraries(&self) -> Vec<tollgate_store::image::LibraryRow> {
+        self.image
+            .lock()
+            .expect("not poisoned")
+            .libraries
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn version(&self) -> i64 {
         self.image.lock().expect("not poisoned").version
     }
@@ -362,6 +373,10 @@ impl StoreSync {
     /// Takes a read's rows; rebuilds and applies the snapshot if anything changed. Whether
     /// a new snapshot is in force.
     fn absorb(&self, gateway: &Gateway, want: Want, read: Image) -> bool {
+        // Image-search libraries are not entitlements: the registry takes them as they come.
+        if !read.libraries.is_empty() {
+            gateway.libraries().absorb(read.libraries.values());
+        }
         let changed = {
             let mut image = self.image.lock().expect("not poisoned");
             match want {

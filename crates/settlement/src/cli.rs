@@ -36,6 +36,10 @@ pub struct StatementArgs {
     /// instead of billing.toml.
     #[arg(long, env = "TOLLGATE_STORE")]
     pub store: Option<String>,
+    /// Image-search library types learned by a gateway with file entitlements (its
+    /// `image_search.libraries_file`); with --store they come from the store.
+    #[arg(long, conflicts_with = "store")]
+    pub libraries: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: StatementFormat,
 }
@@ -118,6 +122,11 @@ pub async fn settle(a: SettleArgs) -> anyhow::Result<()> {
         crate::arrears::settle_month(&mut client, &catalog, &book, month, chrono::Utc::now())
             .await?;
     println!("{}", serde_json::to_string_pretty(&settled)?);
+    for (owner, units) in ledger.unresolved_units().await? {
+        eprintln!(
+            "warning: owner {owner}: {units} image-search units went into libraries of unknown type and were rated as same/product search (they are re-rated once the type is known)"
+        );
+    }
     Ok(())
 }
 
@@ -248,6 +257,7 @@ async fn print_statement(
     source: UsageSource,
     dir: &Option<PathBuf>,
     store: Option<&str>,
+    libraries: Option<&std::path::Path>,
     format: StatementFormat,
 ) -> anyhow::Result<()> {
     use crate::{Month, OwnerBilling, ledger, rating, statement};
@@ -266,6 +276,10 @@ async fn print_statement(
             })
         }
     };
+    let mut billing = billing;
+    if let Some(path) = libraries {
+        billing.libraries = crate::store::libraries_file(path, owner)?;
+    }
     let counts = match source {
         UsageSource::Records(path) => {
             let records = tollgate_usage::jsonl::read_all(&path)
@@ -401,6 +415,7 @@ pub async fn statement(a: StatementArgs) -> anyhow::Result<()> {
         source,
         &a.config_dir,
         a.store.as_deref(),
+        a.libraries.as_deref(),
         a.format,
     )
     .await

@@ -8,6 +8,7 @@
 //! acknowledged. Sources: a JetStream durable pull consumer, or the local batch directory the
 //! embedded default writes (applied files move to `applied/`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,7 +125,33 @@ CREATE TABLE live_overserved (
 );
 "#,
     ),
+    (
+        5,
+        r#"
+-- The first minute of each hour's row with usage (Unix seconds; NULL in rows applied before
+-- this column): items sharing a pack draw it, within an hour, in the order they were used.
+ALTER TABLE usage_ledger ADD COLUMN first_at bigint;
+-- Image search: units of usage_ledger (same owner, item, interface and hour) whose library's
+-- type the gateway could not tell; rating bills them by the type once the store knows it.
+CREATE TABLE unresolved_usage (
+    owner_uin     bigint NOT NULL,
+    billing_item  text   NOT NULL,
+    interface     text   NOT NULL,
+    library       text   NOT NULL,
+    hour_start    bigint NOT NULL,
+    month         text   NOT NULL,
+    units         bigint NOT NULL,
+    records       bigint NOT NULL,
+    PRIMARY KEY (owner_uin, billing_item, interface, library, hour_start)
+);
+"#,
+    ),
 ];
+
+/// (owner, item, interface, hour) of a ledger row.
+type HourKey<'a> = (u64, &'a str, &'a str, i64);
+/// (owner, item, interface, library, hour) of an unresolved-usage row.
+type UnresolvedKey<'a> = (u64, &'a str, &'a str, &'a str, i64);
 
 /// Where batches come from.
 #[derive(Debug, Clone)]
@@ -165,6 +192,7 @@ pub struct ConsumerMetrics {
     pub gap_units: IntGauge,
     pub gap_batches: IntGauge,
     pub gaps: IntCounter,
+    pub unresolved_units: IntGauge,
 }
 
 impl ConsumerMetrics {
@@ -229,6 +257,10 @@ impl ConsumerMetrics {
             gaps: counter(
                 "tollgate_reconciliation_gaps_total",
                 "Reconciliation rounds that found a gap.",
+            ),
+            unresolved_units: gauge(
+                "tollgate_reconciliation_unresolved_units",
+                "Image-search units in the ledger whose library's type the store does not know yet (billed as same/product search until it does).",
             ),
             apply_seconds,
             registry,
@@ -385,23 +417,28 @@ impl Ledger {
             });
         }
         // One row per (owner, item, interface, hour): ON CONFLICT may touch a row once.
-        let mut hourly: std::collections::BTreeMap<(u64, &str, &str, i64), (u64, u64)> =
-            Default::default();
+        let mut hourly: BTreeMap<HourKey<'_>, (u64, u64, i64)> = Default::default();
+        let mut unresolved: BTreeMap<UnresolvedKey<'_>, (u64, u64)> = Default::default();
         for c in &b.counts {
+            let hour = c.minute.div_euclid(3600) * 3600;
             let e = hourly
-                .entry((
-                    c.owner_uin,
-                    &c.billing_item,
-                    &c.interface,
-                    c.minute.div_euclid(3600) * 3600,
-                ))
-                .or_default();
+                .entry((c.owner_uin, &c.billing_item, &c.interface, hour))
+                .or_insert((0, 0, i64::MAX));
             e.0 += c.units;
             e.1 += c.records;
+            e.2 = e.2.min(c.minute);
+            if let Some(library) = &c.unresolved_library {
+                let e = unresolved
+                    .entry((c.owner_uin, &c.billing_item, &c.interface, library, hour))
+                    .or_default();
+                e.0 += c.units;
+                e.1 += c.records;
+            }
         }
         let (mut owners, mut items, mut interfaces, mut hours, mut months, mut units, mut records) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for ((owner, item, interface, hour), (u, r)) in hourly {
+        let mut firsts = vec![];
+        for ((owner, item, interface, hour), (u, r, first)) in hourly {
             owners.push(i64_of(owner));
             items.push(item.to_owned());
             interfaces.push(interface.to_owned());
@@ -409,15 +446,47 @@ impl Ledger {
             months.push(Month::of_unix(hour).to_string());
             units.push(i64_of(u));
             records.push(i64_of(r));
+            firsts.push(first);
         }
         tx.execute(
-            "INSERT INTO usage_ledger (owner_uin, billing_item, interface, hour_start, month, units, records)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])
+            "INSERT INTO usage_ledger (owner_uin, billing_item, interface, hour_start, month, units, records, first_at)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
              ON CONFLICT (owner_uin, billing_item, interface, hour_start)
-             DO UPDATE SET units = usage_ledger.units + EXCLUDED.units, records = usage_ledger.records + EXCLUDED.records",
-            &[&owners, &items, &interfaces, &hours, &months, &units, &records],
+             DO UPDATE SET units = usage_ledger.units + EXCLUDED.units, records = usage_ledger.records + EXCLUDED.records,
+                first_at = LEAST(coalesce(usage_ledger.first_at, usage_ledger.hour_start), EXCLUDED.first_at)",
+            &[&owners, &items, &interfaces, &hours, &months, &units, &records, &firsts],
         )
         .await?;
+        if !unresolved.is_empty() {
+            let (mut o, mut it, mut ifc, mut lib, mut h, mut m, mut u, mut r) = (
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            );
+            for ((owner, item, interface, library, hour), (units, records)) in unresolved {
+                o.push(i64_of(owner));
+                it.push(item.to_owned());
+                ifc.push(interface.to_owned());
+                lib.push(library.to_owned());
+                h.push(hour);
+                m.push(Month::of_unix(hour).to_string());
+                u.push(i64_of(units));
+                r.push(i64_of(records));
+            }
+            tx.execute(
+                "INSERT INTO unresolved_usage (owner_uin, billing_item, interface, library, hour_start, month, units, records)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[])
+                 ON CONFLICT (owner_uin, billing_item, interface, library, hour_start)
+                 DO UPDATE SET units = unresolved_usage.units + EXCLUDED.units, records = unresolved_usage.records + EXCLUDED.records",
+                &[&o, &it, &ifc, &lib, &h, &m, &u, &r],
+            )
+            .await?;
+        }
         let mut tx = tx;
         if let Some(live) = &self.live
             && crate::live::store_present(&tx).await?
@@ -531,6 +600,34 @@ impl Ledger {
         Ok((gap_batches, gap_units))
     }
 
+    /// Units marked unresolved (image search) whose library the entitlement store still does
+    /// not know: billed at the same/product price until it does. By owner.
+    pub async fn unresolved_units(&self) -> Result<Vec<(u64, i64)>, tokio_postgres::Error> {
+        let store: bool = self
+            .client
+            .query_one(
+                "SELECT to_regclass('entitlements.libraries') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        let sql = if store {
+            "SELECT owner_uin, sum(units)::bigint FROM unresolved_usage u
+             WHERE NOT EXISTS (SELECT 1 FROM entitlements.libraries l
+                               WHERE l.owner_uin = u.owner_uin AND l.group_id = u.library)
+             GROUP BY owner_uin ORDER BY owner_uin"
+        } else {
+            "SELECT owner_uin, sum(units)::bigint FROM unresolved_usage GROUP BY owner_uin ORDER BY owner_uin"
+        };
+        Ok(self
+            .client
+            .query(sql, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1)))
+            .collect())
+    }
+
     /// An owner's usage as hourly counts (for statements), billing items resolved by `catalog`.
     pub async fn usage(
         &self,
@@ -570,25 +667,66 @@ pub async fn usage_of(
 ) -> anyhow::Result<Vec<UsageCount>> {
     let rows = c
         .query(
-            "SELECT billing_item, interface, hour_start, units FROM usage_ledger WHERE owner_uin = $1 ORDER BY hour_start",
+            "SELECT billing_item, interface, hour_start, units, coalesce(first_at, hour_start)
+             FROM usage_ledger WHERE owner_uin = $1 ORDER BY hour_start",
             &[&i64_of(owner_uin)],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let item: String = r.get(0);
-            let interface: String = r.get(1);
-            Ok(UsageCount {
-                item: catalog
-                    .item_by_key(&item)
-                    .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))?
-                    .id,
-                interface: Arc::from(interface.as_str()),
-                hour_start: r.get(2),
-                units: r.get::<_, i64>(3) as u64,
-            })
-        })
-        .collect()
+    let item_of = |item: &str| {
+        catalog
+            .item_by_key(item)
+            .map(|i| i.id)
+            .ok_or_else(|| anyhow::anyhow!("ledger has unknown billing item {item:?}"))
+    };
+    // Of each row, the units whose library was unresolved come apart, by library.
+    let mut unresolved: std::collections::BTreeMap<(String, String, i64), Vec<(String, u64)>> =
+        Default::default();
+    for r in c
+        .query(
+            "SELECT billing_item, interface, hour_start, library, units FROM unresolved_usage WHERE owner_uin = $1",
+            &[&i64_of(owner_uin)],
+        )
+        .await?
+    {
+        unresolved
+            .entry((r.get(0), r.get(1), r.get(2)))
+            .or_default()
+            .push((r.get(3), r.get::<_, i64>(4) as u64));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (item, interface, hour_start): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+        let units = r.get::<_, i64>(3) as u64;
+        let first_at: i64 = r.get(4);
+        let interface: Arc<str> = Arc::from(interface.as_str());
+        let id = item_of(&item)?;
+        let mut resolved = units;
+        if let Some(libs) = unresolved.remove(&(item, interface.to_string(), hour_start)) {
+            for (library, n) in libs {
+                let n = n.min(resolved);
+                resolved -= n;
+                out.push(UsageCount {
+                    item: id,
+                    interface: Arc::clone(&interface),
+                    hour_start,
+                    first_at,
+                    units: n,
+                    unresolved_library: Some(Arc::from(library.as_str())),
+                });
+            }
+        }
+        if resolved > 0 {
+            out.push(UsageCount {
+                item: id,
+                interface,
+                hour_start,
+                first_at,
+                units: resolved,
+                unresolved_library: None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Applies with retries: a lost connection is re-established; the batch is retried until it
@@ -853,6 +991,20 @@ async fn run_reconcile(ledger: &Ledger, config: &ConsumerConfig, m: &ConsumerMet
             }
         }
         Err(e) => tracing::warn!(error = %e, "reconciliation query failed"),
+    }
+    match ledger.unresolved_units().await {
+        Ok(by_owner) => {
+            let total: i64 = by_owner.iter().map(|(_, n)| n).sum();
+            m.unresolved_units.set(total);
+            for (owner_uin, units) in by_owner {
+                tracing::warn!(
+                    owner_uin,
+                    units,
+                    "image-search units whose library type is unknown: billed as same/product search until it is known"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "unresolved-usage query failed"),
     }
 }
 

@@ -15,22 +15,38 @@ pub struct UnknownItem {
     pub item: String,
 }
 
-/// Units by (hour start, billing item key, interface), before the catalog resolves the items.
-type HourlyUnits = BTreeMap<(i64, String, Arc<str>), u64>;
+/// Units (and the first minute with any) by (hour start, billing item key, interface,
+/// unresolved library), before the catalog resolves the items.
+type HourlyUnits = BTreeMap<(i64, String, Arc<str>, Option<Arc<str>>), (u64, i64)>;
+
+fn add(
+    counts: &mut HourlyUnits,
+    key: (i64, String, Arc<str>, Option<Arc<str>>),
+    units: u64,
+    minute: i64,
+) {
+    let e = counts.entry(key).or_insert((0, i64::MAX));
+    e.0 += units;
+    e.1 = e.1.min(minute);
+}
 
 /// Resolves the billing items of aggregated units into `UsageCount`s.
 fn resolve(catalog: &Catalog, counts: HourlyUnits) -> Result<Vec<UsageCount>, UnknownItem> {
     counts
         .into_iter()
-        .map(|((hour_start, item, interface), units)| {
-            let item = catalog.item_by_key(&item).ok_or(UnknownItem { item })?.id;
-            Ok(UsageCount {
-                item,
-                interface,
-                hour_start,
-                units,
-            })
-        })
+        .map(
+            |((hour_start, item, interface, library), (units, first_at))| {
+                let item = catalog.item_by_key(&item).ok_or(UnknownItem { item })?.id;
+                Ok(UsageCount {
+                    item,
+                    interface,
+                    hour_start,
+                    first_at,
+                    units,
+                    unresolved_library: library,
+                })
+            },
+        )
         .collect()
 }
 
@@ -42,10 +58,18 @@ pub fn hourly_counts<'a>(
 ) -> Result<Vec<UsageCount>, UnknownItem> {
     let mut counts = HourlyUnits::new();
     for r in records.into_iter().filter(|r| r.owner_uin == owner_uin) {
-        let hour = r.time_unix_ms.div_euclid(1000).div_euclid(3600) * 3600;
-        *counts
-            .entry((hour, r.billing_item.to_string(), Arc::clone(&r.action)))
-            .or_default() += u64::from(r.units);
+        let minute = r.time_unix_ms.div_euclid(60_000) * 60;
+        add(
+            &mut counts,
+            (
+                minute.div_euclid(3600) * 3600,
+                r.billing_item.to_string(),
+                Arc::clone(&r.action),
+                r.unresolved_library.clone(),
+            ),
+            u64::from(r.units),
+            minute,
+        );
     }
     resolve(catalog, counts)
 }
@@ -64,13 +88,17 @@ pub fn from_batches<'a>(
             continue;
         }
         for c in b.counts.iter().filter(|c| c.owner_uin == owner_uin) {
-            *counts
-                .entry((
+            add(
+                &mut counts,
+                (
                     c.minute.div_euclid(3600) * 3600,
                     c.billing_item.clone(),
                     Arc::from(c.interface.as_str()),
-                ))
-                .or_default() += c.units;
+                    c.unresolved_library.as_deref().map(Arc::from),
+                ),
+                c.units,
+                c.minute,
+            );
         }
     }
     resolve(catalog, counts)

@@ -66,6 +66,9 @@ pub struct OwnerBilling {
     /// still stopped): usage then draws no pack, and a month that starts in one gets no
     /// monthly free pack.
     pub suspensions: Vec<(i64, i64)>,
+    /// Image search: the type (`GroupType`) of each library of the owner the store knows,
+    /// deleted ones included (usage marked unresolved is re-rated by it).
+    pub libraries: FxHashMap<String, i64>,
 }
 
 impl OwnerBilling {
@@ -84,7 +87,13 @@ pub struct UsageCount {
     pub interface: Arc<str>,
     /// Unix seconds of the start of the hour.
     pub hour_start: i64,
+    /// Unix seconds of the first minute of the hour with usage here (`hour_start` when not
+    /// known): within an hour, items that share a pack draw it in the order they were used.
+    pub first_at: i64,
     pub units: u64,
+    /// Image search: the library of units whose type the gateway could not tell (billed
+    /// against `item`, the same/product item, until rating finds the type).
+    pub unresolved_library: Option<Arc<str>>,
 }
 
 /// A Beijing-time calendar month.

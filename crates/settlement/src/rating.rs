@@ -71,6 +71,9 @@ pub struct ItemLine {
     /// Units no pack covered while postpaid was off: served before the gateway learnt the
     /// packs were used up, and not billed.
     pub overserved_units: u64,
+    /// Image search: units of this (same/product) line whose library's type is not known yet;
+    /// once it is, a type-6 library's units move to the similar-search line.
+    pub unresolved_units: u64,
     /// The tier the month's postpaid volume reached (0-based) and its range as written.
     pub tier: Option<usize>,
     pub tier_label: Option<String>,
@@ -146,6 +149,9 @@ pub struct MonthStatement {
     /// Items with usage whose every pack is used up or expired at the end of the month: with
     /// postpaid disabled, the gateway refuses their calls (entitlements `exhausted`).
     pub exhausted_items: Vec<String>,
+    /// Image-search units of the month rated as same/product search because their library's
+    /// type is still unknown (the sum of the lines' `unresolved_units`).
+    pub unresolved_units: u64,
 }
 
 /// Rating failed: the input contradicts the catalog.
@@ -239,9 +245,39 @@ pub fn rate_month(
             return Err(RatingError::UnknownItem(u.item.0));
         }
     }
-    let mut usage: Vec<&UsageCount> = usage.iter().filter(|u| u.hour_start < m_end).collect();
+    // Image search: usage whose library the gateway could not tell is billed by the type the
+    // store now knows; what it still does not know stays on the same/product item, counted.
+    let rebilled: Vec<UsageCount> = usage
+        .iter()
+        .filter(|u| u.hour_start < m_end)
+        .map(|u| match &u.unresolved_library {
+            Some(library) => match owner.libraries.get(&**library) {
+                Some(t) => UsageCount {
+                    item: catalog.rebill(u.item, &u.interface, *t),
+                    unresolved_library: None,
+                    ..u.clone()
+                },
+                None => u.clone(),
+            },
+            None => u.clone(),
+        })
+        .collect();
+    let mut unresolved: BTreeMap<BillingItemId, u64> = BTreeMap::new();
+    for u in rebilled.iter().filter(|u| u.hour_start >= m_start) {
+        if u.unresolved_library.is_some() {
+            *unresolved.entry(u.item).or_default() += u.units;
+        }
+    }
+    let mut usage: Vec<&UsageCount> = rebilled.iter().collect();
+    // In time order; within an hour, in the order items were first used (they may share a
+    // free pack: the one used first draws it first).
     usage.sort_by(|a, b| {
-        (a.hour_start, a.item, &a.interface).cmp(&(b.hour_start, b.item, &b.interface))
+        (a.hour_start, a.first_at, a.item, &a.interface).cmp(&(
+            b.hour_start,
+            b.first_at,
+            b.item,
+            &b.interface,
+        ))
     });
     let mut packs = packs_of(catalog, book, owner, &usage, month);
     let (items, events) = replay(&usage, &mut packs, month, owner);
@@ -251,6 +287,7 @@ pub fn rate_month(
     let mut postpaid_total = Decimal::ZERO;
     for (item, m) in &items {
         let mut line = price_item(catalog, book, owner, *item, m);
+        line.unresolved_units = unresolved.get(item).copied().unwrap_or(0);
         if owner.postpaid_off && line.postpaid_units > 0 {
             line.overserved_units = line.postpaid_units;
             line.postpaid_units = 0;
@@ -297,6 +334,7 @@ pub fn rate_month(
         purchases_total,
         total: postpaid_total + purchases_total,
         contract_price_required,
+        unresolved_units: unresolved.values().sum(),
         events,
         balances: balances_of(catalog, &packs, m_end),
         exhausted_items,
@@ -621,6 +659,7 @@ fn price_item(
         covered,
         postpaid_units: m.postpaid,
         overserved_units: 0,
+        unresolved_units: 0,
         tier: postpaid.then_some(tier).flatten(),
         tier_label: match (table, tier) {
             (Some(t), Some(i)) if postpaid => Some(t.label(i)),
@@ -663,6 +702,7 @@ fn balance_of(catalog: &Catalog, p: &PackState) -> PackBalance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tollgate_core::config::Source;
 
     fn setup() -> (Catalog, PriceBook) {
@@ -684,8 +724,229 @@ mod tests {
             item: catalog.item_by_key("ocr.general_basic").unwrap().id,
             interface: "GeneralBasicOCR".into(),
             hour_start: DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp(),
+            first_at: DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp(),
             units,
+            unresolved_library: None,
         }
+    }
+
+    /// `units` SearchImage calls billed against `item` in the hour of `at`, first used at `at`.
+    fn search(
+        catalog: &Catalog,
+        item: &str,
+        at: &str,
+        units: u64,
+        unresolved: Option<&str>,
+    ) -> UsageCount {
+        let t = DateTime::parse_from_rfc3339(at).unwrap().timestamp();
+        UsageCount {
+            item: catalog.item_by_key(item).unwrap().id,
+            interface: "SearchImage".into(),
+            hour_start: t.div_euclid(3600) * 3600,
+            first_at: t,
+            units,
+            unresolved_library: unresolved.map(Arc::from),
+        }
+    }
+
+    fn line<'a>(s: &'a MonthStatement, item: &str) -> &'a ItemLine {
+        s.lines.iter().find(|l| l.item == item).unwrap()
+    }
+
+    const MAY: Month = Month {
+        year: 2026,
+        month: 5,
+    };
+
+    #[test]
+    fn similar_and_same_image_search_are_priced_apart_and_share_the_free_pack_in_order_of_use() {
+        let (catalog, book) = setup();
+        let owner = OwnerBilling {
+            uin: 1,
+            ..Default::default()
+        };
+        // 100,000 searches into a type-6 library, then (later in the same hour) 100,000 into
+        // a type-1 one: the month's 10,000 free searches go to the first.
+        let usage = [
+            search(
+                &catalog,
+                "tiia.similar_search_query",
+                "2026-05-04T10:00:00+08:00",
+                100_000,
+                None,
+            ),
+            search(
+                &catalog,
+                "tiia.search_query",
+                "2026-05-04T10:20:00+08:00",
+                100_000,
+                None,
+            ),
+        ];
+        let s = rate_month(&catalog, &book, &owner, &usage, MAY).unwrap();
+        let similar = line(&s, "tiia.similar_search_query");
+        assert_eq!(
+            (similar.free_units, similar.postpaid_units),
+            (10_000, 90_000)
+        );
+        assert_eq!(similar.unit_price, Some(Decimal::from(60)));
+        assert_eq!(similar.amount, Some(Decimal::from(5_400)));
+        let same = line(&s, "tiia.search_query");
+        assert_eq!((same.free_units, same.postpaid_units), (0, 100_000));
+        assert_eq!(same.unit_price, Some(Decimal::from(15)));
+        assert_eq!(same.amount, Some(Decimal::from(1_500)));
+        assert_eq!(s.postpaid_total, Decimal::from(6_900));
+        // The other way round: the type-1 searches came first and take the free ones.
+        let usage = [
+            search(
+                &catalog,
+                "tiia.similar_search_query",
+                "2026-05-04T10:20:00+08:00",
+                100_000,
+                None,
+            ),
+            search(
+                &catalog,
+                "tiia.search_query",
+                "2026-05-04T10:00:00+08:00",
+                100_000,
+                None,
+            ),
+        ];
+        let s = rate_month(&catalog, &book, &owner, &usage, MAY).unwrap();
+        assert_eq!(
+            line(&s, "tiia.search_query").amount,
+            Some(Decimal::from(1_350))
+        );
+        assert_eq!(
+            line(&s, "tiia.similar_search_query").amount,
+            Some(Decimal::from(6_000))
+        );
+        // CreateImage has free calls of its own (10,000, shared by the library types).
+        let create = [UsageCount {
+            interface: "CreateImage".into(),
+            ..search(
+                &catalog,
+                "tiia.similar_search_create",
+                "2026-05-04T09:00:00+08:00",
+                12_000,
+                None,
+            )
+        }];
+        let s = rate_month(&catalog, &book, &owner, &create, MAY).unwrap();
+        let l = line(&s, "tiia.similar_search_create");
+        assert_eq!((l.free_units, l.postpaid_units), (10_000, 2_000));
+        assert_eq!(l.amount, Some(Decimal::from(26)));
+    }
+
+    #[test]
+    fn a_similar_search_pack_is_drawn_by_similar_searches_only() {
+        let (catalog, book) = setup();
+        let owner = OwnerBilling {
+            uin: 1,
+            packs: vec![crate::PurchasedPack {
+                id: "sim-1m".into(),
+                item: catalog.item_by_key("tiia.similar_search_query").unwrap().id,
+                size: 1_000_000,
+                purchased_at: DateTime::parse_from_rfc3339("2026-04-20T12:00:00+08:00").unwrap(),
+                price_paid: Decimal::from(20_000),
+            }],
+            ..Default::default()
+        };
+        let usage = [
+            search(
+                &catalog,
+                "tiia.search_query",
+                "2026-05-04T10:00:00+08:00",
+                50_000,
+                None,
+            ),
+            search(
+                &catalog,
+                "tiia.similar_search_query",
+                "2026-05-04T11:00:00+08:00",
+                30_000,
+                None,
+            ),
+        ];
+        let s = rate_month(&catalog, &book, &owner, &usage, MAY).unwrap();
+        let same = line(&s, "tiia.search_query");
+        assert_eq!(
+            (same.free_units, same.prepaid_units, same.postpaid_units),
+            (10_000, 0, 40_000)
+        );
+        let similar = line(&s, "tiia.similar_search_query");
+        assert_eq!(
+            (
+                similar.free_units,
+                similar.prepaid_units,
+                similar.postpaid_units
+            ),
+            (0, 30_000, 0)
+        );
+        assert_eq!(similar.amount, Some(Decimal::ZERO));
+        let pack = s.balances.iter().find(|b| b.pack == "sim-1m").unwrap();
+        assert_eq!(pack.remaining, 970_000);
+    }
+
+    #[test]
+    fn unresolved_usage_is_re_rated_by_the_type_the_store_learnt() {
+        let (catalog, book) = setup();
+        let usage = [
+            search(
+                &catalog,
+                "tiia.search_query",
+                "2026-05-04T10:00:00+08:00",
+                10_000,
+                None,
+            ),
+            search(
+                &catalog,
+                "tiia.search_query",
+                "2026-05-04T10:05:00+08:00",
+                3_000,
+                Some("patterns"),
+            ),
+            search(
+                &catalog,
+                "tiia.search_query",
+                "2026-05-04T10:06:00+08:00",
+                2_000,
+                Some("shoes"),
+            ),
+        ];
+        // Nothing known yet: everything on the same/product line, 5,000 units unresolved.
+        let unknown = OwnerBilling {
+            uin: 1,
+            ..Default::default()
+        };
+        let s = rate_month(&catalog, &book, &unknown, &usage, MAY).unwrap();
+        let same = line(&s, "tiia.search_query");
+        assert_eq!((same.usage, same.unresolved_units), (15_000, 5_000));
+        assert_eq!(s.unresolved_units, 5_000);
+        assert!(
+            s.lines
+                .iter()
+                .all(|l| l.item != "tiia.similar_search_query")
+        );
+        // The store learnt "patterns" is type 6 and "shoes" type 5.
+        let known = OwnerBilling {
+            uin: 1,
+            libraries: [("patterns".to_owned(), 6), ("shoes".to_owned(), 5)]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let s = rate_month(&catalog, &book, &known, &usage, MAY).unwrap();
+        let same = line(&s, "tiia.search_query");
+        assert_eq!((same.usage, same.unresolved_units), (12_000, 0));
+        let similar = line(&s, "tiia.similar_search_query");
+        assert_eq!((similar.usage, similar.postpaid_units), (3_000, 3_000));
+        assert_eq!(similar.amount, Some(Decimal::from(180)));
+        assert_eq!(s.unresolved_units, 0);
+        // Units are conserved either way.
+        let total: u64 = s.lines.iter().map(|l| l.usage).sum();
+        assert_eq!(total, 15_000);
     }
 
     fn free_units(s: &MonthStatement) -> u64 {

@@ -56,6 +56,13 @@ pub fn to_table(s: &MonthStatement) -> String {
                 l.overserved_units
             );
         }
+        if l.unresolved_units > 0 {
+            let _ = writeln!(
+                out,
+                "    library type unknown, rated here until it is known: {}",
+                l.unresolved_units
+            );
+        }
         if !l.covered.is_empty() {
             let covered: Vec<String> = l
                 .covered
@@ -119,6 +126,13 @@ pub fn to_table(s: &MonthStatement) -> String {
         "\nPostpaid {:.2}   Pack purchases {:.2}   Total {:.2}",
         s.postpaid_total, s.purchases_total, s.total
     );
+    if s.unresolved_units > 0 {
+        let _ = writeln!(
+            out,
+            "Provisional: {} image-search units went into libraries of unknown type and are rated as same/product search until the type is known.",
+            s.unresolved_units
+        );
+    }
     if !s.contract_price_required.is_empty() {
         let _ = writeln!(
             out,
@@ -152,7 +166,7 @@ fn csv_field(s: &str) -> String {
 /// One row per billing item, one per pack purchase, one total row.
 pub fn to_csv(s: &MonthStatement) -> String {
     let mut out = String::from(
-        "owner_uin,month,row,item,name,usage,free_units,prepaid_units,postpaid_units,tier,unit_price,price_unit,price_source,amount\n",
+        "owner_uin,month,row,item,name,usage,free_units,prepaid_units,postpaid_units,tier,unit_price,price_unit,price_source,amount,unresolved_units\n",
     );
     for l in &s.lines {
         let source = match l.price_source {
@@ -162,7 +176,7 @@ pub fn to_csv(s: &MonthStatement) -> String {
         };
         let _ = writeln!(
             out,
-            "{},{},item,{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},item,{},{},{},{},{},{},{},{},{},{},{},{}",
             s.owner_uin,
             s.month,
             csv_field(&l.item),
@@ -175,13 +189,14 @@ pub fn to_csv(s: &MonthStatement) -> String {
             l.unit_price.map(|p| p.to_string()).unwrap_or_default(),
             l.price_unit,
             source,
-            l.amount.map(|a| format!("{a:.2}")).unwrap_or_default()
+            l.amount.map(|a| format!("{a:.2}")).unwrap_or_default(),
+            l.unresolved_units
         );
     }
     for p in &s.purchases {
         let _ = writeln!(
             out,
-            "{},{},purchase,{},{},{},,,,,,,,{:.2}",
+            "{},{},purchase,{},{},{},,,,,,,,{:.2},",
             s.owner_uin,
             s.month,
             csv_field(&p.item),
@@ -192,8 +207,8 @@ pub fn to_csv(s: &MonthStatement) -> String {
     }
     let _ = writeln!(
         out,
-        "{},{},total,,,,,,,,,,,{:.2}",
-        s.owner_uin, s.month, s.total
+        "{},{},total,,,,,,,,,,,{:.2},{}",
+        s.owner_uin, s.month, s.total, s.unresolved_units
     );
     out
 }

@@ -50,6 +50,12 @@ pub fn owner_billing(image: &Image, owner: u64, catalog: &Catalog) -> anyhow::Re
     }
     b.packs
         .sort_by(|x, y| (x.purchased_at, &x.id).cmp(&(y.purchased_at, &y.id)));
+    b.libraries = image
+        .libraries
+        .values()
+        .filter(|l| l.owner_uin == owner)
+        .map(|l| (l.group_id.clone(), l.group_type))
+        .collect();
     for c in image
         .contract_prices
         .values()
@@ -86,4 +92,24 @@ pub async fn load_owner_billing(
     let mut client = tollgate_store::connect(url, std::time::Duration::from_secs(10)).await?;
     let image = tollgate_store::read(&mut client, tollgate_store::Scope::owner(owner)).await?;
     billing_in(&client, &image, owner, catalog).await
+}
+
+/// An owner's library types from a gateway's libraries file (`image_search.libraries_file`,
+/// kept with file entitlements): `{"libraries": [row, …]}`, deleted libraries included.
+pub fn libraries_file(
+    path: &std::path::Path,
+    owner: u64,
+) -> anyhow::Result<rustc_hash::FxHashMap<String, i64>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        libraries: Vec<tollgate_store::image::LibraryRow>,
+    }
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let f: File =
+        serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(f.libraries
+        .into_iter()
+        .filter(|l| l.owner_uin == owner)
+        .map(|l| (l.group_id, l.group_type))
+        .collect())
 }

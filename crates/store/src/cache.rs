@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{
-    AccountRow, ActivationRow, ContractPriceRow, CredentialRow, Image, ModeRow, OverlayRow,
-    PackRow, ShadowRow,
+    AccountRow, ActivationRow, ContractPriceRow, CredentialRow, Image, LibraryRow, ModeRow,
+    OverlayRow, PackRow, ShadowRow,
 };
 
 /// The format's version: a file of another version is ignored (and overwritten).
@@ -34,6 +34,8 @@ struct CacheFile {
     overlays: Vec<OverlayRow>,
     packs: Vec<PackRow>,
     contract_prices: Vec<ContractPriceRow>,
+    #[serde(default)]
+    libraries: Vec<LibraryRow>,
     shadow: ShadowRow,
 }
 
@@ -55,6 +57,7 @@ pub fn save(path: &Path, image: &Image, now: DateTime<Utc>) -> std::io::Result<(
         overlays: image.overlays.values().cloned().collect(),
         packs: image.packs.values().cloned().collect(),
         contract_prices: image.contract_prices.values().cloned().collect(),
+        libraries: image.libraries.values().cloned().collect(),
         shadow: image.shadow.clone(),
     };
     let text = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
@@ -125,6 +128,9 @@ pub fn load(path: &Path) -> anyhow::Result<Option<(Image, DateTime<Utc>)>> {
         image
             .contract_prices
             .insert((p.owner_uin, p.item.clone()), p);
+    }
+    for l in file.libraries {
+        image.libraries.insert((l.owner_uin, l.group_id.clone()), l);
     }
     Ok(Some((image, file.saved_at)))
 }

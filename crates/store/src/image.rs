@@ -134,6 +134,21 @@ pub struct ShadowRow {
     pub version: i64,
 }
 
+/// An image-search library of an owner: its `GroupType`, and how it was learned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryRow {
+    pub owner_uin: u64,
+    pub group_id: String,
+    pub group_type: i64,
+    /// `create` (a CreateGroup the gateway forwarded), `describe` (the backend's answer to
+    /// DescribeGroups), or `admin`.
+    pub source: String,
+    pub learned_at: DateTime<Utc>,
+    /// Set by a DeleteGroup: the gateway forgets it; settlement still rates by it.
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
 /// Rows of the store, by primary key. A full image holds every row; a delta only rows changed
 /// after some version; an owner's image only that owner's tree (and the shadow row).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,6 +162,7 @@ pub struct Image {
     pub overlays: BTreeMap<i64, OverlayRow>,
     pub packs: BTreeMap<String, PackRow>,
     pub contract_prices: BTreeMap<(u64, String), ContractPriceRow>,
+    pub libraries: BTreeMap<(u64, String), LibraryRow>,
     pub shadow: ShadowRow,
 }
 
@@ -203,6 +219,7 @@ impl Image {
             |r| r.version,
             &mut a,
         );
+        merge(&mut self.libraries, delta.libraries, |r| r.version, &mut a);
         if delta.shadow.version > self.shadow.version {
             self.shadow = delta.shadow;
             a.taken += 1;
@@ -220,6 +237,7 @@ impl Image {
             + self.overlays.len()
             + self.packs.len()
             + self.contract_prices.len()
+            + self.libraries.len()
     }
 
     /// The accounts as documents, keyed for errors as `account <uin>`.

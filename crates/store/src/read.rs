@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
 use crate::image::{
-    AccountRow, ActivationRow, ContractPriceRow, CredentialRow, Image, ModeRow, OverlayRow,
-    PackRow, ShadowRow,
+    AccountRow, ActivationRow, ContractPriceRow, CredentialRow, Image, LibraryRow, ModeRow,
+    OverlayRow, PackRow, ShadowRow,
 };
 use tollgate_core::config::entitlements::ModeKind;
 
@@ -235,6 +235,26 @@ pub async fn read_in(c: &impl GenericClient, scope: Scope) -> anyhow::Result<Ima
             version: r.get("version"),
         };
         image.contract_prices.insert((p.owner_uin, p.item.clone()), p);
+    }
+    for r in c
+        .query(
+            "SELECT owner_uin, group_id, group_type, source, learned_at, deleted_at, version
+             FROM entitlements.libraries
+             WHERE version > $1 AND ($2::bigint IS NULL OR owner_uin = $2)",
+            &[&since, &owner],
+        )
+        .await?
+    {
+        let l = LibraryRow {
+            owner_uin: uin(&r, "owner_uin"),
+            group_id: r.get("group_id"),
+            group_type: r.get("group_type"),
+            source: r.get("source"),
+            learned_at: r.get("learned_at"),
+            deleted_at: r.get("deleted_at"),
+            version: r.get("version"),
+        };
+        image.libraries.insert((l.owner_uin, l.group_id.clone()), l);
     }
     if let Some(r) = c
         .query_opt(

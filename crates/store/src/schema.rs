@@ -216,6 +216,26 @@ CREATE TABLE entitlements.spend_leases (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+-- Image-search libraries (tiia GroupId → GroupType), learned by gateways from the CreateGroup
+-- calls they forward or by asking the backend; what a call into one is billed against, and
+-- what settlement re-rates unresolved usage with. A deleted library keeps its row
+-- (deleted_at): usage billed before the deletion is still rated by its type.
+CREATE TABLE entitlements.libraries (
+    owner_uin bigint NOT NULL,
+    group_id text NOT NULL,
+    group_type bigint NOT NULL,
+    source text NOT NULL,
+    learned_at timestamptz NOT NULL,
+    deleted_at timestamptz,
+    version bigint NOT NULL,
+    PRIMARY KEY (owner_uin, group_id)
+);
+CREATE INDEX libraries_version ON entitlements.libraries (version);
+"#,
+    ),
 ];
 
 /// The `LISTEN`/`NOTIFY` channel; each committed write notifies its version.

@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio_postgres::{Client, Transaction};
 
 use crate::image::{
-    AccountRow, ActivationRow, ContractPriceRow, CredentialRow, ModeRow, OverlayRow, PackRow,
-    ShadowRow,
+    AccountRow, ActivationRow, ContractPriceRow, CredentialRow, LibraryRow, ModeRow, OverlayRow,
+    PackRow, ShadowRow,
 };
 use crate::schema::CHANNEL;
 use tollgate_core::config::entitlements::ModeKind;
@@ -562,6 +562,106 @@ impl<'a> Write<'a> {
         )
         .await?;
         Ok(row)
+    }
+
+    /// Records the type of an owner's library (a new one, or one created again after a
+    /// deletion); `None` when the store already holds exactly this.
+    pub async fn learn_library(
+        &self,
+        owner_uin: u64,
+        group_id: &str,
+        group_type: i64,
+        source: &str,
+    ) -> anyhow::Result<Option<LibraryRow>> {
+        let before = self.library(owner_uin, group_id).await?;
+        if before
+            .as_ref()
+            .is_some_and(|b| b.group_type == group_type && b.deleted_at.is_none())
+        {
+            return Ok(None);
+        }
+        self.tx
+            .execute(
+                "INSERT INTO entitlements.libraries (owner_uin, group_id, group_type, source, learned_at, deleted_at, version)
+                 VALUES ($1, $2, $3, $4, $5, NULL, $6)
+                 ON CONFLICT (owner_uin, group_id) DO UPDATE SET group_type = EXCLUDED.group_type,
+                   source = EXCLUDED.source, learned_at = EXCLUDED.learned_at, deleted_at = NULL,
+                   version = EXCLUDED.version",
+                &[&(owner_uin as i64), &group_id, &group_type, &source, &self.now, &self.version],
+            )
+            .await?;
+        let row = LibraryRow {
+            owner_uin,
+            group_id: group_id.to_owned(),
+            group_type,
+            source: source.to_owned(),
+            learned_at: self.now,
+            deleted_at: None,
+            version: self.version,
+        };
+        self.audit(
+            "library.learn",
+            &format!("account {owner_uin}"),
+            before.as_ref(),
+            Some(&row),
+        )
+        .await?;
+        Ok(Some(row))
+    }
+
+    /// Marks an owner's library deleted; `None` when the store holds no live one.
+    pub async fn delete_library(
+        &self,
+        owner_uin: u64,
+        group_id: &str,
+    ) -> anyhow::Result<Option<LibraryRow>> {
+        let Some(before) = self
+            .library(owner_uin, group_id)
+            .await?
+            .filter(|b| b.deleted_at.is_none())
+        else {
+            return Ok(None);
+        };
+        self.tx
+            .execute(
+                "UPDATE entitlements.libraries SET deleted_at = $3, version = $4
+                 WHERE owner_uin = $1 AND group_id = $2",
+                &[&(owner_uin as i64), &group_id, &self.now, &self.version],
+            )
+            .await?;
+        let row = LibraryRow {
+            deleted_at: Some(self.now),
+            version: self.version,
+            ..before.clone()
+        };
+        self.audit(
+            "library.delete",
+            &format!("account {owner_uin}"),
+            Some(&before),
+            Some(&row),
+        )
+        .await?;
+        Ok(Some(row))
+    }
+
+    async fn library(&self, owner_uin: u64, group_id: &str) -> anyhow::Result<Option<LibraryRow>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT group_type, source, learned_at, deleted_at, version FROM entitlements.libraries
+                 WHERE owner_uin = $1 AND group_id = $2 FOR UPDATE",
+                &[&(owner_uin as i64), &group_id],
+            )
+            .await?
+            .map(|r| LibraryRow {
+                owner_uin,
+                group_id: group_id.to_owned(),
+                group_type: r.get("group_type"),
+                source: r.get("source"),
+                learned_at: r.get("learned_at"),
+                deleted_at: r.get("deleted_at"),
+                version: r.get("version"),
+            }))
     }
 
     pub async fn set_shadow(

@@ -12,6 +12,14 @@
 //!
 //! `GET /stub/stats` returns calls, in-flight and peak in-flight per action, and the identity
 //! headers of the latest calls.
+//!
+//! Image search has state, as the vendor's does: `CreateGroup` makes a library (`GroupId`,
+//! `GroupType`, default 4) of the calling account (`X-Tollgate-Owner-Uin`, or the SecretId of
+//! a call that came straight to the stub), `DescribeGroups` lists them, `DeleteGroup` removes
+//! one, and `CreateImage`/`SearchImage` into a library that does not exist are answered
+//! `InvalidParameterValue.ImageGroupIdNotExist`. `POST /stub/fail?action=A&code=C` makes every
+//! later call of action `A` fail with `C` (`DELETE /stub/fail?action=A` ends it): a backend
+//! whose `DescribeGroups` is failing, for instance.
 
 #![deny(unsafe_code)]
 
@@ -66,6 +74,10 @@ pub struct ActionStats {
 struct Stats {
     actions: BTreeMap<String, ActionStats>,
     recent: VecDeque<SeenCall>,
+    /// Image-search libraries by account, then `GroupId`: their `GroupType`.
+    libraries: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Actions made to fail, with their code.
+    failing: BTreeMap<String, String>,
 }
 
 pub struct Stub {
@@ -124,6 +136,26 @@ impl Stub {
                 None,
             ));
         }
+        if req.uri().path() == "/stub/fail" {
+            let query = req.uri().query().unwrap_or("");
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .filter_map(|p| p.split_once('='))
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_owned())
+            };
+            let mut s = self.stats.lock().expect("not poisoned");
+            if let Some(action) = param("action") {
+                if req.method() == http::Method::DELETE {
+                    s.failing.remove(&action);
+                } else {
+                    let code = param("code").unwrap_or_else(|| "InternalError".into());
+                    s.failing.insert(action, code);
+                }
+            }
+            return Ok(json_response(StatusCode::OK, vec![Bytes::from("{}")], None));
+        }
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -160,8 +192,26 @@ impl Stub {
             stub: Arc::clone(&self),
             action: action.clone(),
         };
-        let outcome = header("x-stub-outcome")
+        let account = header("x-tollgate-owner-uin")
+            .or_else(|| {
+                header("authorization").and_then(|a| {
+                    a.split("Credential=")
+                        .nth(1)
+                        .and_then(|c| c.split('/').next())
+                        .map(str::to_owned)
+                })
+            })
+            .unwrap_or_default();
+        let failing = self
+            .stats
+            .lock()
+            .expect("not poisoned")
+            .failing
+            .get(&action)
+            .cloned();
+        let mut outcome = header("x-stub-outcome")
             .map(|o| parse_outcome(&o))
+            .or(failing.map(StubOutcome::Error))
             .unwrap_or_else(|| self.outcome(n));
         let latency = header("x-stub-latency-ms")
             .and_then(|v| v.parse().ok())
@@ -187,15 +237,126 @@ impl Stub {
             .and_then(|v| v.parse::<u16>().ok())
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK);
-        // Drain the request body so keep-alive connections stay usable.
-        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+        let query = req.uri().query().unwrap_or("").to_owned();
+        // Read the request body (which also keeps keep-alive connections usable).
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
-        let chunks = answer(&action, &outcome, &invoices, image_bytes, &request_id);
+        let mut library_answer = None;
+        if matches!(outcome, StubOutcome::Success) {
+            match self.libraries(&action, &account, &body, &query, &request_id) {
+                Library::NotImageSearch => {}
+                Library::Error(code) => outcome = StubOutcome::Error(code),
+                Library::Answer(a) => library_answer = Some(a),
+            }
+        }
+        let chunks = match library_answer {
+            Some(a) => vec![Bytes::from(a)],
+            None => answer(&action, &outcome, &invoices, image_bytes, &request_id),
+        };
         let mut resp = json_response(status, chunks, body_delay);
         resp.body_mut().guard = Some(guard);
         Ok(resp)
+    }
+}
+
+/// What the image-search state makes of a call.
+enum Library {
+    NotImageSearch,
+    Error(String),
+    Answer(String),
+}
+
+impl Stub {
+    /// Image search: creates, lists and deletes `account`'s libraries; checks the library of
+    /// a call into one.
+    fn libraries(
+        &self,
+        action: &str,
+        account: &str,
+        body: &[u8],
+        query: &str,
+        request_id: &str,
+    ) -> Library {
+        if !matches!(
+            action,
+            "CreateGroup" | "DescribeGroups" | "DeleteGroup" | "CreateImage" | "SearchImage"
+        ) {
+            return Library::NotImageSearch;
+        }
+        // A POST's JSON body, or a GET's form-encoded query (values as strings).
+        let params: serde_json::Value = if body.is_empty() {
+            let pairs: serde_json::Map<String, serde_json::Value> = query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| {
+                    let v = v.replace("%5F", "_").replace("%5f", "_");
+                    let v = match v.parse::<i64>() {
+                        Ok(n) if k == "GroupType" => serde_json::Value::from(n),
+                        _ => serde_json::Value::from(v),
+                    };
+                    (k.to_owned(), v)
+                })
+                .collect();
+            serde_json::Value::Object(pairs)
+        } else {
+            serde_json::from_slice(body).unwrap_or_default()
+        };
+        let group_id = params["GroupId"].as_str().map(str::to_owned);
+        let rid = serde_json::to_string(request_id).expect("string");
+        let mut s = self.stats.lock().expect("not poisoned");
+        let libs = s.libraries.entry(account.to_owned()).or_default();
+        let not_exist = || Library::Error("InvalidParameterValue.ImageGroupIdNotExist".into());
+        match action {
+            "CreateGroup" => {
+                let Some(id) = group_id else {
+                    return Library::Error("MissingParameter".into());
+                };
+                if libs.contains_key(&id) {
+                    return Library::Error("InvalidParameterValue.ImageGroupIdAlreadyExist".into());
+                }
+                libs.insert(id, params["GroupType"].as_i64().unwrap_or(4));
+                Library::Answer(format!(r#"{{"Response":{{"RequestId":{rid}}}}}"#))
+            }
+            "DeleteGroup" => match group_id {
+                Some(id) if libs.remove(&id).is_some() => {
+                    Library::Answer(format!(r#"{{"Response":{{"RequestId":{rid}}}}}"#))
+                }
+                _ => not_exist(),
+            },
+            "DescribeGroups" => {
+                let groups: Vec<serde_json::Value> = libs
+                    .iter()
+                    .filter(|(id, _)| group_id.as_ref().is_none_or(|g| g == *id))
+                    .map(|(id, t)| {
+                        serde_json::json!({
+                            "GroupId": id, "GroupName": id, "Brief": "", "MaxCapacity": 100000,
+                            "MaxQps": 10, "GroupType": t, "PicCount": 0,
+                            "CreateTime": "2026-01-01 00:00:00", "UpdateTime": "2026-01-01 00:00:00",
+                        })
+                    })
+                    .collect();
+                Library::Answer(
+                    serde_json::json!({"Response": {"Groups": groups, "RequestId": request_id}})
+                        .to_string(),
+                )
+            }
+            // CreateImage, SearchImage
+            _ => match group_id {
+                Some(id) if libs.contains_key(&id) => Library::Answer(if action == "SearchImage" {
+                    format!(
+                        r#"{{"Response":{{"Count":1,"ImageInfos":[{{"EntityId":"e1","CustomContent":"","Tags":"","PicName":"p1","Score":99}}],"Object":null,"ObjectTypes":[],"RequestId":{rid}}}}}"#
+                    )
+                } else {
+                    format!(r#"{{"Response":{{"Object":null,"RequestId":{rid}}}}}"#)
+                }),
+                _ => not_exist(),
+            },
+        }
     }
 }
 

@@ -27,6 +27,10 @@ pub struct Count {
     pub units: u64,
     /// Usage records (billable calls, per billing item) aggregated here.
     pub records: u64,
+    /// Image search: the library these units went into, when the gateway could not tell its
+    /// type (`UsageRecord::unresolved_library`); such units are counted apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved_library: Option<String>,
 }
 
 /// A sealed batch.
@@ -51,8 +55,9 @@ pub struct Batch {
     pub counts: Vec<Count>,
 }
 
-/// (owner, billing item, interface, minute) of a count, borrowed from the spool's bytes.
-type CountKey<'a> = (u64, Cow<'a, str>, Cow<'a, str>, i64);
+/// (owner, billing item, interface, minute, unresolved library) of a count, borrowed from the
+/// spool's bytes.
+type CountKey<'a> = (u64, Cow<'a, str>, Cow<'a, str>, i64, Option<Cow<'a, str>>);
 
 impl Batch {
     pub fn id(gateway_id: &str, batch_seq: u64) -> String {
@@ -81,7 +86,13 @@ impl Batch {
             match record::decode(&e.payload) {
                 Ok(r) => {
                     let minute = r.time_unix_ms.div_euclid(60_000) * 60;
-                    let key = (r.owner_uin, r.billing_item, r.action, minute);
+                    let key = (
+                        r.owner_uin,
+                        r.billing_item,
+                        r.action,
+                        minute,
+                        r.unresolved_library,
+                    );
                     if taken > 0 && counts.len() >= max_counts && !counts.contains_key(&key) {
                         break;
                     }
@@ -101,13 +112,14 @@ impl Batch {
         let counts: Vec<Count> = counts
             .into_iter()
             .map(
-                |((owner_uin, billing_item, interface, minute), (units, records))| Count {
+                |((owner_uin, billing_item, interface, minute, library), (units, records))| Count {
                     owner_uin,
                     billing_item: billing_item.into_owned(),
                     interface: interface.into_owned(),
                     minute,
                     units,
                     records,
+                    unresolved_library: library.map(Cow::into_owned),
                 },
             )
             .collect();
@@ -152,6 +164,7 @@ mod tests {
             billing_item: item.into(),
             units,
             time_unix_ms: ms,
+            unresolved_library: None,
         };
         SpoolEntry {
             seq,

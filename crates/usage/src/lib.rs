@@ -32,4 +32,9 @@ pub struct UsageRecord {
     /// When the call was admitted, Unix milliseconds (UTC; months and days are Beijing time
     /// downstream).
     pub time_unix_ms: i64,
+    /// Image search: the `GroupId` of the library a call went into when the gateway could not
+    /// tell its type; the call is billed against `billing_item` (the same/product item) and
+    /// settlement re-rates it once the library's type is known. `None` for every other call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved_library: Option<Arc<str>>,
 }

@@ -139,7 +139,28 @@ pub struct Interface {
     pub group: GroupId,
     pub units: UnitRule,
     pub overlay_class: Option<OverlayClass>,
+    /// What the interface does to, or how it is billed by, an image-search library.
+    pub library: Option<LibraryRole>,
 }
+
+/// The 图像搜索 libraries (`GroupId`, typed by `GroupType` at `CreateGroup`): which
+/// interfaces create, delete and describe them, and which are billed by their type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibraryRole {
+    /// Creates a library from the `GroupId` and `GroupType` of its request body.
+    Create,
+    /// Deletes the library its `GroupId` names.
+    Delete,
+    /// Describes libraries (`GroupId` → `Groups[].GroupType`): how the gateway asks the
+    /// backend about a library it has not seen created.
+    Describe,
+    /// Billed against the interface's item for a library of types 1–5 (and 7, 8: product
+    /// search), against `similar` for type 6 (similar image search).
+    Billed { similar: BillingItemId },
+}
+
+/// The `GroupType` of similar image search (相似图像搜索), priced apart from the others.
+pub const SIMILAR_GROUP_TYPE: i64 = 6;
 
 /// Vendor codes the gateway answers with when an account's state refuses a call.
 #[derive(Debug, Clone)]
@@ -165,6 +186,8 @@ pub struct Service {
     pub unlisted_key: GroupKey,
     /// Metrics label for the groups of unlisted actions: `<service>.unlisted`.
     pub unlisted_label: Arc<str>,
+    /// The action that describes this service's image-search libraries, if it has any.
+    pub describe_library: Option<Arc<str>>,
 }
 
 /// The 混贴票据 rule: recognised invoices of `big_types` count against `big`, others `small`.
@@ -326,6 +349,36 @@ impl Catalog {
     }
 
     /// The billing items a call of this route may be counted against.
+    /// The item a billable call through `interface` into a library of `group_type` counts
+    /// against: the similar-search item for type 6, the interface's own otherwise (`None`: the
+    /// interface is not billed by library).
+    pub fn library_item(&self, interface: &Interface, group_type: i64) -> Option<BillingItemId> {
+        match (interface.library, interface.units) {
+            (Some(LibraryRole::Billed { similar }), UnitRule::PerCall(item)) => {
+                Some(if group_type == SIMILAR_GROUP_TYPE {
+                    similar
+                } else {
+                    item
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Usage of `item` through `action` (of `item`'s service) whose library turned out to be of
+    /// `group_type`: the item it is billed against (settlement's re-rating of unresolved
+    /// usage). `item` itself when nothing changes.
+    pub fn rebill(&self, item: BillingItemId, action: &str, group_type: i64) -> BillingItemId {
+        let service = self.service(self.item(item).service);
+        service
+            .actions
+            .get(action)
+            .map(|id| self.interface(*id))
+            .filter(|i| i.units == UnitRule::PerCall(item))
+            .and_then(|i| self.library_item(i, group_type))
+            .unwrap_or(item)
+    }
+
     pub fn items_of(&self, route: &Route<'_>) -> impl Iterator<Item = BillingItemId> {
         let (a, b) = match route {
             Route::Listed { interface, .. } => match interface.units {

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use super::{ConfigError, Source, parse_toml};
 use crate::catalog::{
     BillingItem, BillingItemId, Catalog, Group, GroupId, GroupKey, GroupLimit, Interface,
-    InterfaceId, ItemKind, MixedInvoiceRule, Modes, RefusalCodes, Service, ServiceId, UnitRule,
+    InterfaceId, ItemKind, LibraryRole, MixedInvoiceRule, Modes, RefusalCodes, Service, ServiceId,
+    UnitRule,
 };
 use crate::entitlement::overlay::OverlayClass;
 
@@ -103,6 +104,18 @@ struct RawInterface {
     overlay_class: Option<OverlayClass>,
     #[serde(default)]
     units: RawUnits,
+    /// Image search: the item a call into a library of `GroupType` 6 is billed against.
+    similar_billing_item: Option<String>,
+    /// Image search: the interface creates, deletes or describes libraries.
+    library: Option<RawLibrary>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawLibrary {
+    Create,
+    Delete,
+    Describe,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
@@ -175,6 +188,18 @@ fn build(src: &Source, raw: RawCatalog) -> Result<Catalog, ConfigError> {
             return Err(b.err(
                 format!("group[{i}] ({}).id", g.name),
                 "no interface is in this group".into(),
+            ));
+        }
+    }
+    for (i, f) in raw.interface.iter().enumerate() {
+        let svc = &b.services[usize::from(b.service_by_name[f.service.as_str()].0)];
+        if f.similar_billing_item.is_some() && svc.describe_library.is_none() {
+            return Err(b.err(
+                format!("interface[{i}] ({}.{}).similar_billing_item", f.service, f.action),
+                format!(
+                    "service {} has no interface with library = \"describe\": the gateway could not ask a library's type",
+                    f.service
+                ),
             ));
         }
     }
@@ -282,6 +307,7 @@ impl Build<'_> {
             unlisted_item,
             unlisted_key: GroupKey::of_unlisted(&s.name),
             unlisted_label: unlisted_key.into(),
+            describe_library: None,
         });
         Ok(())
     }
@@ -435,6 +461,7 @@ impl Build<'_> {
         {
             return Err(self.err(key("billing_item"), "belongs to another service".into()));
         }
+        let library = self.library_role(f, service, units, &key)?;
         if f.overlay_class.is_some() && f.service != "ocr" {
             return Err(self.err(
                 key("overlay_class"),
@@ -514,8 +541,56 @@ impl Build<'_> {
             group,
             units,
             overlay_class: f.overlay_class,
+            library,
         });
         Ok(())
+    }
+
+    /// The interface's part in image-search billing (`similar_billing_item`, `library`).
+    fn library_role(
+        &mut self,
+        f: &RawInterface,
+        service: ServiceId,
+        units: UnitRule,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<LibraryRole>, ConfigError> {
+        match (&f.similar_billing_item, f.library) {
+            (Some(_), Some(_)) => Err(self.err(
+                key("library"),
+                "an interface billed by its library's type does not also manage libraries".into(),
+            )),
+            (Some(name), None) => {
+                let UnitRule::PerCall(_) = units else {
+                    return Err(self.err(
+                        key("similar_billing_item"),
+                        "needs billing_item (the item of library types 1-5)".into(),
+                    ));
+                };
+                let similar = self.item(key("similar_billing_item"), name)?;
+                if self.billing_items[similar.0 as usize].service != service {
+                    return Err(self.err(
+                        key("similar_billing_item"),
+                        "belongs to another service".into(),
+                    ));
+                }
+                Ok(Some(LibraryRole::Billed { similar }))
+            }
+            (None, Some(RawLibrary::Describe)) => {
+                let svc = &mut self.services[usize::from(service.0)];
+                if let Some(other) = &svc.describe_library {
+                    return Err(ConfigError::new(
+                        self.src,
+                        key("library"),
+                        format!("{other} already describes this service's libraries"),
+                    ));
+                }
+                svc.describe_library = Some(f.action.as_str().into());
+                Ok(Some(LibraryRole::Describe))
+            }
+            (None, Some(RawLibrary::Create)) => Ok(Some(LibraryRole::Create)),
+            (None, Some(RawLibrary::Delete)) => Ok(Some(LibraryRole::Delete)),
+            (None, None) => Ok(None),
+        }
     }
 
     fn mixed_invoice(&self, mi: &RawMixedInvoice) -> Result<MixedInvoiceRule, ConfigError> {

@@ -87,6 +87,11 @@ impl<'a> Prechecked<'a> {
     pub fn signature(&self) -> &'a str {
         self.authorization.signature
     }
+
+    /// The SecretId the call was signed with.
+    pub fn secret_id(&self) -> &'a str {
+        self.authorization.secret_id
+    }
 }
 
 /// What the signature covers besides the head's parts already checked.

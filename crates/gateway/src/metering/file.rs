@@ -77,6 +77,7 @@ mod tests {
             billing_item: "ocr.general_basic".into(),
             units: i,
             time_unix_ms: 1_700_000_000_000,
+            unresolved_library: None,
         }
     }
 

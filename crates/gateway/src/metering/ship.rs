@@ -627,6 +627,7 @@ mod tests {
             billing_item: "ocr.general_basic".into(),
             units: 1,
             time_unix_ms: 1_796_000_000_000,
+            unresolved_library: None,
         }
     }
 

@@ -20,13 +20,14 @@ use http_body_util::Full;
 use prometheus::IntGauge;
 
 use crate::admission::Permit;
-use crate::billing::{self, Outcome, Scanner};
+use crate::billing::{self, Outcome, Scanned, Scanner};
+use crate::library::CallLibrary;
 use crate::metering::{SinkError, Ticket, UsageRecord, UsageSink};
 use crate::metrics::GroupMetrics;
 use crate::proxy::forward::UpstreamBody;
 use crate::proxy::http1::ExchangeError;
 use crate::proxy::{GroupRef, Snapshot};
-use tollgate_core::catalog::{InterfaceId, ServiceId};
+use tollgate_core::catalog::{InterfaceId, ServiceId, UnitRule};
 
 /// Decrements a gauge when dropped.
 #[derive(Debug)]
@@ -67,6 +68,8 @@ pub struct MeterJob {
     pub request_id: String,
     pub time_unix_ms: i64,
     pub http_status: u16,
+    /// Image search: the item the call's library names, or the library it creates or deletes.
+    pub library: CallLibrary,
 }
 
 impl MeterJob {
@@ -126,7 +129,44 @@ impl MeteredBody {
         let scanned = std::mem::take(&mut self.scanner).finish();
         let catalog = &job.snapshot.loaded.catalog;
         let service = catalog.service(job.service);
-        let rule = job.interface.map(|id| catalog.interface(id).units);
+        let mut rule = job.interface.map(|id| catalog.interface(id).units);
+        let mut unresolved = None;
+        match &job.library {
+            CallLibrary::None => {}
+            CallLibrary::Billed {
+                item,
+                unresolved: library,
+            } => {
+                rule = Some(UnitRule::PerCall(*item));
+                unresolved = library.clone();
+            }
+            CallLibrary::Create {
+                libraries,
+                owner_uin,
+                group_id,
+                group_type,
+            } => {
+                if job.http_status == 200 && matches!(scanned, Scanned::Success { .. }) {
+                    libraries.learn(*owner_uin, group_id, *group_type, "create");
+                }
+            }
+            CallLibrary::Delete {
+                libraries,
+                owner_uin,
+                group_id,
+            } => {
+                let gone = match &scanned {
+                    Scanned::Success { .. } => true,
+                    Scanned::Error { code } => {
+                        code.as_str() == "InvalidParameterValue.ImageGroupIdNotExist"
+                    }
+                    Scanned::Malformed => false,
+                };
+                if job.http_status == 200 && gone {
+                    libraries.forget(*owner_uin, group_id);
+                }
+            }
+        }
         let group = job.group_metrics();
         match billing::decide(catalog, service, rule, job.http_status, &scanned) {
             Outcome::Billable(units) => {
@@ -147,6 +187,7 @@ impl MeteredBody {
                             billing_item: Arc::clone(&catalog.item(item).key),
                             units: n,
                             time_unix_ms: job.time_unix_ms,
+                            unresolved_library: unresolved.clone(),
                         }
                     })
                     .collect();

@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use crate::admission::{Admission, Decision, QuotaKey};
 use crate::auth::replay::{ReplayGuard, Seen};
 use crate::auth::{self, AuthError, Prechecked, Signed, parse_authorization};
+use crate::library::{CallLibrary, Change as LibraryChange, Classified, Libraries};
 use crate::metering::UsageSink;
 use crate::metrics::{CatalogMetrics, GroupMetrics, Metrics};
 use crate::settings::Settings;
@@ -38,7 +39,7 @@ use body::{GaugeGuard, HeldPermit, MeterJob, MeteredBody, ProxyBody};
 use forward::{Forwarder, Identity};
 use request_body::{BodyError, Budget, Deadlines, Held};
 pub use respond::Refusal;
-use tollgate_core::catalog::{Route, RouteError, Service};
+use tollgate_core::catalog::{BillingItemId, Route, RouteError, Service};
 use tollgate_core::clock::Clock;
 use tollgate_core::config::Loaded;
 use tollgate_core::entitlement::{Account, Limit};
@@ -90,6 +91,13 @@ pub struct Snapshot {
     upstreams: Vec<Option<forward::Target>>,
     usage_records: prometheus::IntCounter,
     usage_record_failures: prometheus::IntCounter,
+}
+
+impl Snapshot {
+    /// The upstream `service`'s calls go to.
+    pub fn upstream_of(&self, service: &Service) -> Option<&forward::Target> {
+        self.upstreams[usize::from(service.id.0)].as_ref()
+    }
 }
 
 /// Which group's metric handles a call uses: a catalog group, or a service's unlisted actions.
@@ -203,6 +211,10 @@ pub struct Gateway {
     limit_errors: prometheus::IntCounter,
     /// Spend leases of prepaid-only owners (`crate::spend`), when on.
     spend: std::sync::OnceLock<Arc<crate::spend::Spend>>,
+    /// Image-search libraries' types (`crate::library`).
+    libraries: Arc<Libraries>,
+    /// The libraries' changes, until the app hands them to a writer.
+    library_changes: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LibraryChange>>>,
 }
 
 impl Gateway {
@@ -217,7 +229,11 @@ impl Gateway {
         let snapshot = Self::snapshot_of(&settings, &metrics, loaded, 1);
         metrics.config_generation.set(1);
         let limit_errors = metrics.errors.with_label_values(&["RequestLimitExceeded"]);
+        let (libraries, library_changes) =
+            Libraries::new(settings.image_search.clone(), &metrics.registry);
         Arc::new(Gateway {
+            libraries,
+            library_changes: std::sync::Mutex::new(Some(library_changes)),
             limit_errors,
             budget: Budget::new(settings.max_buffered_request_bytes),
             body_deadlines: Deadlines {
@@ -284,6 +300,18 @@ impl Gateway {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The image-search libraries' registry.
+    pub fn libraries(&self) -> &Arc<Libraries> {
+        &self.libraries
+    }
+
+    /// The libraries' changes, for the writer that stores them (once).
+    pub fn take_library_changes(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LibraryChange>> {
+        self.library_changes.lock().expect("not poisoned").take()
     }
 
     /// Turns spend leases on (once, at start).
@@ -428,16 +456,37 @@ impl Gateway {
             Err(e) => return Err(self.refuse_body(e, parts, &mut body).await),
         };
         client.body_read();
+        // Authenticate over the exact bytes received.
+        let (uin, account) = self.identify(snapshot, &head, parts, &payload, now_unix_nanos)?;
+        let target = snapshot.upstreams[usize::from(head.service.id.0)]
+            .as_ref()
+            .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", head.service.name)))?;
+        // Image search: the library's type names the item (held in memory; a library never
+        // seen is asked about once, before the call counts against anything).
+        let library = match self.classify_library(snapshot, &head, account, parts, &payload) {
+            Classified::Ready(library) => library,
+            Classified::Ask(ask) => {
+                let asker =
+                    crate::library::asker_of(parts, uin, head.pre.secret_id(), head.service);
+                self.libraries
+                    .resolve(ask, asker, &snapshot.loaded.credentials, forwarder, target)
+                    .await
+            }
+        };
         let Admitted {
             uin,
             account,
             group,
             permit,
-        } = self.admit_read(snapshot, &head, parts, &payload, now_unix_nanos)?;
+        } = self.admit_identified(
+            snapshot,
+            &head,
+            uin,
+            account,
+            library.item(),
+            now_unix_nanos,
+        )?;
         // Forward to the service's backend.
-        let target = snapshot.upstreams[usize::from(head.service.id.0)]
-            .as_ref()
-            .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", head.service.name)))?;
         // One header value for the id, on the forwarded call and on the answer.
         let request_id_value = forward::header_value(request_id);
         let forwarded_at = Instant::now();
@@ -481,6 +530,7 @@ impl Gateway {
             time_unix_ms: now_unix_nanos.div_euclid(1_000_000),
             http_status: answer.status.as_u16(),
             snapshot: Arc::clone(snapshot),
+            library,
         };
         let body = MeteredBody::new(upstream_body, job, permit, in_flight);
         Ok(Response::from_parts(
@@ -489,27 +539,62 @@ impl Gateway {
         ))
     }
 
-    /// The phases between the body and the backend, all synchronous: authenticate (over the
-    /// exact bytes received), gate by the owner's state, refuse if usage could not be
-    /// recorded, admit.
-    fn admit_read<'a>(
+    /// Authenticates the call over the exact bytes received: the account it acts for.
+    fn identify<'a>(
         &self,
         snapshot: &'a Snapshot,
         head: &Head<'a>,
         parts: &Parts,
         payload: &Bytes,
         now_unix_nanos: i64,
-    ) -> Result<Admitted<'a>, Refusal> {
-        // Authenticate over the exact bytes received.
+    ) -> Result<(u64, &'a Account), Refusal> {
         let uin = self.authenticate(snapshot, head, parts, payload, now_unix_nanos)?;
         let account = snapshot
             .loaded
             .entitlements
             .account(uin)
             .ok_or(Refusal::Auth(AuthError::SecretIdNotFound))?;
+        Ok((uin, account))
+    }
+
+    /// What an image-search call's library makes of its billing, from memory.
+    fn classify_library(
+        &self,
+        snapshot: &Snapshot,
+        head: &Head<'_>,
+        account: &Account,
+        parts: &Parts,
+        payload: &Bytes,
+    ) -> Classified {
+        match head.route {
+            Route::Listed { interface, .. } if interface.library.is_some() => {
+                self.libraries.classify(
+                    &snapshot.loaded.catalog,
+                    interface,
+                    account.owner_uin,
+                    parts,
+                    payload,
+                )
+            }
+            _ => Classified::Ready(CallLibrary::None),
+        }
+    }
+
+    /// The phases between authentication and the backend, all synchronous: gate by the
+    /// owner's state, refuse if usage could not be recorded, admit. `item` is the billing
+    /// item the call's library names, when it does.
+    fn admit_identified<'a>(
+        &self,
+        snapshot: &'a Snapshot,
+        head: &Head<'a>,
+        uin: u64,
+        account: &'a Account,
+        item: Option<BillingItemId>,
+        now_unix_nanos: i64,
+    ) -> Result<Admitted<'a>, Refusal> {
         let group = self.group_of(snapshot, &head.route);
         // Gate by the owner's state, unbilled.
-        self.gate(snapshot, account, head, &group, now_unix_nanos)?;
+        self.gate(snapshot, account, head, item, &group, now_unix_nanos)?;
         // A call whose usage could not be recorded is not served (fail closed, unbilled,
         // before any quota is spent).
         if !self.sink.accepting() {
@@ -518,7 +603,7 @@ impl Gateway {
         // A prepaid-only owner: within this replica's spend lease (atomics; never waits).
         let spent = match self.spend.get() {
             Some(spend) if !account.owner.postpaid => {
-                match snapshot.loaded.catalog.items_of(&head.route).next() {
+                match item.or_else(|| snapshot.loaded.catalog.items_of(&head.route).next()) {
                     Some(item) if !spend.take(account.owner_uin, item) => {
                         snapshot.group_metrics(group.group_ref).refused.inc();
                         return Err(Refusal::AccountState {
@@ -565,7 +650,13 @@ impl Gateway {
     ) -> Result<Option<HeldPermit>, Refusal> {
         let now_unix_nanos = self.clock.unix_nanos();
         let head = self.check_head(snapshot, parts, now_unix_nanos)?;
-        self.admit_read(snapshot, &head, parts, payload, now_unix_nanos)
+        let (uin, account) = self.identify(snapshot, &head, parts, payload, now_unix_nanos)?;
+        // A library not held would be asked about: billed as its interface's item here.
+        let item = match self.classify_library(snapshot, &head, account, parts, payload) {
+            Classified::Ready(library) => library.item(),
+            Classified::Ask(_) => None,
+        };
+        self.admit_identified(snapshot, &head, uin, account, item, now_unix_nanos)
             .map(|a| a.permit)
     }
 
@@ -789,15 +880,23 @@ impl Gateway {
         snapshot: &Snapshot,
         account: &Account,
         head: &Head<'_>,
+        item: Option<BillingItemId>,
         group: &GroupView<'_>,
         now_unix_nanos: i64,
     ) -> Result<(), Refusal> {
         let catalog = &snapshot.loaded.catalog;
-        let Err(state) = account.owner.gate(
-            head.service.id,
-            catalog.items_of(&head.route),
-            now_unix_nanos,
-        ) else {
+        let items: [Option<BillingItemId>; 2] = match item {
+            Some(item) => [Some(item), None],
+            None => {
+                let mut of = catalog.items_of(&head.route);
+                [of.next(), of.next()]
+            }
+        };
+        let Err(state) =
+            account
+                .owner
+                .gate(head.service.id, items.into_iter().flatten(), now_unix_nanos)
+        else {
             return Ok(());
         };
         snapshot.group_metrics(group.group_ref).refused.inc();

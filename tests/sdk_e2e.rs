@@ -120,3 +120,113 @@ async fn run_suite(venv: &Path, h: &Harness) {
         "{mixed:?}"
     );
 }
+
+/// Issue 17's month, through the official SDK and `tollgate statement`: 100,000 SearchImage
+/// calls into a similar-image library (type 6), then 100,000 into a same-image one (type 1).
+/// The seed's tables: the month's 10,000 free searches (shared by the types) go to the calls
+/// made first; similar search's 90,000 postpaid calls at 60 per thousand (0–1,000千次 tier) =
+/// 5,400.00, same-image search's 100,000 at 15 per thousand = 1,500.00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_of_image_search_through_the_sdk_is_billed_by_library_type() {
+    let venv = tokio::task::spawn_blocking(venv).await.unwrap();
+    let h = Harness::start(Builder::default()).await;
+    // The load itself needs more than SearchImage's 20 QPS (the vendor sells no more for it):
+    // raised for this test only; billing does not depend on it.
+    let catalog = tollgate_core::config::EMBEDDED_CATALOG.replace(
+        "billing_item = \"tiia.search_query\"\n",
+        "billing_item = \"tiia.search_query\"\nqps = 100000\n",
+    );
+    assert_ne!(catalog, tollgate_core::config::EMBEDDED_CATALOG);
+    let generation = h.reload_status().await["generation"].as_u64().unwrap();
+    h.replace_file("catalog.toml", &catalog);
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || async {
+            h.reload_status().await["generation"].as_u64().unwrap() > generation
+        })
+        .await
+    );
+    let searches = std::env::var("TOLLGATE_SEARCHES").unwrap_or_else(|_| "100000".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/image_search.py");
+    let output = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .env("TOLLGATE_ENDPOINT", h.api().to_string())
+        .env("TOLLGATE_SEARCHES", &searches)
+        .env("NO_PROXY", "127.0.0.1")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stderr}");
+    assert!(output.status.success(), "the SDK month failed:\n{stderr}");
+    let n: u64 = searches.parse().unwrap();
+    let usage = h.usage();
+    assert_eq!(usage.len() as u64, 2 * n, "every search billed once");
+    assert!(usage.iter().all(|u| u.unresolved_library.is_none()));
+
+    let month = chrono::Utc::now()
+        .with_timezone(&tollgate_core::clock::beijing())
+        .format("%Y-%m")
+        .to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["statement", "--owner", "1", "--month", &month, "--usage"])
+        .arg(&h.usage_path)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = |item: &str| {
+        s["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["item"] == item)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {item} line: {s}"))
+    };
+    let similar = line("tiia.similar_search_query");
+    let same = line("tiia.search_query");
+    assert_eq!(similar["usage"], n);
+    assert_eq!(same["usage"], n);
+    // The similar searches came first: they draw the free pack first.
+    let free = n.min(10_000);
+    let left = n.min(10_000 - free);
+    assert_eq!(similar["free_units"], free);
+    assert_eq!(same["free_units"], left);
+    assert_eq!(similar["postpaid_units"], n - free);
+    assert_eq!(same["postpaid_units"], n - left);
+    let money =
+        |v: &serde_json::Value| -> rust_decimal::Decimal { v.as_str().unwrap().parse().unwrap() };
+    if n == 100_000 {
+        assert_eq!(
+            money(&similar["unit_price"]),
+            rust_decimal::Decimal::from(60)
+        );
+        assert_eq!(
+            money(&similar["amount"]),
+            rust_decimal::Decimal::from(5_400)
+        );
+        assert_eq!(money(&same["unit_price"]), rust_decimal::Decimal::from(15));
+        assert_eq!(money(&same["amount"]), rust_decimal::Decimal::from(1_500));
+        assert_eq!(
+            money(&s["postpaid_total"]),
+            rust_decimal::Decimal::from(6_900)
+        );
+    }
+    // The table a person reads says the same.
+    let table = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["statement", "--owner", "1", "--month", &month, "--usage"])
+        .arg(&h.usage_path)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    println!("{table}");
+    assert!(table.contains("相似图像搜索-检索图片"), "{table}");
+    h.stop().await;
+}

@@ -507,3 +507,141 @@ async fn with_lookups_failing_calls_are_billed_unresolved_and_re_rated_once_the_
     let _ = consumer_stop.send(());
     consumer.await.unwrap().unwrap();
 }
+
+/// Made-up `GroupId`s cost the backend at most the owner's lookup budget, whether or not the
+/// calls are within their quota: each is billed unresolved (if the backend bills it at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_libraries_cost_the_backend_at_most_the_owners_lookup_budget() {
+    let h = Arc::new(Harness::start(Builder::default()).await);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let h = Arc::clone(&h);
+        set.spawn(async move { h.call(&search(&format!("made_up_{i}"))).await });
+    }
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        let r = r.unwrap();
+        *codes
+            .entry(r.error_code().unwrap_or("ok").to_owned())
+            .or_insert(0) += 1;
+    }
+    // The backend knows none of them; over the quota, the gateway answers itself.
+    assert_eq!(codes.get("ok"), None, "{codes:?}");
+    let asked = h.stub_stats().await["actions"]["DescribeGroups"]["calls"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        asked <= u64::from(tollgate_gateway::library::LOOKUPS_PER_OWNER_PER_MINUTE),
+        "{asked} lookups"
+    );
+    assert_eq!(
+        h.metric(
+            "tollgate_image_library_lookups_total",
+            &[("result", "budget")]
+        )
+        .await,
+        (200 - asked) as f64
+    );
+    assert!(
+        h.usage().is_empty(),
+        "nothing the backend refused is billed"
+    );
+}
+
+/// With file entitlements, learned libraries survive a restart in
+/// `image_search.libraries_file`, and `tollgate statement --libraries` re-rates by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_file_entitlements_libraries_persist_in_their_file_and_statements_read_it() {
+    let (stub, _stop) = stub().await;
+    let made = at_stub(
+        stub,
+        1,
+        "CreateGroup",
+        r#"{"GroupId":"early","GroupType":6}"#,
+    )
+    .await;
+    assert!(made["Response"]["Error"].is_null(), "{made}");
+    stub_fail(stub, "DescribeGroups", true).await;
+    // The file outlives the gateways, as a volume does.
+    let volume = tempfile::tempdir().unwrap();
+    let file = volume.path().join("image-libraries.json");
+    let start = || {
+        Harness::start(Builder {
+            upstream: Some(stub),
+            image_libraries_file: Some(file.clone()),
+            ..Builder::default()
+        })
+    };
+    let h = start().await;
+    // Unknown and not resolvable yet: billed unresolved.
+    assert!(h.call(&search("early")).await.is_success());
+    assert_eq!(
+        h.usage()[0].unresolved_library.as_deref(),
+        Some("early"),
+        "{:?}",
+        h.usage()
+    );
+    let month = chrono::Utc::now()
+        .with_timezone(&tollgate_core::clock::beijing())
+        .format("%Y-%m")
+        .to_string();
+    let statement = |usage: &Path, libraries: Option<&Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["statement", "--owner", "1", "--month", &month, "--usage"])
+            .arg(usage)
+            .args(["--format", "json"]);
+        if let Some(l) = libraries {
+            cmd.arg("--libraries").arg(l);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(statement(&h.usage_path, None)["unresolved_units"], 1);
+    // The backend answers again; the retry learns the type and writes the file.
+    stub_fail(stub, "DescribeGroups", false).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.contains("\"early\""))
+        })
+        .await
+    );
+    let s = statement(&h.usage_path, Some(&file));
+    assert_eq!(s["unresolved_units"], 0, "{s}");
+    assert_eq!(line_units(&s, "tiia.similar_search_query"), (1, 0));
+    // A library made through the gateway, then a restart: both known, no lookup.
+    assert!(
+        h.call(&tiia(
+            "CreateGroup",
+            "AKIDmain",
+            r#"{"GroupId":"later","GroupType":6}"#
+        ))
+        .await
+        .is_success()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.contains("\"later\""))
+        })
+        .await
+    );
+    let _ = h.stop().await;
+    let h = start().await;
+    let before = stub_calls(stub, "DescribeGroups").await;
+    assert!(h.call(&search("later")).await.is_success());
+    assert!(h.call(&search("early")).await.is_success());
+    assert_eq!(stub_calls(stub, "DescribeGroups").await, before);
+    let usage = h.usage();
+    assert_eq!(usage.len(), 2);
+    assert!(
+        usage
+            .iter()
+            .all(|u| &*u.billing_item == "tiia.similar_search_query"
+                && u.unresolved_library.is_none()),
+        "{usage:?}"
+    );
+}

@@ -166,6 +166,8 @@ pub struct Builder {
     /// Forward to this backend instead of the harness's own stub (several gateways, one
     /// backend that counts them all).
     pub upstream: Option<SocketAddr>,
+    /// `image_search.libraries_file` (default: in the temp dir).
+    pub image_libraries_file: Option<PathBuf>,
     /// `[entitlements]` lines (default: none, the files).
     pub entitlements_source: String,
 }
@@ -187,6 +189,7 @@ impl Default for Builder {
             shutdown: "drain_timeout_seconds = 10\nidle_grace_ms = 50\n".into(),
             quota: String::new(),
             upstream: None,
+            image_libraries_file: None,
             entitlements_source: String::new(),
         }
     }
@@ -331,7 +334,10 @@ retry_interval_ms = 500
             b.auth,
             b.shutdown,
             b.quota,
-            dir.path().join("image-libraries.json").display(),
+            b.image_libraries_file
+                .clone()
+                .unwrap_or_else(|| dir.path().join("image-libraries.json"))
+                .display(),
             b.entitlements_source,
         );
         // A store-fed gateway caches its snapshot in its own temp dir unless told where.

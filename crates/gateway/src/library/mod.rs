@@ -119,8 +119,23 @@ pub struct Asker {
 
 struct Failed {
     retry_at: Instant,
+    /// Doubles with each failed retry, up to [`MAX_RETRY_INTERVAL`].
+    interval: Duration,
+    since: Instant,
     asker: Asker,
 }
+
+/// Lookups one owner may cause per minute (on the request path; the vendor allows an owner 30
+/// libraries, so a real owner needs far fewer): beyond, a call into an unknown library is
+/// billed unresolved without one. What bounds the backend calls a caller can cause with
+/// made-up `GroupId`s, over its quota or not.
+pub const LOOKUPS_PER_OWNER_PER_MINUTE: u32 = 30;
+/// Unknown libraries kept for retries per owner; more are billed unresolved, not retried.
+pub const FAILED_PER_OWNER: usize = 64;
+/// The longest wait between two retries of one library.
+pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(600);
+/// A library unknown this long is no longer asked about (its usage stays unresolved).
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// (owner, `GroupId`).
 type LibraryKey = (u64, Box<str>);
@@ -143,6 +158,8 @@ pub struct Libraries {
     asking: Mutex<FxHashMap<LibraryKey, Arc<OnceCell<Answer>>>>,
     /// Libraries whose lookup failed: not asked again on the request path before `retry_at`.
     failed: Mutex<FxHashMap<LibraryKey, Failed>>,
+    /// Lookups per owner in the current minute (minute, count).
+    budget: Mutex<FxHashMap<u64, (u64, u32)>>,
     changes: mpsc::UnboundedSender<Change>,
     settings: ImageSearchSettings,
     metrics: LibraryMetrics,
@@ -165,7 +182,7 @@ impl Libraries {
         let lookups = IntCounterVec::new(
             Opts::new(
                 "tollgate_image_library_lookups_total",
-                "Calls into an image-search library by how its type was found: memory (held), backend (asked now), failed (asked, no answer: billed unresolved), backoff (a failed library not asked again yet: billed unresolved)",
+                "Calls into an image-search library by how its type was found: memory (held), backend (asked now), joined (waited for another call's lookup), failed (asked, no answer: billed unresolved), backoff (a failed library not asked again yet: billed unresolved), budget (the owner's lookups per minute used up: billed unresolved)",
             ),
             &["result"],
         )
@@ -200,6 +217,7 @@ impl Libraries {
                 by_owner: DashMap::new(),
                 asking: Mutex::new(FxHashMap::default()),
                 failed: Mutex::new(FxHashMap::default()),
+                budget: Mutex::new(FxHashMap::default()),
                 changes: tx,
                 settings,
                 metrics: LibraryMetrics {
@@ -355,6 +373,10 @@ impl Libraries {
                     self.metrics.lookups.with_label_values(&["backoff"]).inc();
                     return Classified::Ready(self.unresolved(interface_item, &group_id));
                 }
+                if !self.within_budget(owner_uin) {
+                    self.metrics.lookups.with_label_values(&["budget"]).inc();
+                    return Classified::Ready(self.unresolved(interface_item, &group_id));
+                }
                 Classified::Ask(Ask {
                     owner_uin,
                     group_id: key.1,
@@ -363,6 +385,61 @@ impl Libraries {
                 })
             }
         }
+    }
+
+    /// Whether `owner` may cause one more lookup this minute (and counts it).
+    fn within_budget(&self, owner_uin: u64) -> bool {
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        let mut budget = self.budget.lock().expect("not poisoned");
+        if budget.len() > 100_000 {
+            budget.retain(|_, (m, _)| *m == minute);
+        }
+        let (m, n) = budget.entry(owner_uin).or_insert((minute, 0));
+        if *m != minute {
+            (*m, *n) = (minute, 0);
+        }
+        *n += 1;
+        *n <= LOOKUPS_PER_OWNER_PER_MINUTE
+    }
+
+    /// Files a library whose lookup failed for a retry, or pushes its next retry back.
+    fn failed_lookup(&self, owner_uin: u64, group_id: &str, asker: &Asker) {
+        let now = Instant::now();
+        let mut failed = self.failed.lock().expect("not poisoned");
+        let key = (owner_uin, Box::<str>::from(group_id));
+        if let Some(f) = failed.get_mut(&key) {
+            if now.duration_since(f.since) > GIVE_UP_AFTER {
+                tracing::warn!(
+                    owner_uin,
+                    group_id,
+                    "image library still unknown after a day: no longer asked about"
+                );
+                failed.remove(&key);
+                return;
+            }
+            f.interval = (f.interval * 2).min(MAX_RETRY_INTERVAL);
+            f.retry_at = now + f.interval;
+            return;
+        }
+        if failed.keys().filter(|(o, _)| *o == owner_uin).count() >= FAILED_PER_OWNER {
+            tracing::warn!(
+                owner_uin,
+                group_id,
+                "too many unknown image libraries for this owner: this one is billed unresolved and not retried"
+            );
+            return;
+        }
+        failed.insert(
+            key,
+            Failed {
+                retry_at: now + self.settings.retry_interval,
+                interval: self.settings.retry_interval,
+                since: now,
+                asker: asker.clone(),
+            },
+        );
     }
 
     fn unresolved(&self, item: BillingItemId, group_id: &str) -> CallLibrary {
@@ -403,11 +480,8 @@ impl Libraries {
         }
         match answer {
             Some(Some(t)) => {
-                if asked_here {
-                    self.metrics.lookups.with_label_values(&["backend"]).inc();
-                } else {
-                    self.metrics.lookups.with_label_values(&["memory"]).inc();
-                }
+                let how = if asked_here { "backend" } else { "joined" };
+                self.metrics.lookups.with_label_values(&[how]).inc();
                 CallLibrary::Billed {
                     item: if t == tollgate_core::catalog::SIMILAR_GROUP_TYPE {
                         ask.similar
@@ -459,13 +533,7 @@ impl Libraries {
                     error = %why,
                     "image library type unknown: its calls are billed unresolved until it is"
                 );
-                self.failed.lock().expect("not poisoned").insert(
-                    (ask.owner_uin, ask.group_id.clone()),
-                    Failed {
-                        retry_at: Instant::now() + self.settings.retry_interval,
-                        asker: asker.clone(),
-                    },
-                );
+                self.failed_lookup(ask.owner_uin, &ask.group_id, asker);
                 None
             }
         }
@@ -479,7 +547,8 @@ impl Libraries {
             .iter_mut()
             .filter(|(_, f)| f.retry_at <= now)
             .map(|((owner, id), f)| {
-                f.retry_at = now + self.settings.retry_interval;
+                // Not asked again before this round's answer is in.
+                f.retry_at = now + MAX_RETRY_INTERVAL;
                 (*owner, id.clone(), f.asker.clone())
             })
             .collect()
@@ -839,10 +908,12 @@ pub async fn retry(
             {
                 Ok(Some(t)) => libraries.learn(owner_uin, &group_id, t, "describe"),
                 Ok(None) => {
-                    tracing::debug!(owner_uin, group_id = %group_id, "library still unknown to the backend")
+                    tracing::debug!(owner_uin, group_id = %group_id, "library still unknown to the backend");
+                    libraries.failed_lookup(owner_uin, &group_id, &asker);
                 }
                 Err(e) => {
-                    tracing::debug!(owner_uin, group_id = %group_id, error = %e, "library lookup failed again")
+                    tracing::debug!(owner_uin, group_id = %group_id, error = %e, "library lookup failed again");
+                    libraries.failed_lookup(owner_uin, &group_id, &asker);
                 }
             }
         }

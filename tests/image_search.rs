@@ -645,3 +645,27 @@ async fn with_file_entitlements_libraries_persist_in_their_file_and_statements_r
         "{usage:?}"
     );
 }
+
+/// A GET-signed call carries its `GroupId` in the query: read there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_signed_search_is_billed_by_its_librarys_type() {
+    let h = Harness::start(Builder::default()).await;
+    assert!(
+        h.call(&tiia(
+            "CreateGroup",
+            "AKIDmain",
+            r#"{"GroupId":"pat_tern","GroupType":6}"#
+        ))
+        .await
+        .is_success()
+    );
+    let mut get = Call::new("tiia", "SearchImage", "AKIDsubB");
+    get.method = "GET";
+    get.body = Vec::new();
+    get.query = "GroupId=pat%5Ftern&ImageUrl=https%3A%2F%2Fexample.com%2Fq.jpg".into();
+    let r = h.call(&get).await;
+    assert!(r.is_success(), "{:?}", r.json);
+    let usage = h.usage();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(&*usage[0].billing_item, "tiia.similar_search_query");
+}

@@ -802,6 +802,7 @@ async fn a_known_batch_id_with_other_content_is_refused_loudly() {
             units,
             records: units,
             unresolved_library: None,
+            first_unix_ms: None,
         }],
     };
     assert_eq!(ledger.apply(&batch(5)).await.unwrap(), Applied::New);

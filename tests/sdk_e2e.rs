@@ -197,7 +197,7 @@ async fn a_month_of_image_search_through_the_sdk_is_billed_by_library_type() {
     // The similar searches came first: they draw the free pack first.
     let free = n.min(10_000);
     let left = n.min(10_000 - free);
-    assert_eq!(similar["free_units"], free);
+    assert_eq!(similar["free_units"], free, "{similar}\n{same}");
     assert_eq!(same["free_units"], left);
     assert_eq!(similar["postpaid_units"], n - free);
     assert_eq!(same["postpaid_units"], n - left);

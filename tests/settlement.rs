@@ -54,7 +54,7 @@ impl World {
                 .id,
             interface: Arc::from(interface),
             hour_start: t(at).timestamp(),
-            first_at: t(at).timestamp(),
+            first_at_ms: t(at).timestamp() * 1000,
             units,
             unresolved_library: None,
         }
@@ -835,7 +835,7 @@ fn statements_render_for_people_and_machines() {
     let csv = statement::to_csv(&s);
     assert!(
         csv.lines()
-            .any(|l| l.starts_with("1,2026-07,item,ocr.bank_card,") && l.ends_with(",75.00")),
+            .any(|l| l.starts_with("1,2026-07,item,ocr.bank_card,") && l.ends_with(",75.00,0")),
         "{csv}"
     );
     assert!(
@@ -983,7 +983,7 @@ proptest! {
                 item: w.catalog.item_by_key(items[*i]).unwrap().id,
                 interface: Arc::from(actions[*i]),
                 hour_start: start + h * 3600,
-                first_at: start + h * 3600,
+                first_at_ms: (start + h * 3600) * 1000,
                 units: *n,
                 unresolved_library: None,
             })

@@ -128,9 +128,9 @@ CREATE TABLE live_overserved (
     (
         5,
         r#"
--- The first minute of each hour's row with usage (Unix seconds; NULL in rows applied before
+-- When the first call of each hour's row was admitted (Unix ms; NULL in rows applied before
 -- this column): items sharing a pack draw it, within an hour, in the order they were used.
-ALTER TABLE usage_ledger ADD COLUMN first_at bigint;
+ALTER TABLE usage_ledger ADD COLUMN first_at_ms bigint;
 -- Image search: units of usage_ledger (same owner, item, interface and hour) whose library's
 -- type the gateway could not tell; rating bills them by the type once the store knows it.
 CREATE TABLE unresolved_usage (
@@ -426,7 +426,7 @@ impl Ledger {
                 .or_insert((0, 0, i64::MAX));
             e.0 += c.units;
             e.1 += c.records;
-            e.2 = e.2.min(c.minute);
+            e.2 = e.2.min(c.first_unix_ms.unwrap_or(c.minute * 1000));
             if let Some(library) = &c.unresolved_library {
                 let e = unresolved
                     .entry((c.owner_uin, &c.billing_item, &c.interface, library, hour))
@@ -449,11 +449,11 @@ impl Ledger {
             firsts.push(first);
         }
         tx.execute(
-            "INSERT INTO usage_ledger (owner_uin, billing_item, interface, hour_start, month, units, records, first_at)
+            "INSERT INTO usage_ledger (owner_uin, billing_item, interface, hour_start, month, units, records, first_at_ms)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
              ON CONFLICT (owner_uin, billing_item, interface, hour_start)
              DO UPDATE SET units = usage_ledger.units + EXCLUDED.units, records = usage_ledger.records + EXCLUDED.records,
-                first_at = LEAST(coalesce(usage_ledger.first_at, usage_ledger.hour_start), EXCLUDED.first_at)",
+                first_at_ms = LEAST(coalesce(usage_ledger.first_at_ms, usage_ledger.hour_start * 1000), EXCLUDED.first_at_ms)",
             &[&owners, &items, &interfaces, &hours, &months, &units, &records, &firsts],
         )
         .await?;
@@ -667,7 +667,7 @@ pub async fn usage_of(
 ) -> anyhow::Result<Vec<UsageCount>> {
     let rows = c
         .query(
-            "SELECT billing_item, interface, hour_start, units, coalesce(first_at, hour_start)
+            "SELECT billing_item, interface, hour_start, units, coalesce(first_at_ms, hour_start * 1000)
              FROM usage_ledger WHERE owner_uin = $1 ORDER BY hour_start",
             &[&i64_of(owner_uin)],
         )
@@ -697,7 +697,7 @@ pub async fn usage_of(
     for r in &rows {
         let (item, interface, hour_start): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
         let units = r.get::<_, i64>(3) as u64;
-        let first_at: i64 = r.get(4);
+        let first_at_ms: i64 = r.get(4);
         let interface: Arc<str> = Arc::from(interface.as_str());
         let id = item_of(&item)?;
         let mut resolved = units;
@@ -709,7 +709,7 @@ pub async fn usage_of(
                     item: id,
                     interface: Arc::clone(&interface),
                     hour_start,
-                    first_at,
+                    first_at_ms,
                     units: n,
                     unresolved_library: Some(Arc::from(library.as_str())),
                 });
@@ -720,7 +720,7 @@ pub async fn usage_of(
                 item: id,
                 interface,
                 hour_start,
-                first_at,
+                first_at_ms,
                 units: resolved,
                 unresolved_library: None,
             });

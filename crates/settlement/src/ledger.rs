@@ -15,7 +15,7 @@ pub struct UnknownItem {
     pub item: String,
 }
 
-/// Units (and the first minute with any) by (hour start, billing item key, interface,
+/// Units (and when the first of them was used, Unix ms) by (hour start, billing item key, interface,
 /// unresolved library), before the catalog resolves the items.
 type HourlyUnits = BTreeMap<(i64, String, Arc<str>, Option<Arc<str>>), (u64, i64)>;
 
@@ -35,13 +35,13 @@ fn resolve(catalog: &Catalog, counts: HourlyUnits) -> Result<Vec<UsageCount>, Un
     counts
         .into_iter()
         .map(
-            |((hour_start, item, interface, library), (units, first_at))| {
+            |((hour_start, item, interface, library), (units, first_at_ms))| {
                 let item = catalog.item_by_key(&item).ok_or(UnknownItem { item })?.id;
                 Ok(UsageCount {
                     item,
                     interface,
                     hour_start,
-                    first_at,
+                    first_at_ms,
                     units,
                     unresolved_library: library,
                 })
@@ -58,17 +58,16 @@ pub fn hourly_counts<'a>(
 ) -> Result<Vec<UsageCount>, UnknownItem> {
     let mut counts = HourlyUnits::new();
     for r in records.into_iter().filter(|r| r.owner_uin == owner_uin) {
-        let minute = r.time_unix_ms.div_euclid(60_000) * 60;
         add(
             &mut counts,
             (
-                minute.div_euclid(3600) * 3600,
+                r.time_unix_ms.div_euclid(3_600_000) * 3600,
                 r.billing_item.to_string(),
                 Arc::clone(&r.action),
                 r.unresolved_library.clone(),
             ),
             u64::from(r.units),
-            minute,
+            r.time_unix_ms,
         );
     }
     resolve(catalog, counts)
@@ -97,7 +96,7 @@ pub fn from_batches<'a>(
                     c.unresolved_library.as_deref().map(Arc::from),
                 ),
                 c.units,
-                c.minute,
+                c.first_unix_ms.unwrap_or(c.minute * 1000),
             );
         }
     }

@@ -87,9 +87,10 @@ pub struct UsageCount {
     pub interface: Arc<str>,
     /// Unix seconds of the start of the hour.
     pub hour_start: i64,
-    /// Unix seconds of the first minute of the hour with usage here (`hour_start` when not
-    /// known): within an hour, items that share a pack draw it in the order they were used.
-    pub first_at: i64,
+    /// When the first call counted here was admitted, Unix milliseconds (the hour's start
+    /// when not known): within an hour, items that share a pack draw it in the order they were
+    /// first used.
+    pub first_at_ms: i64,
     pub units: u64,
     /// Image search: the library of units whose type the gateway could not tell (billed
     /// against `item`, the same/product item, until rating finds the type).

@@ -272,9 +272,9 @@ pub fn rate_month(
     // In time order; within an hour, in the order items were first used (they may share a
     // free pack: the one used first draws it first).
     usage.sort_by(|a, b| {
-        (a.hour_start, a.first_at, a.item, &a.interface).cmp(&(
+        (a.hour_start, a.first_at_ms, a.item, &a.interface).cmp(&(
             b.hour_start,
-            b.first_at,
+            b.first_at_ms,
             b.item,
             &b.interface,
         ))
@@ -724,7 +724,7 @@ mod tests {
             item: catalog.item_by_key("ocr.general_basic").unwrap().id,
             interface: "GeneralBasicOCR".into(),
             hour_start: DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp(),
-            first_at: DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp(),
+            first_at_ms: DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp() * 1000,
             units,
             unresolved_library: None,
         }
@@ -743,7 +743,7 @@ mod tests {
             item: catalog.item_by_key(item).unwrap().id,
             interface: "SearchImage".into(),
             hour_start: t.div_euclid(3600) * 3600,
-            first_at: t,
+            first_at_ms: t * 1000,
             units,
             unresolved_library: unresolved.map(Arc::from),
         }

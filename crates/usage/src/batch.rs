@@ -31,6 +31,11 @@ pub struct Count {
     /// type (`UsageRecord::unresolved_library`); such units are counted apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unresolved_library: Option<String>,
+    /// When the earliest call counted here was admitted, Unix milliseconds (`None` in batches
+    /// sealed before this field): settlement draws a pack shared by two items, within an hour,
+    /// by the order they were first used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_unix_ms: Option<i64>,
 }
 
 /// A sealed batch.
@@ -78,7 +83,7 @@ impl Batch {
     ) -> (Batch, usize) {
         // Keys borrow from the entries: a record costs a decode and a map lookup, no allocation
         // (JSON records of older spools with escaped strings are the exception).
-        let mut counts: BTreeMap<CountKey<'_>, (u64, u64)> = BTreeMap::new();
+        let mut counts: BTreeMap<CountKey<'_>, (u64, u64, i64)> = BTreeMap::new();
         let mut undecodable = 0;
         let mut taken = 0;
         let mut first_record_unix_ms = i64::MAX;
@@ -97,9 +102,10 @@ impl Batch {
                         break;
                     }
                     first_record_unix_ms = first_record_unix_ms.min(r.time_unix_ms);
-                    let c = counts.entry(key).or_default();
+                    let c = counts.entry(key).or_insert((0, 0, i64::MAX));
                     c.0 += u64::from(r.units);
                     c.1 += 1;
+                    c.2 = c.2.min(r.time_unix_ms);
                 }
                 Err(err) => {
                     undecodable += 1;
@@ -112,7 +118,10 @@ impl Batch {
         let counts: Vec<Count> = counts
             .into_iter()
             .map(
-                |((owner_uin, billing_item, interface, minute, library), (units, records))| Count {
+                |(
+                    (owner_uin, billing_item, interface, minute, library),
+                    (units, records, first),
+                )| Count {
                     owner_uin,
                     billing_item: billing_item.into_owned(),
                     interface: interface.into_owned(),
@@ -120,6 +129,7 @@ impl Batch {
                     units,
                     records,
                     unresolved_library: library.map(Cow::into_owned),
+                    first_unix_ms: Some(first),
                 },
             )
             .collect();

@@ -696,14 +696,21 @@ impl Gateway {
         };
         let authorization =
             parse_authorization(authorization).map_err(|e| Refusal::Auth(e.into()))?;
-        let service = catalog
-            .service_by_name(authorization.service)
-            .ok_or_else(|| Refusal::UnknownService(authorization.service.to_owned()))?;
         let action = headers
             .get(&TC_ACTION)
             .and_then(|v| v.to_str().ok())
-            .filter(|a| !a.is_empty())
-            .ok_or(Refusal::MissingAction)?;
+            .filter(|a| !a.is_empty());
+        let service = match catalog.service_by_name(authorization.service) {
+            Some(s) => s,
+            // An SDK that takes the scope's service from its endpoint's first label signs
+            // `127` for `127.0.0.1:18080`: nothing is derived from such a scope (it is still
+            // what the signature is checked with); the action names the service.
+            None if host_like(authorization.service) => action
+                .and_then(|a| service_of_action(catalog, a, headers.get("x-tc-version")))
+                .ok_or_else(|| Refusal::UnknownService(authorization.service.to_owned()))?,
+            None => return Err(Refusal::UnknownService(authorization.service.to_owned())),
+        };
+        let action = action.ok_or(Refusal::MissingAction)?;
         let route = catalog.route(service, action).map_err(|e| match e {
             RouteError::Malformed => Refusal::InvalidAction { listed: None },
             RouteError::CaseVariant(listed) => Refusal::InvalidAction {
@@ -821,24 +828,42 @@ impl Gateway {
             && headers
                 .get(&TC_CONTENT_SHA256)
                 .is_some_and(|v| v.as_bytes() == auth::tc3::UNSIGNED_PAYLOAD.as_bytes());
-        let uin = auth::verify(
-            &snapshot.loaded.credentials,
-            &head.pre,
-            Signed {
-                method: parts.method.as_str(),
-                query: parts.uri.query().unwrap_or("").as_bytes(),
-                header: |name: &str| {
-                    // The SDKs sign these two; others are looked up by name.
-                    match name {
-                        "content-type" => headers.get(header::CONTENT_TYPE),
-                        "host" => headers.get(header::HOST),
-                        _ => headers.get(name),
-                    }
-                    .map(HeaderValue::as_bytes)
+        // The Host the client sent (HTTP/2: the `:authority`).
+        let host: &[u8] = headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+            .unwrap_or(b"");
+        let verify = |host: &[u8]| {
+            auth::verify(
+                &snapshot.loaded.credentials,
+                &head.pre,
+                Signed {
+                    method: parts.method.as_str(),
+                    query: parts.uri.query().unwrap_or("").as_bytes(),
+                    header: |name: &str| {
+                        // The SDKs sign these two; others are looked up by name.
+                        match name {
+                            "content-type" => {
+                                headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)
+                            }
+                            "host" => Some(host),
+                            _ => headers.get(name).map(HeaderValue::as_bytes),
+                        }
+                    },
+                    payload: (!unsigned_payload).then_some(&payload[..]),
                 },
-                payload: (!unsigned_payload).then_some(&payload[..]),
-            },
-        )
+            )
+        };
+        let uin = match verify(host) {
+            // The vendor's endpoints are on the default port, so SDKs differ on whether the
+            // Host they sign carries one (Node.js signs the hostname alone while sending
+            // `host:port`): a signature over the Host without its port is accepted too.
+            Err(AuthError::SignatureFailure) if without_port(host).is_some() => {
+                verify(without_port(host).expect("checked"))
+            }
+            other => other,
+        }
         .map_err(Refusal::Auth)?;
         if let Some(guard) = &self.replay_guard {
             match guard.check(
@@ -1001,6 +1026,40 @@ impl Gateway {
 }
 
 /// Refuses a call in which a single-valued field appears twice or is named by `Connection`.
+/// `host` without its `:port`, if it has one (`[::1]:8443` → `[::1]`).
+fn without_port(host: &[u8]) -> Option<&[u8]> {
+    let colon = host.iter().rposition(|&b| b == b':')?;
+    let (name, port) = (&host[..colon], &host[colon + 1..]);
+    let bracketed_v6 = name.starts_with(b"[") && name.ends_with(b"]");
+    let plain = !name.contains(&b':');
+    (!port.is_empty() && port.iter().all(u8::is_ascii_digit) && (bracketed_v6 || plain))
+        .then_some(name)
+}
+
+/// A credential scope's service that is a piece of an endpoint, not a service name: an IPv4
+/// address's first label (`127`), a host with a port, an IPv6 literal, `localhost`.
+fn host_like(scope_service: &str) -> bool {
+    !scope_service.is_empty()
+        && (scope_service.bytes().all(|b| b.is_ascii_digit())
+            || scope_service.contains([':', '[', ']'])
+            || scope_service.eq_ignore_ascii_case("localhost"))
+}
+
+/// The one service that lists `action` (and speaks `version`, when the call names one).
+fn service_of_action<'c>(
+    catalog: &'c tollgate_core::catalog::Catalog,
+    action: &str,
+    version: Option<&HeaderValue>,
+) -> Option<&'c Service> {
+    let version = version.and_then(|v| v.to_str().ok());
+    let mut found = catalog.services.iter().filter(|s| {
+        s.actions.contains_key(action)
+            && version.is_none_or(|v| s.versions.iter().any(|sv| &**sv == v))
+    });
+    let one = found.next()?;
+    found.next().is_none().then_some(one)
+}
+
 fn check_single_valued(headers: &http::HeaderMap) -> Result<(), Refusal> {
     // Most calls have no field twice: one comparison settles it.
     if headers.len() != headers.keys_len() {
@@ -1034,6 +1093,56 @@ mod tests {
 
     /// A backend that is down fails every call: one log line a second, saying how many
     /// were held back.
+    #[test]
+    fn a_host_loses_only_a_real_port() {
+        assert_eq!(
+            without_port(b"ocr.gateway.example:18080"),
+            Some(&b"ocr.gateway.example"[..])
+        );
+        assert_eq!(without_port(b"127.0.0.1:443"), Some(&b"127.0.0.1"[..]));
+        assert_eq!(without_port(b"[::1]:8443"), Some(&b"[::1]"[..]));
+        for h in [
+            &b"ocr.gateway.example"[..],
+            b"[::1]",
+            b"::1",
+            b"host:",
+            b"host:8x",
+        ] {
+            assert_eq!(without_port(h), None, "{}", String::from_utf8_lossy(h));
+        }
+    }
+
+    #[test]
+    fn an_endpoint_piece_in_the_scope_leaves_the_service_to_the_action() {
+        for s in [
+            "127",
+            "10",
+            "localhost",
+            "LOCALHOST:18080",
+            "[::1]:18080",
+            "gw:8080",
+        ] {
+            assert!(host_like(s), "{s}");
+        }
+        for s in ["ocr", "", "ocr2", "tiia"] {
+            assert!(!host_like(s), "{s}");
+        }
+        let catalog = tollgate_core::catalog::Catalog::embedded();
+        let ocr = |a: &str, v: Option<&str>| {
+            let v = v.map(HeaderValue::from_str).transpose().unwrap();
+            service_of_action(&catalog, a, v.as_ref()).map(|s| s.name.to_string())
+        };
+        assert_eq!(ocr("GeneralBasicOCR", None).as_deref(), Some("ocr"));
+        assert_eq!(
+            ocr("GeneralBasicOCR", Some("2018-11-19")).as_deref(),
+            Some("ocr")
+        );
+        assert_eq!(ocr("SearchImage", None).as_deref(), Some("tiia"));
+        // Another service's version, or an action no service lists: no service.
+        assert_eq!(ocr("GeneralBasicOCR", Some("2019-05-29")), None);
+        assert_eq!(ocr("NoSuchAction", None), None);
+    }
+
     #[test]
     fn failure_logs_are_throttled_to_one_a_second() {
         let t = LogThrottle::default();

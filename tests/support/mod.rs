@@ -168,6 +168,10 @@ pub struct Builder {
     pub upstream: Option<SocketAddr>,
     /// `image_search.libraries_file` (default: in the temp dir).
     pub image_libraries_file: Option<PathBuf>,
+    /// More `[listen]` lines (e.g. `api_plain = "127.0.0.1:0"`).
+    pub listen_extra: String,
+    /// More top-level sections (e.g. `[tls]`, `[http2]`).
+    pub extra: String,
     /// `[entitlements]` lines (default: none, the files).
     pub entitlements_source: String,
 }
@@ -190,6 +194,8 @@ impl Default for Builder {
             quota: String::new(),
             upstream: None,
             image_libraries_file: None,
+            listen_extra: String::new(),
+            extra: String::new(),
             entitlements_source: String::new(),
         }
     }
@@ -303,6 +309,7 @@ impl Harness {
 [listen]
 api = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+{}
 [proxy]
 response_timeout_ms = {}
 max_request_bytes = {}
@@ -320,6 +327,7 @@ poll_interval_ms = 100
 {}
 [quota]
 {}
+{}
 [image_search]
 libraries_file = "{}"
 lookup_timeout_ms = 1000
@@ -327,6 +335,7 @@ retry_interval_ms = 500
 [entitlements]
 {}
 "#,
+            b.listen_extra,
             b.response_timeout_ms,
             b.max_request_bytes,
             b.workers,
@@ -334,6 +343,7 @@ retry_interval_ms = 500
             b.auth,
             b.shutdown,
             b.quota,
+            b.extra,
             b.image_libraries_file
                 .clone()
                 .unwrap_or_else(|| dir.path().join("image-libraries.json"))
@@ -567,6 +577,13 @@ pub fn raw_request(req: &Request<Full<Bytes>>, body: &[u8]) -> Vec<u8> {
 /// Reads one HTTP/1.1 answer with a `Content-Length` from `s`: its head (lower-cased) and
 /// body. `None` if the connection ends before an answer is complete.
 pub async fn read_answer(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    read_answer_from(s).await
+}
+
+/// [`read_answer`] from any stream (a TLS one).
+pub async fn read_answer_from<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> Option<(String, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];

@@ -48,6 +48,8 @@ impl Default for Options {
 /// A running gateway.
 pub struct Running {
     pub api_addr: SocketAddr,
+    /// `listen.api_plain`, when set beside TLS.
+    pub api_plain_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub reload_status: Arc<Mutex<ReloadStatus>>,
@@ -295,8 +297,31 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
 
     // The API: classify → authenticate → admit → forward → meter (proxy::Gateway::handle),
     // on worker threads of their own (proxy::server::Workers).
-    let workers = server::Workers::start(
+    // TLS on the API listener when [tls] is set (the pair is loaded now: a bad one stops the
+    // start, naming the file), reloaded as it changes; a plain listener beside it on request.
+    let tls = match &settings.tls {
+        Some(t) => Some(crate::proxy::tls::Tls::load(
+            t.clone(),
+            settings.http2.enabled,
+            &metrics.registry,
+        )?),
+        None => None,
+    };
+    let mut listeners = vec![(
         settings.api_listen,
+        match &tls {
+            Some(t) => server::Transport::Tls(Arc::clone(t)),
+            None => server::Transport::Plain,
+        },
+    )];
+    if let Some(plain) = settings.api_plain_listen {
+        listeners.push((plain, server::Transport::Plain));
+    }
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(Arc::clone(t).watch(stopped())));
+    }
+    let workers = server::Workers::start(
+        listeners,
         server::worker_count(settings.workers),
         Arc::clone(&gateway),
         &stopped,
@@ -306,6 +331,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
         },
     )?;
     let api_addr = workers.local_addr();
+    let api_plain_addr = workers.local_addrs().get(1).copied();
     tasks.push(tokio::spawn(workers.stopped()));
     // Metrics and probes, on their own port. They outlive the drain (readiness answers 503
     // while in-flight calls finish) and stop with the shipper.
@@ -488,6 +514,7 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
     tracing::info!(%api_addr, %admin_addr, "tollgate gateway listening");
     Ok(Running {
         api_addr,
+        api_plain_addr,
         admin_addr,
         gateway,
         reload_status,

@@ -39,6 +39,79 @@ struct RawSettings {
     log: RawLog,
     #[serde(default)]
     image_search: RawImageSearch,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    http2: RawHttp2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+    client_ca_file: Option<String>,
+    #[serde(default = "default_tls_reload_ms")]
+    reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp2 {
+    enabled: bool,
+    max_concurrent_streams: u32,
+    max_header_list_bytes: u32,
+    initial_stream_window_bytes: u32,
+    initial_connection_window_bytes: u32,
+    max_pending_accept_reset_streams: usize,
+    max_local_error_reset_streams: usize,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        RawHttp2 {
+            enabled: true,
+            max_concurrent_streams: 128,
+            max_header_list_bytes: 65_536,
+            initial_stream_window_bytes: 1 << 20,
+            initial_connection_window_bytes: 4 << 20,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 256,
+        }
+    }
+}
+
+/// TLS on the API listener (`[tls]`).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate this CA (PEM) signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change (a new certificate serves new
+    /// connections; connections already open keep theirs).
+    pub reload_interval: Duration,
+}
+
+/// HTTP/2 next to HTTP/1.1 (`[http2]`): ALPN `h2` on the TLS listener, prior knowledge (`h2c`)
+/// on a plain one.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Settings {
+    pub enabled: bool,
+    pub max_concurrent_streams: u32,
+    pub max_header_list_bytes: u32,
+    pub initial_stream_window_bytes: u32,
+    pub initial_connection_window_bytes: u32,
+    /// Streams a client may open and reset before the server has accepted them (the
+    /// rapid-reset attack, CVE-2023-44487): beyond, the connection is closed with GOAWAY.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's errors on one connection before closing it.
+    pub max_local_error_reset_streams: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +119,8 @@ struct RawSettings {
 struct RawListen {
     api: String,
     admin: String,
+    /// A plain-HTTP API listener beside a TLS one (for a terminator in front).
+    api_plain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -492,6 +567,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub image_search: ImageSearchSettings,
+    /// `[tls]`: the API listener speaks TLS.
+    pub tls: Option<TlsSettings>,
+    /// `listen.api_plain`: a plain-HTTP API listener beside the TLS one.
+    pub api_plain_listen: Option<SocketAddr>,
+    pub http2: Http2Settings,
 }
 
 impl Settings {
@@ -803,6 +883,71 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         log_format: raw.log.format,
         log_level: raw.log.level,
         image_search: image_search(&raw.image_search, &err)?,
+        tls: match &raw.tls {
+            None => None,
+            Some(t) => {
+                if t.reload_interval_ms < 100 {
+                    return Err(err("tls.reload_interval_ms", "must be at least 100".into()));
+                }
+                Some(TlsSettings {
+                    cert_file: resolve(&t.cert_file),
+                    key_file: resolve(&t.key_file),
+                    client_ca_file: t.client_ca_file.as_deref().map(resolve),
+                    reload_interval: Duration::from_millis(t.reload_interval_ms),
+                })
+            }
+        },
+        api_plain_listen: match &raw.listen.api_plain {
+            None => None,
+            Some(_) if raw.tls.is_none() => {
+                return Err(err(
+                    "listen.api_plain",
+                    "is a plain listener beside a TLS one: set [tls] (listen.api is plain without it)".into(),
+                ));
+            }
+            Some(a) => Some(addr("listen.api_plain", a)?),
+        },
+        http2: {
+            let h = &raw.http2;
+            if h.max_concurrent_streams == 0 {
+                return Err(err(
+                    "http2.max_concurrent_streams",
+                    "must be at least 1".into(),
+                ));
+            }
+            if h.max_header_list_bytes < 4096 {
+                return Err(err(
+                    "http2.max_header_list_bytes",
+                    "must be at least 4096".into(),
+                ));
+            }
+            for (key, v) in [
+                (
+                    "http2.initial_stream_window_bytes",
+                    h.initial_stream_window_bytes,
+                ),
+                (
+                    "http2.initial_connection_window_bytes",
+                    h.initial_connection_window_bytes,
+                ),
+            ] {
+                if !(65_535..=(1 << 31) - 1).contains(&v) {
+                    return Err(err(
+                        key,
+                        "must be between 65535 and 2147483647 (RFC 9113)".into(),
+                    ));
+                }
+            }
+            Http2Settings {
+                enabled: h.enabled,
+                max_concurrent_streams: h.max_concurrent_streams,
+                max_header_list_bytes: h.max_header_list_bytes,
+                initial_stream_window_bytes: h.initial_stream_window_bytes,
+                initial_connection_window_bytes: h.initial_connection_window_bytes,
+                max_pending_accept_reset_streams: h.max_pending_accept_reset_streams,
+                max_local_error_reset_streams: h.max_local_error_reset_streams,
+            }
+        },
     })
 }
 

@@ -611,6 +611,7 @@ async fn describe(
         .into_parts();
     let request_id = forward::header_value(&uuid::Uuid::new_v4().to_string());
     let forwarded_for = HeaderValue::from_static("127.0.0.1");
+    let forwarded_proto = HeaderValue::from_static("http");
     let exchange = async {
         let response = forwarder
             .forward(
@@ -622,6 +623,7 @@ async fn describe(
                     owner_uin,
                     request_id: &request_id,
                     forwarded_for: &forwarded_for,
+                    forwarded_proto: &forwarded_proto,
                 },
                 &asker.service,
                 now,

@@ -41,6 +41,8 @@ use tokio::net::TcpStream;
 pub struct Client {
     /// The client's address as an `X-Forwarded-For` value (made once per connection).
     pub forwarded_for: HeaderValue,
+    /// `http` or `https`, as `X-Forwarded-Proto` tells the backend.
+    pub forwarded_proto: HeaderValue,
     /// A call is in progress: its head has been read and its answer is not written yet.
     answering: AtomicBool,
     /// The call's body has been read to its end.
@@ -53,8 +55,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(forwarded_for: HeaderValue) -> Arc<Client> {
+        Self::over(forwarded_for, false)
+    }
+
+    /// A client of a TLS connection (`tls`) or a plain one.
+    pub fn over(forwarded_for: HeaderValue, tls: bool) -> Arc<Client> {
         Arc::new(Client {
             forwarded_for,
+            forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             answering: AtomicBool::new(false),
             body_done: AtomicBool::new(false),
             answer_begun: AtomicBool::new(false),
@@ -86,9 +94,10 @@ impl Client {
 /// How long a FIN read while the call's body is not yet taken waits for it to be taken.
 pub const BODY_GRACE: Duration = Duration::from_millis(50);
 
-/// The client's socket, keeping a half-close from hyper until the answer is written.
-pub struct ClientIo {
-    io: TcpStream,
+/// The client's socket (or its TLS stream), keeping a half-close from hyper until the answer
+/// is written.
+pub struct ClientIo<S = TcpStream> {
+    io: S,
     client: Arc<Client>,
     /// The client's FIN was read.
     eof: bool,
@@ -98,8 +107,8 @@ pub struct ClientIo {
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl ClientIo {
-    pub fn new(io: TcpStream, client: Arc<Client>) -> ClientIo {
+impl<S> ClientIo<S> {
+    pub fn new(io: S, client: Arc<Client>) -> ClientIo<S> {
         ClientIo {
             io,
             client,
@@ -136,7 +145,7 @@ impl ClientIo {
     }
 }
 
-impl ClientIo {
+impl<S> ClientIo<S> {
     fn began_answer(&self) {
         if self.client.answering.load(Ordering::Relaxed)
             && !self.client.answer_begun.load(Ordering::Relaxed)
@@ -146,7 +155,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -171,7 +180,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

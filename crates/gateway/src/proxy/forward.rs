@@ -67,6 +67,8 @@ pub struct Identity<'a> {
     pub request_id: &'a HeaderValue,
     /// The client's address as an `X-Forwarded-For` value (made once per connection).
     pub forwarded_for: &'a HeaderValue,
+    /// `http` or `https`: how the client reached the gateway.
+    pub forwarded_proto: &'a HeaderValue,
 }
 
 /// The client's address as an `X-Forwarded-For` value.
@@ -208,8 +210,6 @@ pub struct Forwarder {
     connect_timeout: Duration,
     response_timeout: Duration,
     response_idle_timeout: Duration,
-    /// `X-Forwarded-Proto` on forwarded calls: the scheme clients used.
-    scheme: HeaderValue,
     /// Cancelled when the drain timeout passes: calls still waiting are answered and end.
     abort: tokio_util::sync::CancellationToken,
 }
@@ -255,7 +255,6 @@ impl Forwarder {
             connect_timeout: settings.connect_timeout,
             response_timeout: settings.response_timeout,
             response_idle_timeout: settings.response_idle_timeout,
-            scheme: HeaderValue::from_static("http"),
             abort: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -330,9 +329,16 @@ impl Forwarder {
         http1::header(head, b"host", upstream.host.as_bytes());
         if let Some(host) = parts.headers.get(header::HOST) {
             http1::header(head, b"x-forwarded-host", host.as_bytes());
+        } else if let Some(authority) = parts.uri.authority() {
+            // HTTP/2: the `:authority`.
+            http1::header(head, b"x-forwarded-host", authority.as_str().as_bytes());
         }
         http1::header(head, b"x-forwarded-for", identity.forwarded_for.as_bytes());
-        http1::header(head, b"x-forwarded-proto", self.scheme.as_bytes());
+        http1::header(
+            head,
+            b"x-forwarded-proto",
+            identity.forwarded_proto.as_bytes(),
+        );
         let mut n = itoa::Buffer::new();
         http1::header(
             head,
@@ -554,6 +560,7 @@ mod tests {
                     owner_uin: 9,
                     request_id: &request_id,
                     forwarded_for: &forwarded_for,
+                    forwarded_proto: &HeaderValue::from_static("http"),
                 },
                 "ocr",
                 0,

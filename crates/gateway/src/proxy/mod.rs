@@ -16,6 +16,7 @@ pub mod http1;
 pub mod request_body;
 pub mod respond;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -500,6 +501,7 @@ impl Gateway {
                     owner_uin: account.owner_uin,
                     request_id: &request_id_value,
                     forwarded_for: &client.forwarded_for,
+                    forwarded_proto: &client.forwarded_proto,
                 },
                 &head.service.name,
                 now_unix_nanos.div_euclid(1_000_000_000),

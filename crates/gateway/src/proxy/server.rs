@@ -23,15 +23,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 
 use super::Gateway;
 use super::client::{AnswerGuard, Client, ClientIo, Guarded};
 use super::forward::Forwarder;
+use super::tls::Tls;
 
 /// How a worker drains (from `[shutdown]`).
 #[derive(Debug, Clone, Copy)]
@@ -47,10 +48,251 @@ pub const MAX_READ_BUFFER: usize = 64 * 1024;
 /// answers to be written before the worker stops.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
+/// How a listener's connections speak: plain (HTTP/1.1, and HTTP/2 with prior knowledge when
+/// on) or TLS (ALPN `h2` or `http/1.1`).
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls(Arc<Tls>),
+}
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection opens with the HTTP/2 preface: its first bytes are peeked (not
+/// consumed) until they tell. `None` when nothing that tells came within `timeout`, or the
+/// client left: the connection is closed, as hyper closes one whose head does not come.
+async fn opens_with_h2_preface(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<bool> {
+    let mut buf = [0u8; 24];
+    let peek = async {
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // A partial preface: wait for more without spinning.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(timeout, peek).await.ok().flatten()
+}
+
+/// The HTTP/1.1 and HTTP/2 server settings of a worker.
+struct Protocols {
+    http1: http1::Builder,
+    http2: Option<http2::Builder<TokioExecutor>>,
+}
+
+impl Protocols {
+    fn new(gateway: &Gateway) -> Protocols {
+        let settings = gateway.settings();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            // The read buffer of a connection: a request head must fit (64 KiB, as the vendor's
+            // API needs a fraction of it), and a body streams through it. hyper's default
+            // (~400 KiB) would let each connection sending a body hold that much.
+            .max_buf_size(MAX_READ_BUFFER)
+            // (A client that shuts down its sending side after its call still gets its answer:
+            // `ClientIo` sees to that, and hyper keeps watching for clients that leave.)
+            .keep_alive(true);
+        let h = settings.http2;
+        let http2 = h.enabled.then(|| {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(h.max_concurrent_streams)
+                .max_header_list_size(h.max_header_list_bytes)
+                .initial_stream_window_size(h.initial_stream_window_bytes)
+                .initial_connection_window_size(h.initial_connection_window_bytes)
+                // Rapid reset (CVE-2023-44487): streams opened and reset before they are
+                // served count against this; beyond it the connection gets GOAWAY.
+                .max_pending_accept_reset_streams(h.max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(h.max_local_error_reset_streams)
+                .max_send_buf_size(MAX_READ_BUFFER)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10));
+            b
+        });
+        Protocols { http1: h1, http2 }
+    }
+}
+
+/// Response fields HTTP/2 forbids (RFC 9113 §8.2.2): the request path's `Connection: close`
+/// and any hop-by-hop field are HTTP/1.1's; over HTTP/2 a connection is closed by GOAWAY.
+fn strip_connection_fields(headers: &mut http::HeaderMap) {
+    for name in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// One connection, whatever it speaks, until it ends (or the drain ends it).
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    protocols: Arc<Protocols>,
+    gateway: Arc<Gateway>,
+    forwarder: Arc<Forwarder>,
+    watcher: Watcher,
+) {
+    let forwarded_for = super::forward::forwarded_for(peer);
+    let timeout = gateway.settings().header_read_timeout;
+    match transport {
+        Transport::Plain => {
+            let h2 = match protocols.http2 {
+                None => false,
+                Some(_) => match opens_with_h2_preface(&stream, timeout).await {
+                    Some(h2) => h2,
+                    None => return,
+                },
+            };
+            if h2 {
+                serve_h2(
+                    stream,
+                    forwarded_for,
+                    false,
+                    &protocols,
+                    gateway,
+                    forwarder,
+                    watcher,
+                )
+                .await;
+            } else {
+                serve_h1(
+                    stream,
+                    forwarded_for,
+                    false,
+                    &protocols,
+                    gateway,
+                    forwarder,
+                    watcher,
+                )
+                .await;
+            }
+        }
+        Transport::Tls(tls) => {
+            let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tls.handshake("error", "");
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tls.handshake("timeout", "");
+                    return;
+                }
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            tls.handshake("ok", if h2 { "h2" } else { "http/1.1" });
+            if h2 && protocols.http2.is_some() {
+                serve_h2(
+                    stream,
+                    forwarded_for,
+                    true,
+                    &protocols,
+                    gateway,
+                    forwarder,
+                    watcher,
+                )
+                .await;
+            } else {
+                serve_h1(
+                    stream,
+                    forwarded_for,
+                    true,
+                    &protocols,
+                    gateway,
+                    forwarder,
+                    watcher,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// HTTP/1.1: one call at a time, the socket wrapped so a half-closed client is answered.
+async fn serve_h1<S>(
+    stream: S,
+    forwarded_for: http::HeaderValue,
+    tls: bool,
+    protocols: &Protocols,
+    gateway: Arc<Gateway>,
+    forwarder: Arc<Forwarder>,
+    watcher: Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Client::over(forwarded_for, tls);
+    let io = ClientIo::new(stream, Arc::clone(&client));
+    let service = service_fn(move |req| {
+        let guard = AnswerGuard::new(&client);
+        let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
+        async move {
+            let response = answer.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Guarded {
+                body,
+                _guard: guard,
+            }))
+        }
+    });
+    let conn = protocols.http1.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2: every stream is one call, served as its own task; concurrency permits and quotas
+/// count calls, whatever connection they share.
+async fn serve_h2<S>(
+    stream: S,
+    forwarded_for: http::HeaderValue,
+    tls: bool,
+    protocols: &Protocols,
+    gateway: Arc<Gateway>,
+    forwarder: Arc<Forwarder>,
+    watcher: Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = protocols.http2.as_ref().expect("HTTP/2 on");
+    let service = service_fn(move |req| {
+        // A stream's call: the half-close tracking of `ClientIo` is HTTP/1.1's; here a call
+        // ends with its stream.
+        let client = Client::over(forwarded_for.clone(), tls);
+        let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, client);
+        async move {
+            let mut response = answer.await?;
+            strip_connection_fields(response.headers_mut());
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then drains. Upstream calls go
 /// through `forwarder`, whose pool belongs to the runtime this runs on.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     gateway: Arc<Gateway>,
     forwarder: Arc<Forwarder>,
     accepted_connections: prometheus::IntCounter,
@@ -58,17 +300,7 @@ pub async fn serve(
     drain: Drain,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(gateway.settings().header_read_timeout)
-        // The read buffer of a connection: a request head must fit (64 KiB, as the vendor's
-        // API needs a fraction of it), and a body streams through it. hyper's default
-        // (~400 KiB) would let each connection sending a body hold that much.
-        .max_buf_size(MAX_READ_BUFFER)
-        // (A client that shuts down its sending side after its call still gets its answer:
-        // `ClientIo` sees to that, and hyper keeps watching for clients that leave.)
-        .keep_alive(true);
+    let protocols = Arc::new(Protocols::new(&gateway));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -83,27 +315,15 @@ pub async fn serve(
                 };
                 accepted_connections.inc();
                 let _ = stream.set_nodelay(true);
-                let gateway = Arc::clone(&gateway);
-                let forwarder = Arc::clone(&forwarder);
-                let client = Client::new(super::forward::forwarded_for(peer));
-                let io = ClientIo::new(stream, Arc::clone(&client));
-                let service = service_fn(move |req| {
-                    let guard = AnswerGuard::new(&client);
-                    let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
-                    async move {
-                        let response = answer.await?;
-                        Ok::<_, std::convert::Infallible>(
-                            response.map(|body| Guarded { body, _guard: guard }),
-                        )
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(io), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_connection(
+                    stream,
+                    peer,
+                    transport.clone(),
+                    Arc::clone(&protocols),
+                    Arc::clone(&gateway),
+                    Arc::clone(&forwarder),
+                    graceful.watcher(),
+                ));
             }
             () = &mut shutdown => break,
         }
@@ -158,17 +378,19 @@ pub fn bind_shared(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::T
     Ok(listeners)
 }
 
-/// The API workers: threads each running one event loop that serves one listener.
+/// The API workers: threads each running one event loop that serves its own socket of every
+/// API listener.
 pub struct Workers {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Binds `n` listeners on `addr` and starts one worker thread per listener. Each worker
-    /// stops accepting when `shutdown()` completes and drains its own connections.
+    /// Binds `n` sockets on each of `listeners`' addresses and starts one worker thread per
+    /// socket set. Each worker stops accepting when `shutdown()` completes and drains its own
+    /// connections.
     pub fn start<S, F>(
-        addr: SocketAddr,
+        listeners: Vec<(SocketAddr, Transport)>,
         n: usize,
         gateway: Arc<Gateway>,
         shutdown: S,
@@ -178,33 +400,59 @@ impl Workers {
         S: Fn() -> F,
         F: Future<Output = ()> + Send + 'static,
     {
-        let listeners = bind_shared(addr, n)?;
-        let addr = listeners[0].local_addr()?;
-        let mut threads = Vec::with_capacity(listeners.len());
-        for (i, listener) in listeners.into_iter().enumerate() {
+        let mut addrs = Vec::with_capacity(listeners.len());
+        // Per address, its sockets (one per worker).
+        let mut sockets: Vec<(Vec<std::net::TcpListener>, Transport)> = Vec::new();
+        for (addr, transport) in listeners {
+            let bound = bind_shared(addr, n)?;
+            addrs.push(bound[0].local_addr()?);
+            sockets.push((bound, transport));
+        }
+        let workers = sockets.first().map_or(0, |(b, _)| b.len());
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Transport)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (bound, transport) in sockets {
+            for (i, l) in bound.into_iter().enumerate() {
+                per_worker[i].push((l, transport.clone()));
+            }
+        }
+        let mut threads = Vec::with_capacity(workers);
+        for (i, listeners) in per_worker.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
             let gateway = Arc::clone(&gateway);
-            let stop = shutdown();
+            let stops: Vec<F> = listeners.iter().map(|_| shutdown()).collect();
             let thread = std::thread::Builder::new()
                 .name(format!("tollgate-api-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(worker = i, error = %e, "cannot register the listener");
-                                return;
-                            }
-                        };
                         let forwarder = Arc::new(Forwarder::new(gateway.settings()));
                         let accepted = gateway
                             .metrics()
                             .api_connections
                             .with_label_values(&[&i.to_string()]);
-                        serve(listener, gateway, forwarder, accepted, stop, drain).await;
+                        let mut serving = Vec::new();
+                        for ((listener, transport), stop) in listeners.into_iter().zip(stops) {
+                            let listener = match TcpListener::from_std(listener) {
+                                Ok(l) => l,
+                                Err(e) => {
+                                    tracing::error!(worker = i, error = %e, "cannot register the listener");
+                                    return;
+                                }
+                            };
+                            serving.push(serve(
+                                listener,
+                                transport,
+                                Arc::clone(&gateway),
+                                Arc::clone(&forwarder),
+                                accepted.clone(),
+                                stop,
+                                drain,
+                            ));
+                        }
+                        futures_util::future::join_all(serving).await;
                     });
                     // Connections still open after the drain timeout are dropped with the
                     // runtime, here, before the thread ends.
@@ -213,12 +461,17 @@ impl Workers {
                 .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
             threads.push(thread);
         }
-        Ok(Workers { addr, threads })
+        Ok(Workers { addrs, threads })
     }
 
-    /// The address every worker listens on.
+    /// The address the first API listener is on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every API listener's address, in the order given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Completes when every worker has drained and stopped.

@@ -76,9 +76,52 @@ async fn the_official_python_sdk_works_unchanged_with_entitlements_from_the_stor
     h.stop().await;
 }
 
+/// The same suite with the SDK's default profile, `https`, against the gateway's TLS listener,
+/// trusting its certificate through `HttpProfile(certification=PATH)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_works_unchanged_over_https_its_default() {
+    let venv = tokio::task::spawn_blocking(venv).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let h = Harness::start(Builder {
+        extra: format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Builder::default()
+    })
+    .await;
+    run_suite_with(&venv, &h, None, Some(&cert)).await;
+    let stats = h.stub_stats().await;
+    assert!(
+        stats["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["x_forwarded_proto"] == "https")
+    );
+    h.stop().await;
+}
+
 async fn run_suite(venv: &Path, h: &Harness) {
+    run_suite_with(venv, h, Some("http"), None).await;
+}
+
+async fn run_suite_with(venv: &Path, h: &Harness, protocol: Option<&str>, ca: Option<&Path>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/e2e.py");
-    let output = tokio::process::Command::new(venv.join("bin/python"))
+    let mut cmd = tokio::process::Command::new(venv.join("bin/python"));
+    if let Some(p) = protocol {
+        cmd.env("TOLLGATE_PROTOCOL", p);
+    }
+    if let Some(ca) = ca {
+        cmd.env("TOLLGATE_CA", ca);
+    }
+    let output = cmd
         .arg(&script)
         .env("TOLLGATE_ENDPOINT", h.api().to_string())
         .env("TOLLGATE_STUB", h.stub_addr.to_string())

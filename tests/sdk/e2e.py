@@ -23,6 +23,9 @@ from tencentcloud.tiia.v20190529 import tiia_client, models as tiia_models
 
 ENDPOINT = os.environ["TOLLGATE_ENDPOINT"]
 STUB = os.environ["TOLLGATE_STUB"]
+# "http", or unset: the SDK's default profile (https), trusting TOLLGATE_CA.
+PROTOCOL = os.environ.get("TOLLGATE_PROTOCOL")
+CA = os.environ.get("TOLLGATE_CA")
 
 
 def key_of(secret_id):
@@ -31,7 +34,12 @@ def key_of(secret_id):
 
 def client(cls, secret_id, secret_key=None, method="POST"):
     cred = credential.Credential(secret_id, secret_key or key_of(secret_id))
-    http = HttpProfile(endpoint=ENDPOINT, protocol="http", reqMethod=method)
+    if PROTOCOL:
+        http = HttpProfile(endpoint=ENDPOINT, protocol=PROTOCOL, reqMethod=method)
+    else:
+        # The SDK's defaults (protocol "https"), with the gateway's certificate trusted.
+        http = HttpProfile(endpoint=ENDPOINT, reqMethod=method, certification=CA)
+        assert http.scheme == "https", http.scheme
     return cls(cred, "ap-guangzhou", ClientProfile(httpProfile=http))
 
 

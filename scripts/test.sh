@@ -10,6 +10,8 @@
 #   ones);
 # - prometheus and promtool: the deploy tests (alert rule tests, a real scrape);
 # - python3 with venv and the official SDK (tests/sdk/requirements.txt): the SDK tests;
+# - Node.js and npm, and the official Node.js SDK (tests/sdk/node/package.json): its suite;
+# - curl with HTTP/2 (nghttp2): the HTTPS and HTTP/2 tests drive the gateway with it;
 # - cargo-fuzz: the fuzz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +81,12 @@ if [ "$(cat "$venv/.requirements-installed" 2>/dev/null)" != "$(cat "$req")" ]; 
   cp "$req" "$venv/.requirements-installed"
 fi
 "$venv/bin/python" -c 'import tencentcloud.ocr.v20181119, tencentcloud.facefusion.v20220927; print("SDK ok")'
+
+log "Node.js, npm and curl with HTTP/2 (the Node.js SDK, HTTPS and HTTP/2 tests)"
+have node && have npm || apt_install nodejs npm
+have curl || apt_install curl
+node --version
+curl -V | grep -q HTTP2 || { echo "curl lacks HTTP/2 support" >&2; exit 1; }
 
 log "formatting"
 cargo fmt --all --check

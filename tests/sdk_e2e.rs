@@ -273,3 +273,95 @@ async fn a_month_of_image_search_through_the_sdk_is_billed_by_library_type() {
     assert!(table.contains("相似图像搜索-检索图片"), "{table}");
     h.stop().await;
 }
+
+/// `target/node-sdk`: the Node.js SDK suite and its packages (tests/sdk/node/package.json,
+/// installed with npm when missing or changed).
+fn node_sdk() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/node-sdk");
+    let package = std::fs::read_to_string(root.join("tests/sdk/node/package.json")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root.join("tests/sdk/node/e2e.mjs"), dir.join("e2e.mjs")).unwrap();
+    let ready = dir.join(".installed");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(package.as_str()) {
+        std::fs::write(dir.join("package.json"), &package).unwrap();
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs (Node.js 18 or newer)")
+            .success();
+        assert!(
+            ok,
+            "npm install of the official Node.js SDK failed (is the npm registry reachable?)"
+        );
+        std::fs::write(&ready, &package).unwrap();
+    }
+    dir
+}
+
+async fn run_node_suite(dir: &Path, h: &Harness, protocol: &str, ca: Option<&Path>) {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args(["--test", "e2e.mjs"])
+        .current_dir(dir)
+        .env("TOLLGATE_ENDPOINT", h.api().to_string())
+        .env("TOLLGATE_PROTOCOL", protocol)
+        .env("NO_PROXY", "127.0.0.1")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy");
+    if let Some(ca) = ca {
+        cmd.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let output = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the Node.js SDK tests failed ({protocol}):\n{stdout}"
+    );
+    assert!(
+        stdout.contains("# pass 5") && stdout.contains("# fail 0"),
+        "{stdout}"
+    );
+    let usage = h.usage();
+    let mixed: Vec<_> = usage
+        .iter()
+        .filter(|u| &*u.action == "MixedInvoiceOCR")
+        .map(|u| (u.billing_item.to_string(), u.units))
+        .collect();
+    assert!(
+        mixed.contains(&("ocr.invoice_big".into(), 1))
+            && mixed.contains(&("ocr.invoice_small".into(), 2)),
+        "{mixed:?}"
+    );
+}
+
+/// The official Node.js SDK, unchanged, on a non-default port with an IP-literal endpoint:
+/// over plain HTTP, then over HTTPS (its default protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_node_sdk_works_unchanged_over_http_and_https() {
+    let dir = tokio::task::spawn_blocking(node_sdk).await.unwrap();
+    let h = Harness::start(Builder::default()).await;
+    run_node_suite(&dir, &h, "http://", None).await;
+    h.stop().await;
+
+    let certs = tempfile::tempdir().unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .unwrap();
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let h = Harness::start(Builder {
+        extra: format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Builder::default()
+    })
+    .await;
+    run_node_suite(&dir, &h, "https://", Some(&cert)).await;
+    h.stop().await;
+}

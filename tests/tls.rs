@@ -387,3 +387,80 @@ async fn a_missing_or_broken_certificate_is_a_startup_error_naming_the_file() {
         .to_string();
     assert!(err.contains("missing.crt"), "{err}");
 }
+
+/// Behind a TCP balancer that speaks PROXY v2: the client's address reaches the backend as
+/// `X-Forwarded-For`, over plain HTTP and over TLS; a connection without the header is closed
+/// unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_carries_the_clients_address_and_is_required() {
+    use tokio::io::AsyncWriteExt;
+    use tollgate_gateway::proxy::proxy_protocol::encode;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path(), "pp");
+    let h = Harness::start(Builder {
+        listen_extra: "api_plain = \"127.0.0.1:0\"\napi_proxy_protocol = true\napi_plain_proxy_protocol = true\n".into(),
+        extra: tls_section(&cert, &key),
+        ..Builder::default()
+    })
+    .await;
+    let plain = h.running.api_plain_addr.unwrap();
+    let body = br#"{"ImageUrl":"https://example.com/a.jpg"}"#;
+    let client: SocketAddr = "203.0.113.7:51234".parse().unwrap();
+
+    // Plain HTTP/1.1 behind the header.
+    let mut s = tokio::net::TcpStream::connect(plain).await.unwrap();
+    s.write_all(&encode(client, plain)).await.unwrap();
+    let req = h.request_for(plain, &ocr("AKIDmain"));
+    s.write_all(&support::raw_request(&req, body))
+        .await
+        .unwrap();
+    let (_, answer) = support::read_answer(&mut s).await.expect("answered");
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(code(&v), None, "{v}");
+
+    // TLS behind the header (an IPv6 client this time).
+    let v6: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(h.api()).await.unwrap();
+    tcp.write_all(&encode(v6, h.api())).await.unwrap();
+    let mut store = rustls::RootCertStore::empty();
+    store
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let v = call_on(&mut tls, &h).await;
+    assert_eq!(code(&v), None, "{v}");
+
+    let stats = h.stub_stats().await;
+    let seen: Vec<&str> = stats["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["x_forwarded_for"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ["203.0.113.7", "2001:db8::7"]);
+
+    // Without the header: closed, nothing answered, counted.
+    let mut s = tokio::net::TcpStream::connect(plain).await.unwrap();
+    let req = h.request_for(plain, &ocr("AKIDmain"));
+    let _ = s.write_all(&support::raw_request(&req, body)).await;
+    assert!(support::read_answer(&mut s).await.is_none());
+    assert_eq!(
+        h.metric("tollgate_proxy_protocol_refused_total", &[]).await,
+        1.0
+    );
+    assert_eq!(h.usage().len(), 2);
+    h.stop().await;
+}

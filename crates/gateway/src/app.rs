@@ -309,13 +309,19 @@ pub async fn start(settings: Settings, options: Options) -> anyhow::Result<Runni
     };
     let mut listeners = vec![(
         settings.api_listen,
-        match &tls {
-            Some(t) => server::Transport::Tls(Arc::clone(t)),
-            None => server::Transport::Plain,
+        server::Transport {
+            tls: tls.clone(),
+            proxy_protocol: settings.api_proxy_protocol,
         },
     )];
     if let Some(plain) = settings.api_plain_listen {
-        listeners.push((plain, server::Transport::Plain));
+        listeners.push((
+            plain,
+            server::Transport {
+                tls: None,
+                proxy_protocol: settings.api_plain_proxy_protocol,
+            },
+        ));
     }
     if let Some(t) = &tls {
         tasks.push(tokio::spawn(Arc::clone(t).watch(stopped())));

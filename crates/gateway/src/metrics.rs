@@ -40,6 +40,8 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Client connections accepted, by API worker (how evenly the kernel spreads them).
     pub api_connections: IntCounterVec,
+    /// Connections closed for lacking a valid PROXY v2 header (`listen.*proxy_protocol`).
+    pub proxy_protocol_refused: IntCounter,
     /// Billable units handed to the usage sink, by service and billing item.
     pub billable_units: IntCounterVec,
     /// Usage records handed to the sink, and those it failed to take.
@@ -314,6 +316,10 @@ impl Metrics {
                 "tollgate_api_connections_total",
                 "Client connections accepted, by API worker.",
                 &["worker"],
+            ),
+            proxy_protocol_refused: counter(
+                "tollgate_proxy_protocol_refused_total",
+                "Connections closed because they did not open with a valid PROXY v2 header.",
             ),
             billable_units,
             usage_records: {

@@ -121,6 +121,11 @@ struct RawListen {
     admin: String,
     /// A plain-HTTP API listener beside a TLS one (for a terminator in front).
     api_plain: Option<String>,
+    /// Connections to `api` (or `api_plain`) open with a PROXY protocol v2 header.
+    #[serde(default)]
+    api_proxy_protocol: bool,
+    #[serde(default)]
+    api_plain_proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -571,6 +576,10 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// `listen.api_plain`: a plain-HTTP API listener beside the TLS one.
     pub api_plain_listen: Option<SocketAddr>,
+    /// `listen.api_proxy_protocol`, `listen.api_plain_proxy_protocol`: the listener's
+    /// connections open with a PROXY v2 header naming the client (`proxy::proxy_protocol`).
+    pub api_proxy_protocol: bool,
+    pub api_plain_proxy_protocol: bool,
     pub http2: Http2Settings,
 }
 
@@ -906,6 +915,16 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
                 ));
             }
             Some(a) => Some(addr("listen.api_plain", a)?),
+        },
+        api_proxy_protocol: raw.listen.api_proxy_protocol,
+        api_plain_proxy_protocol: {
+            if raw.listen.api_plain_proxy_protocol && raw.listen.api_plain.is_none() {
+                return Err(err(
+                    "listen.api_plain_proxy_protocol",
+                    "needs listen.api_plain (without [tls], listen.api is the plain listener: use listen.api_proxy_protocol)".into(),
+                ));
+            }
+            raw.listen.api_plain_proxy_protocol
         },
         http2: {
             let h = &raw.http2;

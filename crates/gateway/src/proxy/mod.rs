@@ -13,6 +13,7 @@ pub mod client;
 pub mod forward;
 pub mod hop;
 pub mod http1;
+pub mod proxy_protocol;
 pub mod request_body;
 pub mod respond;
 pub mod server;

@@ -49,11 +49,12 @@ pub const MAX_READ_BUFFER: usize = 64 * 1024;
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
 /// How a listener's connections speak: plain (HTTP/1.1, and HTTP/2 with prior knowledge when
-/// on) or TLS (ALPN `h2` or `http/1.1`).
-#[derive(Clone)]
-pub enum Transport {
-    Plain,
-    Tls(Arc<Tls>),
+/// on) or TLS (ALPN `h2` or `http/1.1`), behind a PROXY v2 header or not.
+#[derive(Clone, Default)]
+pub struct Transport {
+    pub tls: Option<Arc<Tls>>,
+    /// Every connection opens with a PROXY protocol v2 header naming the client.
+    pub proxy_protocol: bool,
 }
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
@@ -148,10 +149,24 @@ async fn serve_connection(
     forwarder: Arc<Forwarder>,
     watcher: Watcher,
 ) {
-    let forwarded_for = super::forward::forwarded_for(peer);
+    let mut stream = stream;
     let timeout = gateway.settings().header_read_timeout;
-    match transport {
-        Transport::Plain => {
+    let client = if transport.proxy_protocol {
+        match super::proxy_protocol::read(&mut stream, timeout).await {
+            Ok(Some(client)) => client,
+            Ok(None) => peer,
+            Err(e) => {
+                gateway.metrics().proxy_protocol_refused.inc();
+                tracing::debug!(%peer, error = %e, "connection without a valid PROXY v2 header: closed");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let forwarded_for = super::forward::forwarded_for(client);
+    match transport.tls {
+        None => {
             let h2 = match protocols.http2 {
                 None => false,
                 Some(_) => match opens_with_h2_preface(&stream, timeout).await {
@@ -183,7 +198,7 @@ async fn serve_connection(
                 .await;
             }
         }
-        Transport::Tls(tls) => {
+        Some(tls) => {
             let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await;
             let stream = match accepted {
                 Ok(Ok(s)) => s,

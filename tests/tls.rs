@@ -464,3 +464,116 @@ async fn the_proxy_protocol_carries_the_clients_address_and_is_required() {
     assert_eq!(h.usage().len(), 2);
     h.stop().await;
 }
+
+/// With `tls.client_ca_file`, only clients holding a certificate that CA signed get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_when_a_client_ca_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, server_der) = certificate(dir.path(), "server");
+    // A private CA and a client certificate it signs.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params =
+        rcgen::CertificateParams::new(vec!["client.tollgate.test".to_string()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+    let ca_file = dir.path().join("clients-ca.crt");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let h = Harness::start(Builder {
+        extra: format!(
+            "{}client_ca_file = \"{}\"\n",
+            tls_section(&cert, &key),
+            ca_file.display()
+        ),
+        ..Builder::default()
+    })
+    .await;
+    let connect_with = |identity: Option<(Vec<u8>, Vec<u8>)>| {
+        let server_der = server_der.clone();
+        let addr = h.api();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls::pki_types::CertificateDer::from(server_der))
+                .unwrap();
+            let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+            let config = match identity {
+                None => builder.with_no_client_auth(),
+                Some((cert, key)) => builder
+                    .with_client_auth_cert(
+                        vec![rustls::pki_types::CertificateDer::from(cert)],
+                        rustls::pki_types::PrivateKeyDer::try_from(key).unwrap(),
+                    )
+                    .unwrap(),
+            };
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(
+                    rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+                    tcp,
+                )
+                .await
+        }
+    };
+    // With the CA's client certificate: served.
+    let mut ok = connect_with(Some((
+        client_cert.der().to_vec(),
+        client_key.serialize_der(),
+    )))
+    .await
+    .expect("a client certificate the CA signed is accepted");
+    assert_eq!(code(&call_on(&mut ok, &h).await), None);
+    // Without one (TLS 1.3 reports the refusal on the first read): no answer.
+    match connect_with(None).await {
+        Err(_) => {}
+        Ok(mut s) => {
+            use tokio::io::AsyncWriteExt;
+            let req = h.request(&ocr("AKIDmain"));
+            let _ = s.write_all(&support::raw_request(&req, b"{}")).await;
+            assert!(
+                support::read_answer_from(&mut s).await.is_none(),
+                "served without a client certificate"
+            );
+        }
+    }
+    // A self-signed client certificate the CA did not sign: no answer either.
+    let stranger =
+        rcgen::generate_simple_self_signed(vec!["client.tollgate.test".to_string()]).unwrap();
+    match connect_with(Some((
+        stranger.cert.der().to_vec(),
+        stranger.signing_key.serialize_der(),
+    )))
+    .await
+    {
+        Err(_) => {}
+        Ok(mut s) => {
+            use tokio::io::AsyncWriteExt;
+            let req = h.request(&ocr("AKIDmain"));
+            let _ = s.write_all(&support::raw_request(&req, b"{}")).await;
+            assert!(
+                support::read_answer_from(&mut s).await.is_none(),
+                "served a stranger's certificate"
+            );
+        }
+    }
+    assert!(
+        h.metric("tollgate_tls_handshakes_total", &[("result", "error")])
+            .await
+            >= 2.0
+    );
+    assert_eq!(h.usage().len(), 1);
+    h.stop().await;
+}

@@ -121,7 +121,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             cert_file: cert.clone(),
             key_file: key,
             client_ca_file: None,
-            reload_interval: std::time::Duration::from_secs(1),
+            reload_interval: std::time::Duration::from_millis(500),
         });
         Some(cert)
     };

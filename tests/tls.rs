@@ -111,11 +111,13 @@ async fn https_and_http2_calls_are_admitted_limited_and_billed_like_http1_calls(
     let body = br#"{"ImageUrl":"https://example.com/a.jpg"}"#;
 
     // HTTPS, HTTP/1.1 and HTTP/2 by ALPN; plain HTTP/1.1 and HTTP/2 with prior knowledge.
-    let cases: [(SocketAddr, &str, Vec<&str>, &str); 4] = [
+    // (`--http2` on a plain URL asks for an h2c upgrade, which is not offered: HTTP/1.1.)
+    let cases: [(SocketAddr, &str, Vec<&str>, &str); 5] = [
         (tls, "https", vec!["--cacert", &ca, "--http1.1"], "1.1"),
         (tls, "https", vec!["--cacert", &ca, "--http2"], "2"),
         (plain, "http", vec!["--http1.1"], "1.1"),
         (plain, "http", vec!["--http2-prior-knowledge"], "2"),
+        (plain, "http", vec!["--http2"], "1.1"),
     ];
     for (addr, scheme, flags, version) in &cases {
         let req = h.request_for(*addr, &ocr("AKIDmain"));
@@ -135,7 +137,7 @@ async fn https_and_http2_calls_are_admitted_limited_and_billed_like_http1_calls(
         .iter()
         .map(|c| c["x_forwarded_proto"].as_str().unwrap())
         .collect();
-    assert_eq!(protos, ["https", "https", "http", "http"]);
+    assert_eq!(protos, ["https", "https", "http", "http", "http"]);
 
     // Limited in the vendor's shape over HTTP/2 as over HTTP/1.1: a 20 QPS bucket.
     let mut codes = Vec::new();
@@ -158,7 +160,7 @@ async fn https_and_http2_calls_are_admitted_limited_and_billed_like_http1_calls(
 
     // Billed exactly as HTTP/1.1 calls: one record per admitted call, none for the refused.
     let usage = h.usage();
-    assert_eq!(usage.len(), 4 + admitted, "{usage:?}");
+    assert_eq!(usage.len(), 5 + admitted, "{usage:?}");
     assert!(
         usage
             .iter()

@@ -55,7 +55,7 @@ struct RawTls {
 }
 
 fn default_tls_reload_ms() -> u64 {
-    1000
+    500
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ generators: a wrk Lua script that replays them round-robin, and an h2load header
 
 The signatures hold for the gateway's clock-skew window (5 minutes): sign just before a run.
 With `close`, every request carries `Connection: close` (a new TCP and TLS session per call).
+The call is bda SegmentPortraitPic unless $TC3_SERVICE, $TC3_ACTION, $TC3_VERSION say otherwise.
 """
 import hashlib
 import hmac
@@ -16,7 +17,9 @@ import time
 
 host, n, id_prefix, key_prefix, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 close = len(sys.argv) > 6 and sys.argv[6] == "close"
-service, action, version = "bda", "SegmentPortraitPic", "2020-03-24"
+service = os.environ.get("TC3_SERVICE", "bda")
+action = os.environ.get("TC3_ACTION", "SegmentPortraitPic")
+version = os.environ.get("TC3_VERSION", "2020-03-24")
 body = json.dumps({"Url": "https://example.com/p.jpg"}, separators=(",", ":"))
 
 

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The side-by-side an SRE would run (issue 15): a load generator that is not ours (wrk, with a
+# Lua script of pre-signed TC3 calls, loadtest/tls/tc3_sign.py), two backends (the project's
+# stub, and nginx answering `return 200` with a vendor-shaped JSON body), and the peers:
+#   tollgate    verifies every signature, admits, meters every call durably (the spool);
+#   nginx       limit_req keyed per credential and action (the key Tollgate quotas by);
+#   haproxy     a stick-table with http_req_rate per credential and action;
+#   pass        nginx proxying with no admission;
+#   direct      the backend called directly (the ceiling).
+# Two modes: admitted (8 keys, quotas far above the load) and overload (50 keys at 20 calls/s
+# each, offered at wrk's full speed: far beyond 10x). Per run: requests/s, p99, and the proxy's
+# user and system CPU per call (from /proc, the process and its children). Rounds interleave
+# the targets (the order rotates); the summary gives medians and the ratios against the best
+# of nginx and HAProxy.
+#
+#   loadtest/sre-side-by-side.sh        # DURATION=8 ROUNDS=3 CONNECTIONS=64
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
+for t in "$NGINX" "$HAPROXY" "$(command -v wrk)"; do
+  [ -x "$t" ] || { echo "needs nginx, haproxy and wrk (apt-get install nginx-light haproxy wrk)"; exit 1; }
+done
+echo "== building (release)"
+cargo build --release -q
+TOLLGATE=$ROOT/target/release/tollgate
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$WORK"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+. loadtest/lib.sh
+
+echo "== config in $WORK"
+mkdir -p "$WORK/config"
+cp config/catalog.toml "$WORK/config/"
+{
+  open_accounts 8 200000000000 open '["bda", "ocr"]'
+  for i in $(seq 1 50); do
+    printf '[[account]]\nuin = %d\nname = "limited-%d"\nservices = ["ocr"]\npostpaid = true\n\n' $((300000000000 + i)) "$i"
+  done
+} > "$WORK/config/entitlements.toml"
+{
+  credentials 8 200000000000 AKIDsreOpen sre-open-key-
+  credentials 50 300000000000 AKIDsreLimited sre-limited-key-
+} > "$WORK/config/credentials.toml"
+
+declare -A PORT PID
+start_nginx() { # name template backend-port rate limit-directive
+  local name=$1 port; port=$(port)
+  sed -e "s|@DIR@|$WORK|g" -e "s|@NAME@|$name|g" -e "s|@RATE@|$4|g" -e "s|@LIMIT@|$5|g" \
+      -e "s|@PORT@|$port|g" -e "s|@STUB@|$3|g" -e "s|@MODE@|$name|g" "$2" > "$WORK/nginx-$name.conf"
+  mkdir -p "$WORK/body-$name" "$WORK/proxy-$name"
+  "$NGINX" -c "$WORK/nginx-$name.conf" -p "$WORK" -q
+  wait_port "$port"; PORT[$name]=$port; PID[$name]=$(cat "$WORK/nginx-$name.pid")
+}
+start_haproxy() { # name backend-port rate
+  local name=$1 port; port=$(port)
+  sed -e "s|@DIR@|$WORK|g" -e "s|@NAME@|$name|g" -e "s|@RATE@|$3|g" -e "s|@PORT@|$port|g" \
+      -e "s|@BACKEND@|$2|g" loadtest/sre/haproxy.cfg.template > "$WORK/haproxy-$name.cfg"
+  "$HAPROXY" -f "$WORK/haproxy-$name.cfg" -D -q
+  wait_port "$port"; PORT[$name]=$port; PID[$name]=$(cat "$WORK/haproxy-$name.pid")
+}
+start_tollgate() { # name backend-port
+  local name=$1 port admin; port=$(port); admin=$(port)
+  cat > "$WORK/config/tollgate-$name.toml" <<TOML
+[listen]
+api = "127.0.0.1:$port"
+admin = "127.0.0.1:$admin"
+[files]
+catalog = "catalog.toml"
+entitlements = "entitlements.toml"
+credentials = "credentials.toml"
+[upstream.default]
+url = "http://127.0.0.1:$2"
+[proxy]
+pool_max_idle_per_host = 1024
+[metering]
+sink = "spool"
+gateway_id = "gw-sre-$name"
+spool_dir = "$WORK/spool-$name"
+batch_dir = "$WORK/batches-$name"
+[log]
+level = "warn"
+TOML
+  "$TOLLGATE" gateway --config "$WORK/config/tollgate-$name.toml" >"$WORK/gateway-$name.log" 2>&1 &
+  PID[$name]=$!; PIDS+=($!); wait_port "$port"; PORT[$name]=$port
+}
+
+echo "== backends: the stub, and nginx return 200"
+STUB=$(port)
+"$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & PID[direct-stub]=$!; PIDS+=($!)
+wait_port "$STUB"; PORT[direct-stub]=$STUB
+NB=$(port)
+sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$NB|g" loadtest/sre/backend-nginx.conf.template > "$WORK/nginx-backend.conf"
+mkdir -p "$WORK/body-backend"
+"$NGINX" -c "$WORK/nginx-backend.conf" -p "$WORK" -q
+wait_port "$NB"; PORT[direct-nginx]=$NB; PID[direct-nginx]=$(cat "$WORK/nginx-backend.pid")
+
+echo "== peers, per backend"
+for b in stub nginx; do
+  bp=${PORT[direct-$b]}
+  start_tollgate "tollgate-$b" "$bp"
+  start_nginx "nginx-admitted-$b" loadtest/side-by-side/nginx.conf.template "$bp" "1000000r/s" "limit_req zone=api burst=1000000 nodelay;"
+  start_nginx "nginx-overload-$b" loadtest/side-by-side/nginx.conf.template "$bp" "20r/s" "limit_req zone=api burst=20 nodelay;"
+  start_nginx "pass-$b" loadtest/side-by-side/nginx.conf.template "$bp" "1r/s" ""
+  start_haproxy "haproxy-admitted-$b" "$bp" 1000000
+  start_haproxy "haproxy-overload-$b" "$bp" 20
+done
+
+ticks() { # user system ticks of a process and its children
+  local u=0 s=0 p
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    if [ -r "/proc/$p/stat" ]; then
+      read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + pu)); s=$((s + ps))
+    fi
+  done
+  echo "$u $s"
+}
+
+run() { # mode backend target
+  local mode=$1 b=$2 t=$3 key port pid
+  case $t in
+    tollgate) key="tollgate-$b" ;; nginx|haproxy) key="$t-$mode-$b" ;; pass) key="pass-$b" ;; direct) key="direct-$b" ;;
+  esac
+  port=${PORT[$key]}; pid=${PID[$key]}
+  local sig="$WORK/sig-$mode-$b-$t"
+  if [ "$mode" = admitted ]; then
+    python3 loadtest/tls/tc3_sign.py "127.0.0.1:$port" 8 AKIDsreOpen sre-open-key- "$sig"
+  else
+    TC3_SERVICE=ocr TC3_ACTION=GeneralBasicOCR TC3_VERSION=2018-11-19 \
+      python3 loadtest/tls/tc3_sign.py "127.0.0.1:$port" 50 AKIDsreLimited sre-limited-key- "$sig"
+  fi
+  read -r u0 s0 < <(ticks "$pid")
+  out=$(wrk -t 1 -c "$CONNECTIONS" -d "${DURATION}s" --latency -s "$sig/calls.lua" "http://127.0.0.1:$port/" 2>&1)
+  read -r u1 s1 < <(ticks "$pid")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  total=$(echo "$out" | awk '/requests in/ {print $1}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  echo "$mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/results.txt"
+  printf '   %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
+}
+
+for mode in admitted overload; do
+  if [ "$mode" = admitted ]; then targets=(tollgate nginx haproxy pass direct); else targets=(tollgate nginx haproxy); fi
+  for b in stub nginx; do
+    echo "== $mode, backend $b (${DURATION}s runs, $ROUNDS rounds)"
+    for r in $(seq 1 "$ROUNDS"); do
+      n=${#targets[@]}
+      for i in $(seq 0 $((n - 1))); do run "$mode" "$b" "${targets[$(( (i + r - 1) % n ))]}"; done
+    done
+  done
+done
+
+python3 - "$WORK/results.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for mode, b, t, rps, total, p99, u, s, hz in rows:
+    calls = max(int(total), 1)
+    by.setdefault((mode, b), {}).setdefault(t, []).append(
+        (float(rps), 1e6 * int(u) / int(hz) / calls, 1e6 * int(s) / int(hz) / calls, p99))
+print("\n| mode | backend | target | req/s (median) | user µs/call | sys µs/call | p99 (last round) |")
+print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+summary = []
+for (mode, b), ts in by.items():
+    med = {t: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v), statistics.median(x[2] for x in v), v[-1][3]) for t, v in ts.items()}
+    for t, (r, u, s, p) in med.items():
+        print("| %s | %s | %s | %.0f | %.1f | %.1f | %s |" % (mode, b, t, r, u, s, p))
+    best = max(("nginx", "haproxy"), key=lambda t: med[t][0])
+    summary.append((mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], min(med["nginx"][1], med["haproxy"][1])))
+print("\n| mode | backend | Tollgate / best peer (req/s) | best peer | Tollgate user µs/call | best peer user µs/call |")
+print("| --- | --- | ---: | --- | ---: | ---: |")
+for mode, b, ratio, best, tu, pu in summary:
+    print("| %s | %s | %.2f× | %s | %.1f | %.1f |" % (mode, b, ratio, best, tu, pu))
+PY

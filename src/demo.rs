@@ -110,7 +110,12 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tollgate_stub::Stub::new(StubSettings::default()),
         std::future::pending(),
     ));
-    let cert = if a.no_tls || settings.tls.is_some() {
+    // The HTTPS port may be taken on this machine: the demo then runs plain HTTP only.
+    let tls_port_free = std::net::TcpListener::bind(a.tls_listen).is_ok();
+    if !tls_port_free && !a.no_tls {
+        tracing::warn!(listen = %a.tls_listen, "the demo's HTTPS port is taken: serving plain HTTP only (--tls-listen to choose another)");
+    }
+    let cert = if a.no_tls || settings.tls.is_some() || !tls_port_free {
         None
     } else {
         // HTTPS on its own port; the plain listener stays where it was.

@@ -82,9 +82,25 @@ async fn the_official_python_sdk_works_unchanged_with_entitlements_from_the_stor
 async fn the_official_python_sdk_works_unchanged_over_https_its_default() {
     let venv = tokio::task::spawn_blocking(venv).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let (h, cert) = tls_harness(dir.path()).await;
+    run_suite_with(&venv, &h, None, Some(&cert)).await;
+    let stats = h.stub_stats().await;
+    assert!(
+        stats["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["x_forwarded_proto"] == "https")
+    );
+    h.stop().await;
+}
+
+/// A gateway whose API listener speaks TLS with a self-signed certificate for 127.0.0.1 (made
+/// in `dir`), and that certificate's path, for the SDKs to trust.
+async fn tls_harness(dir: &Path) -> (Harness, PathBuf) {
     let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
         .unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert, c.cert.pem()).unwrap();
     std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
     let h = Harness::start(Builder {
@@ -96,16 +112,22 @@ async fn the_official_python_sdk_works_unchanged_over_https_its_default() {
         ..Builder::default()
     })
     .await;
-    run_suite_with(&venv, &h, None, Some(&cert)).await;
-    let stats = h.stub_stats().await;
+    (h, cert)
+}
+
+/// The suites' mixed invoice call billed 1 大票 and 2 小票.
+fn assert_mixed_invoice_billed(h: &Harness) {
+    let usage = h.usage();
+    let mixed: Vec<_> = usage
+        .iter()
+        .filter(|u| &*u.action == "MixedInvoiceOCR")
+        .map(|u| (u.billing_item.to_string(), u.units))
+        .collect();
     assert!(
-        stats["recent"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["x_forwarded_proto"] == "https")
+        mixed.contains(&("ocr.invoice_big".into(), 1))
+            && mixed.contains(&("ocr.invoice_small".into(), 2)),
+        "{mixed:?}"
     );
-    h.stop().await;
 }
 
 async fn run_suite(venv: &Path, h: &Harness) {
@@ -150,18 +172,7 @@ async fn run_suite_with(venv: &Path, h: &Harness, protocol: Option<&str>, ca: Op
             "{name} did not run"
         );
     }
-    // The mixed invoice call billed 1 大票 and 2 小票.
-    let usage = h.usage();
-    let mixed: Vec<_> = usage
-        .iter()
-        .filter(|u| &*u.action == "MixedInvoiceOCR")
-        .map(|u| (u.billing_item.to_string(), u.units))
-        .collect();
-    assert!(
-        mixed.contains(&("ocr.invoice_big".into(), 1))
-            && mixed.contains(&("ocr.invoice_small".into(), 2)),
-        "{mixed:?}"
-    );
+    assert_mixed_invoice_billed(h);
 }
 
 /// Issue 17's month, through the official SDK and `tollgate statement`: 100,000 SearchImage
@@ -325,17 +336,7 @@ async fn run_node_suite(dir: &Path, h: &Harness, protocol: &str, ca: Option<&Pat
         stdout.contains("# pass 5") && stdout.contains("# fail 0"),
         "{stdout}"
     );
-    let usage = h.usage();
-    let mixed: Vec<_> = usage
-        .iter()
-        .filter(|u| &*u.action == "MixedInvoiceOCR")
-        .map(|u| (u.billing_item.to_string(), u.units))
-        .collect();
-    assert!(
-        mixed.contains(&("ocr.invoice_big".into(), 1))
-            && mixed.contains(&("ocr.invoice_small".into(), 2)),
-        "{mixed:?}"
-    );
+    assert_mixed_invoice_billed(h);
 }
 
 /// The official Node.js SDK, unchanged, on a non-default port with an IP-literal endpoint:
@@ -348,20 +349,7 @@ async fn the_official_node_sdk_works_unchanged_over_http_and_https() {
     h.stop().await;
 
     let certs = tempfile::tempdir().unwrap();
-    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
-        .unwrap();
-    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    let h = Harness::start(Builder {
-        extra: format!(
-            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-        ..Builder::default()
-    })
-    .await;
+    let (h, cert) = tls_harness(certs.path()).await;
     run_node_suite(&dir, &h, "https://", Some(&cert)).await;
     h.stop().await;
 }

@@ -227,40 +227,54 @@ async fn a_hundred_streams_on_one_connection_never_have_more_than_ten_in_flight(
     assert_eq!(h.usage().len(), ok);
 }
 
-/// A rustls client trusting `roots`, returning the certificate the server presented.
-async fn connect(
-    addr: SocketAddr,
+type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS handshake for `127.0.0.1` over `tcp` by a rustls client trusting `roots`, presenting
+/// `identity` (a certificate and its PKCS#8 key) when given.
+async fn tls_client(
+    tcp: tokio::net::TcpStream,
     roots: &[Vec<u8>],
-) -> (
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    Vec<u8>,
-) {
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> std::io::Result<ClientTls> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store
             .add(rustls::pki_types::CertificateDer::from(r.clone()))
             .unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    .with_root_certificates(store);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert)],
+                rustls::pki_types::PrivateKeyDer::try_from(key).unwrap(),
+            )
+            .unwrap(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+}
+
+/// A TLS connection to `addr` trusting `roots`, and the certificate the server presented.
+async fn connect(addr: SocketAddr, roots: &[Vec<u8>]) -> (ClientTls, Vec<u8>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = connector.connect(name, tcp).await.unwrap();
+    let stream = tls_client(tcp, roots, None).await.unwrap();
     let presented = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     (stream, presented)
 }
 
 /// One HTTP/1.1 call on an open TLS connection; the answer's JSON.
-async fn call_on(
-    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    h: &Harness,
-) -> Value {
+async fn call_on(stream: &mut ClientTls, h: &Harness) -> Value {
     use tokio::io::AsyncWriteExt;
     let body = br#"{"ImageUrl":"https://example.com/a.jpg"}"#;
     let req = h.request(&ocr("AKIDmain"));
@@ -424,24 +438,7 @@ async fn the_proxy_protocol_carries_the_clients_address_and_is_required() {
     let v6: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
     let mut tcp = tokio::net::TcpStream::connect(h.api()).await.unwrap();
     tcp.write_all(&encode(v6, h.api())).await.unwrap();
-    let mut store = rustls::RootCertStore::empty();
-    store
-        .add(rustls::pki_types::CertificateDer::from(der))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = tls_client(tcp, &[der], None).await.unwrap();
     let v = call_on(&mut tls, &h).await;
     assert_eq!(code(&v), None, "{v}");
 
@@ -502,32 +499,8 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
         let server_der = server_der.clone();
         let addr = h.api();
         async move {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(rustls::pki_types::CertificateDer::from(server_der))
-                .unwrap();
-            let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-            let config = match identity {
-                None => builder.with_no_client_auth(),
-                Some((cert, key)) => builder
-                    .with_client_auth_cert(
-                        vec![rustls::pki_types::CertificateDer::from(cert)],
-                        rustls::pki_types::PrivateKeyDer::try_from(key).unwrap(),
-                    )
-                    .unwrap(),
-            };
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(
-                    rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-                    tcp,
-                )
-                .await
+            tls_client(tcp, &[server_der], identity).await
         }
     };
     // With the CA's client certificate: served.

@@ -143,8 +143,33 @@ type LibraryKey = (u64, Box<str>);
 /// A lookup's answer: `Some(type)`, or `None` when it could not be had.
 type Answer = Option<Option<i64>>;
 
+/// `tollgate_image_library_lookups_total` by result, resolved once (the request path counts
+/// every call into a library).
+struct Lookups {
+    memory: IntCounter,
+    backend: IntCounter,
+    joined: IntCounter,
+    failed: IntCounter,
+    backoff: IntCounter,
+    budget: IntCounter,
+}
+
+impl Lookups {
+    fn of(v: &IntCounterVec) -> Lookups {
+        let c = |r: &str| v.with_label_values(&[r]);
+        Lookups {
+            memory: c("memory"),
+            backend: c("backend"),
+            joined: c("joined"),
+            failed: c("failed"),
+            backoff: c("backoff"),
+            budget: c("budget"),
+        }
+    }
+}
+
 struct LibraryMetrics {
-    lookups: IntCounterVec,
+    lookups: Lookups,
     unresolved_calls: IntCounter,
     known: IntGauge,
     pending_writes: IntGauge,
@@ -221,7 +246,7 @@ impl Libraries {
                 changes: tx,
                 settings,
                 metrics: LibraryMetrics {
-                    lookups,
+                    lookups: Lookups::of(&lookups),
                     unresolved_calls,
                     known,
                     pending_writes,
@@ -245,16 +270,16 @@ impl Libraries {
         let at = libs.iter().position(|(id, _)| &**id == group_id);
         match (at, group_type) {
             (Some(i), Some(t)) => libs[i].1 = t,
-            (None, Some(t)) => libs.push((group_id.into(), t)),
+            (None, Some(t)) => {
+                libs.push((group_id.into(), t));
+                self.metrics.known.inc();
+            }
             (Some(i), None) => {
                 libs.swap_remove(i);
+                self.metrics.known.dec();
             }
             (None, None) => {}
         }
-        drop(libs);
-        self.metrics
-            .known
-            .set(self.by_owner.iter().map(|e| e.len() as i64).sum());
     }
 
     /// Takes rows read from the store or the file: live ones are held, deleted ones dropped.
@@ -355,7 +380,7 @@ impl Libraries {
                     _ => return Classified::Ready(CallLibrary::None),
                 };
                 if let Some(t) = self.type_of(owner_uin, &group_id) {
-                    self.metrics.lookups.with_label_values(&["memory"]).inc();
+                    self.metrics.lookups.memory.inc();
                     let item = catalog.library_item(interface, t).unwrap_or(interface_item);
                     return Classified::Ready(CallLibrary::Billed {
                         item,
@@ -370,11 +395,11 @@ impl Libraries {
                     .get(&key)
                     .is_some_and(|f| Instant::now() < f.retry_at);
                 if backing_off {
-                    self.metrics.lookups.with_label_values(&["backoff"]).inc();
+                    self.metrics.lookups.backoff.inc();
                     return Classified::Ready(self.unresolved(interface_item, &group_id));
                 }
                 if !self.within_budget(owner_uin) {
-                    self.metrics.lookups.with_label_values(&["budget"]).inc();
+                    self.metrics.lookups.budget.inc();
                     return Classified::Ready(self.unresolved(interface_item, &group_id));
                 }
                 Classified::Ask(Ask {
@@ -480,8 +505,11 @@ impl Libraries {
         }
         match answer {
             Some(Some(t)) => {
-                let how = if asked_here { "backend" } else { "joined" };
-                self.metrics.lookups.with_label_values(&[how]).inc();
+                if asked_here {
+                    self.metrics.lookups.backend.inc();
+                } else {
+                    self.metrics.lookups.joined.inc();
+                }
                 CallLibrary::Billed {
                     item: if t == tollgate_core::catalog::SIMILAR_GROUP_TYPE {
                         ask.similar
@@ -492,7 +520,7 @@ impl Libraries {
                 }
             }
             _ => {
-                self.metrics.lookups.with_label_values(&["failed"]).inc();
+                self.metrics.lookups.failed.inc();
                 self.unresolved(ask.interface_item, &ask.group_id)
             }
         }

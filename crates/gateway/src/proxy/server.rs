@@ -139,7 +139,6 @@ fn strip_connection_fields(headers: &mut http::HeaderMap) {
 }
 
 /// One connection, whatever it speaks, until it ends (or the drain ends it).
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -164,39 +163,24 @@ async fn serve_connection(
     } else {
         peer
     };
-    let forwarded_for = super::forward::forwarded_for(client);
+    let serving = Serving {
+        forwarded_for: super::forward::forwarded_for(client),
+        tls: transport.tls.is_some(),
+        protocols,
+        gateway,
+        forwarder,
+        watcher,
+    };
     match transport.tls {
         None => {
-            let h2 = match protocols.http2 {
+            let h2 = match serving.protocols.http2 {
                 None => false,
                 Some(_) => match opens_with_h2_preface(&stream, timeout).await {
                     Some(h2) => h2,
                     None => return,
                 },
             };
-            if h2 {
-                serve_h2(
-                    stream,
-                    forwarded_for,
-                    false,
-                    &protocols,
-                    gateway,
-                    forwarder,
-                    watcher,
-                )
-                .await;
-            } else {
-                serve_h1(
-                    stream,
-                    forwarded_for,
-                    false,
-                    &protocols,
-                    gateway,
-                    forwarder,
-                    watcher,
-                )
-                .await;
-            }
+            serving.serve(stream, h2).await;
         }
         Some(tls) => {
             let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await;
@@ -214,92 +198,99 @@ async fn serve_connection(
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             tls.handshake("ok", if h2 { "h2" } else { "http/1.1" });
-            if h2 && protocols.http2.is_some() {
-                serve_h2(
-                    stream,
-                    forwarded_for,
-                    true,
-                    &protocols,
-                    gateway,
-                    forwarder,
-                    watcher,
-                )
-                .await;
-            } else {
-                serve_h1(
-                    stream,
-                    forwarded_for,
-                    true,
-                    &protocols,
-                    gateway,
-                    forwarder,
-                    watcher,
-                )
-                .await;
+            let h2 = h2 && serving.protocols.http2.is_some();
+            serving.serve(stream, h2).await;
+        }
+    }
+}
+
+/// One connection's serving, once its transport is settled.
+struct Serving {
+    forwarded_for: http::HeaderValue,
+    tls: bool,
+    protocols: Arc<Protocols>,
+    gateway: Arc<Gateway>,
+    forwarder: Arc<Forwarder>,
+    watcher: Watcher,
+}
+
+impl Serving {
+    async fn serve<S>(self, stream: S, h2: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if h2 {
+            self.h2(stream).await
+        } else {
+            self.h1(stream).await
+        }
+    }
+
+    /// HTTP/1.1: one call at a time, the socket wrapped so a half-closed client is answered.
+    async fn h1<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serving {
+            forwarded_for,
+            tls,
+            protocols,
+            gateway,
+            forwarder,
+            watcher,
+        } = self;
+        let client = Client::over(forwarded_for, tls);
+        let io = ClientIo::new(stream, Arc::clone(&client));
+        let service = service_fn(move |req| {
+            let guard = AnswerGuard::new(&client);
+            let answer =
+                Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| Guarded {
+                    body,
+                    _guard: guard,
+                }))
             }
+        });
+        let conn = protocols.http1.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
-}
 
-/// HTTP/1.1: one call at a time, the socket wrapped so a half-closed client is answered.
-async fn serve_h1<S>(
-    stream: S,
-    forwarded_for: http::HeaderValue,
-    tls: bool,
-    protocols: &Protocols,
-    gateway: Arc<Gateway>,
-    forwarder: Arc<Forwarder>,
-    watcher: Watcher,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let client = Client::over(forwarded_for, tls);
-    let io = ClientIo::new(stream, Arc::clone(&client));
-    let service = service_fn(move |req| {
-        let guard = AnswerGuard::new(&client);
-        let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
-        async move {
-            let response = answer.await?;
-            Ok::<_, std::convert::Infallible>(response.map(|body| Guarded {
-                body,
-                _guard: guard,
-            }))
+    /// HTTP/2: every stream is one call, served as its own task; concurrency permits and
+    /// quotas count calls, whatever connection they share.
+    async fn h2<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serving {
+            forwarded_for,
+            tls,
+            protocols,
+            gateway,
+            forwarder,
+            watcher,
+        } = self;
+        // One `Client` for the connection: its half-close tracking is HTTP/1.1's (no
+        // `ClientIo`, no `AnswerGuard` here: a call ends with its stream), so the streams
+        // share it, and a call allocates none.
+        let client = Client::over(forwarded_for, tls);
+        let service = service_fn(move |req| {
+            let answer =
+                Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
+            async move {
+                let mut response = answer.await?;
+                strip_connection_fields(response.headers_mut());
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let builder = protocols.http2.as_ref().expect("HTTP/2 on");
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
         }
-    });
-    let conn = protocols.http1.serve_connection(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// HTTP/2: every stream is one call, served as its own task; concurrency permits and quotas
-/// count calls, whatever connection they share.
-async fn serve_h2<S>(
-    stream: S,
-    forwarded_for: http::HeaderValue,
-    tls: bool,
-    protocols: &Protocols,
-    gateway: Arc<Gateway>,
-    forwarder: Arc<Forwarder>,
-    watcher: Watcher,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let builder = protocols.http2.as_ref().expect("HTTP/2 on");
-    let service = service_fn(move |req| {
-        // A stream's call: the half-close tracking of `ClientIo` is HTTP/1.1's; here a call
-        // ends with its stream.
-        let client = Client::over(forwarded_for.clone(), tls);
-        let answer = Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, client);
-        async move {
-            let mut response = answer.await?;
-            strip_connection_fields(response.headers_mut());
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
     }
 }
 

@@ -13,13 +13,17 @@
 # the targets (the order rotates); the summary gives medians and the ratios against the best
 # of nginx and HAProxy.
 #
-#   loadtest/sre-side-by-side.sh        # DURATION=8 ROUNDS=3 CONNECTIONS=64
+# Two load generators drive every target: wrk (not the project's), and the project's own tool
+# (loadtest/, which signs every call itself). GENERATORS="wrk own" by default.
+#
+#   loadtest/sre-side-by-side.sh        # DURATION=8 ROUNDS=3 CONNECTIONS=64 GENERATORS="wrk own"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
+GENERATORS=${GENERATORS:-wrk own}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 for t in "$NGINX" "$HAPROXY" "$(command -v wrk)"; do
@@ -27,7 +31,9 @@ for t in "$NGINX" "$HAPROXY" "$(command -v wrk)"; do
 done
 echo "== building (release)"
 cargo build --release -q
+cargo build --release -q --manifest-path loadtest/Cargo.toml
 TOLLGATE=$ROOT/target/release/tollgate
+LOADTEST=$ROOT/loadtest/target/release/tollgate-loadtest
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -53,6 +59,18 @@ cp config/catalog.toml "$WORK/config/"
   credentials 8 200000000000 AKIDsreOpen sre-open-key-
   credentials 50 300000000000 AKIDsreLimited sre-limited-key-
 } > "$WORK/config/credentials.toml"
+
+# The project's tool: the same keys and calls as wrk's (its scenarios sign them itself).
+{
+  printf 'name = "admitted"\nduration_secs = %s\n\n' "$DURATION"
+  segment_streams 8 open AKIDsreOpen $((CONNECTIONS / 8))
+} > "$WORK/own-admitted.toml"
+{
+  printf 'name = "overload"\nduration_secs = %s\n\n' "$DURATION"
+  for i in $(seq 1 50); do
+    printf '[[stream]]\nname = "limited-%d"\nsecret_id = "AKIDsreLimited%03d"\nservice = "ocr"\naction = "GeneralBasicOCR"\nmode = "closed"\nconcurrency = %d\n\n' "$i" "$i" $(( (CONNECTIONS + 49) / 50 ))
+  done
+} > "$WORK/own-overload.toml"
 
 declare -A PORT PID
 start_nginx() { # name template backend-port rate limit-directive
@@ -127,12 +145,28 @@ ticks() { # user system ticks of a process and its children
   echo "$u $s"
 }
 
-run() { # mode backend target
+run() { # generator mode backend target
+  local gen=$1; shift
   local mode=$1 b=$2 t=$3 key port pid
   case $t in
     tollgate) key="tollgate-$b" ;; nginx|haproxy) key="$t-$mode-$b" ;; pass) key="pass-$b" ;; direct) key="direct-$b" ;;
   esac
   port=${PORT[$key]}; pid=${PID[$key]}
+  if [ "$gen" = own ]; then
+    read -r u0 s0 < <(ticks "$pid")
+    "$LOADTEST" --scenario "$WORK/own-$mode.toml" --target "127.0.0.1:$port" --config-dir "$WORK/config" \
+      --quiet --report-json "$WORK/own.json" > "$WORK/own.txt" 2>&1 || true
+    read -r u1 s1 < <(ticks "$pid")
+    read -r rps total p99 < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1])); t = r["totals"]
+window = r["send_window_secs"] or r["duration_secs"]
+answered = t["sent"] - t["transport_errors"]
+print("%.2f %d %.2fms" % (answered / window, max(answered, 1), t["latency"]["all"]["p99_ms"]))' "$WORK/own.json")
+    echo "own $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/results.txt"
+    printf '   %-4s %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' own "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
+    return
+  fi
   local sig="$WORK/sig-$mode-$b-$t"
   if [ "$mode" = admitted ]; then
     python3 loadtest/tls/tc3_sign.py "127.0.0.1:$port" 8 AKIDsreOpen sre-open-key- "$sig"
@@ -146,17 +180,19 @@ run() { # mode backend target
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   total=$(echo "$out" | awk '/requests in/ {print $1}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  echo "$mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/results.txt"
-  printf '   %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
+  echo "wrk $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/results.txt"
+  printf '   %-4s %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' wrk "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
 }
 
 for mode in admitted overload; do
   if [ "$mode" = admitted ]; then targets=(tollgate nginx haproxy pass direct); else targets=(tollgate nginx haproxy); fi
   for b in stub nginx; do
-    echo "== $mode, backend $b (${DURATION}s runs, $ROUNDS rounds)"
+    echo "== $mode, backend $b (${DURATION}s runs, $ROUNDS rounds, generators: $GENERATORS)"
     for r in $(seq 1 "$ROUNDS"); do
       n=${#targets[@]}
-      for i in $(seq 0 $((n - 1))); do run "$mode" "$b" "${targets[$(( (i + r - 1) % n ))]}"; done
+      for i in $(seq 0 $((n - 1))); do
+        for gen in $GENERATORS; do run "$gen" "$mode" "$b" "${targets[$(( (i + r - 1) % n ))]}"; done
+      done
     done
   done
 done
@@ -165,21 +201,25 @@ python3 - "$WORK/results.txt" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for mode, b, t, rps, total, p99, u, s, hz in rows:
+for gen, mode, b, t, rps, total, p99, u, s, hz in rows:
     calls = max(int(total), 1)
-    by.setdefault((mode, b), {}).setdefault(t, []).append(
+    by.setdefault((gen, mode, b), {}).setdefault(t, []).append(
         (float(rps), 1e6 * int(u) / int(hz) / calls, 1e6 * int(s) / int(hz) / calls, p99))
-print("\n| mode | backend | target | req/s (median) | user µs/call | sys µs/call | p99 (last round) |")
-print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+print("\nEvery round (generator mode backend target req/s user-us sys-us p99):")
+for gen, mode, b, t, rps, total, p99, u, s, hz in rows:
+    calls = max(int(total), 1)
+    print("  %s %s %s %s %.0f %.1f %.1f %s" % (gen, mode, b, t, float(rps), 1e6 * int(u) / int(hz) / calls, 1e6 * int(s) / int(hz) / calls, p99))
+print("\n| generator | mode | backend | target | req/s (median) | user µs/call | sys µs/call | p99 (last round) |")
+print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
 summary = []
-for (mode, b), ts in by.items():
+for (gen, mode, b), ts in by.items():
     med = {t: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v), statistics.median(x[2] for x in v), v[-1][3]) for t, v in ts.items()}
     for t, (r, u, s, p) in med.items():
-        print("| %s | %s | %s | %.0f | %.1f | %.1f | %s |" % (mode, b, t, r, u, s, p))
+        print("| %s | %s | %s | %s | %.0f | %.1f | %.1f | %s |" % (gen, mode, b, t, r, u, s, p))
     best = max(("nginx", "haproxy"), key=lambda t: med[t][0])
-    summary.append((mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], min(med["nginx"][1], med["haproxy"][1])))
-print("\n| mode | backend | Tollgate / best peer (req/s) | best peer | Tollgate user µs/call | best peer user µs/call |")
-print("| --- | --- | ---: | --- | ---: | ---: |")
-for mode, b, ratio, best, tu, pu in summary:
-    print("| %s | %s | %.2f× | %s | %.1f | %.1f |" % (mode, b, ratio, best, tu, pu))
+    summary.append((gen, mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], med["nginx"][1], med["haproxy"][1]))
+print("\n| generator | mode | backend | Tollgate / best peer (req/s) | best peer | Tollgate user µs/call | nginx user µs/call | HAProxy user µs/call |")
+print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: |")
+for gen, mode, b, ratio, best, tu, nu, hu in summary:
+    print("| %s | %s | %s | %.2f× | %s | %.1f | %.1f | %.1f |" % (gen, mode, b, ratio, best, tu, nu, hu))
 PY

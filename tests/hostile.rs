@@ -556,3 +556,42 @@ async fn a_replayed_call_is_refused_when_the_guard_is_on() {
         }
     }
 }
+
+/// The header-read timeout bounds the wait for each request head on a keep-alive connection
+/// (an idle one is closed at it), and never cuts a call in progress, however long its
+/// backend takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_closes_idle_connections_and_spares_calls() {
+    let h = start(Builder {
+        proxy_extra: "header_read_timeout_ms = 800\n".into(),
+        ..Builder::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    // Two calls on one connection, each slower than the header timeout, the second sent
+    // after an idle pause shorter than it.
+    for pause in [0, 500] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let call =
+            Call::new("ocr", "GeneralBasicOCR", "AKIDmain").header("X-Stub-Latency-Ms", "1200");
+        let req = h.request(&call);
+        s.write_all(&raw_request(&req, &call.body)).await.unwrap();
+        let (head, body) = read_answer(&mut s).await.expect("answered");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(code_of(&body), None, "{}", String::from_utf8_lossy(&body));
+    }
+    // Then idle: closed at the timeout (not much before, not much after).
+    let idle = Instant::now();
+    let mut probe = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut probe))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    let after = idle.elapsed();
+    assert_eq!(n, 0, "the gateway sent bytes instead of closing");
+    assert!(
+        after >= Duration::from_millis(600) && after < Duration::from_millis(2500),
+        "closed after {after:?}"
+    );
+    assert_eq!(h.usage().len(), 2);
+}

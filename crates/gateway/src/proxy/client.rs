@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use std::time::Duration;
@@ -51,6 +51,8 @@ pub struct Client {
     answer_begun: AtomicBool,
     /// The reader that saw a FIN during an answer, to wake when the answer is done.
     reader: AtomicWaker,
+    /// How many calls the connection has started: names the wait for the next head.
+    calls: AtomicU64,
 }
 
 impl Client {
@@ -67,7 +69,14 @@ impl Client {
             body_done: AtomicBool::new(false),
             answer_begun: AtomicBool::new(false),
             reader: AtomicWaker::new(),
+            calls: AtomicU64::new(0),
         })
+    }
+
+    /// While no call is in progress (the connection waits for a request head): how many
+    /// calls came before, which names this wait. `None` during a call.
+    pub fn awaiting_head(&self) -> Option<u64> {
+        (!self.answering.load(Ordering::Acquire)).then(|| self.calls.load(Ordering::Relaxed))
     }
 
     /// A call's head has been read: a FIN from now on, until its answer begins, is a
@@ -75,6 +84,7 @@ impl Client {
     fn call_started(&self) {
         self.answer_begun.store(false, Ordering::Relaxed);
         self.body_done.store(false, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         self.answering.store(true, Ordering::Release);
     }
 

@@ -28,7 +28,7 @@ use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::hop::{self, ConnectionField};
+use super::hop::ConnectionField;
 use super::http1::{self, BodyState, Conn, ExchangeError};
 
 use crate::auth::tc3::Signer;
@@ -94,7 +94,8 @@ impl Pools {
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
         while let Some((conn, since)) = pool.pop() {
-            if since.elapsed() > self.idle_timeout {
+            let idle = since.elapsed();
+            if idle > self.idle_timeout {
                 // The newest is stale, so all are.
                 pool.clear();
                 return None;
@@ -102,7 +103,7 @@ impl Pools {
             // The event loop's view of the socket is enough for a connection idle a moment;
             // one idle longer gets a look at the kernel's (a backend's keep-alive timeout
             // closes only connections idle that long, and its FIN may not have been seen yet).
-            let looked = if since.elapsed() > RECHECK_IDLE_AFTER {
+            let looked = if idle > RECHECK_IDLE_AFTER {
                 conn.peek_open()
             } else {
                 conn.idle_and_open()
@@ -215,33 +216,45 @@ pub struct Forwarder {
 }
 
 /// Fields of a call that never go to the backend as the client sent them: hop-by-hop ones,
-/// those the gateway sets itself, and forwarding fields only the gateway may write.
+/// those the gateway sets itself, and forwarding fields only the gateway may write. `name` is
+/// lower-case, as a parsed `HeaderName` always is: one comparison by length and bytes, not
+/// a case-insensitive one per listed name (this runs for every field of every call).
 fn dropped_on_forward(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
-        b"host",
-        // The body is sent whole, with its own length.
-        b"content-length",
-        b"expect",
-        // The scanner reads the answer as sent; ask the backend not to compress it.
-        b"accept-encoding",
-        // Who and where the client is: the gateway says it, a client cannot.
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
-        b"x-forwarded-port",
-        b"x-real-ip",
-    ];
-    hop::is_hop_by_hop(name)
-        || NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-        || (name.len() >= 11 && name[..11].eq_ignore_ascii_case(b"x-tollgate-"))
+    debug_assert!(!name.iter().any(u8::is_ascii_uppercase), "{name:?}");
+    matches!(
+        name,
+        // Hop-by-hop (`hop::is_hop_by_hop`).
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+            | b"host"
+            // The body is sent whole, with its own length.
+            | b"content-length"
+            | b"expect"
+            // The scanner reads the answer as sent; ask the backend not to compress it.
+            | b"accept-encoding"
+            // Who and where the client is: the gateway says it, a client cannot.
+            | b"forwarded"
+            | b"x-forwarded-for"
+            | b"x-forwarded-host"
+            | b"x-forwarded-proto"
+            | b"x-forwarded-port"
+            | b"x-real-ip"
+    ) || name.starts_with(b"x-tollgate-")
 }
 
 /// Fields a re-signed call replaces.
 fn replaced_by_resigning(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"authorization")
-        || name.eq_ignore_ascii_case(b"x-tc-timestamp")
-        || name.eq_ignore_ascii_case(b"x-tc-content-sha256")
+    matches!(
+        name,
+        b"authorization" | b"x-tc-timestamp" | b"x-tc-content-sha256"
+    )
 }
 
 impl Forwarder {
@@ -395,11 +408,19 @@ impl Forwarder {
             .authorization()
         });
         let resigned = authorization.as_deref().map(|a| (a, now_unix_seconds));
+        // The whole exchange (a new connection's connect included) is bounded by the response
+        // timeout, kept by the pooled connection's own timer when there is one.
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        let mut pooled = self.pools.checkout(slot);
+        let mut timer = pooled
+            .as_mut()
+            .and_then(Conn::take_timer)
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().reset(deadline);
         let exchange = async {
             // A pooled connection the backend closed just as the call was written fails the
             // write: nothing reached the backend whole, so the call goes on a new connection.
             // Once written, any failure is final (the call may have reached the backend).
-            let mut pooled = self.pools.checkout(slot);
             let mut head = match &mut pooled {
                 Some(conn) => conn.take_scratch(),
                 None => Vec::with_capacity(1024),
@@ -431,10 +452,12 @@ impl Forwarder {
                 .map_err(|e| ForwardError::Failed(e.to_string()))?;
             Ok::<_, ForwardError>((head, conn))
         };
-        let (head, conn) = match tokio::time::timeout(self.response_timeout, exchange).await {
-            Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
-            Ok(result) => result?,
+        let (head, mut conn) = tokio::select! {
+            biased;
+            result = exchange => result?,
+            () = timer.as_mut() => return Err(ForwardError::Timeout(self.response_timeout)),
         };
+        conn.put_timer(timer);
         let mut response = Response::new(UpstreamBody {
             state: head.body,
             keep_alive: head.keep_alive,
@@ -687,6 +710,29 @@ mod tests {
         match call(&f, &upstream(addr), &[]).await {
             Err(ForwardError::Connect(e)) => assert!(e.contains(&addr.to_string()), "{e}"),
             other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_field_and_the_gateways_own_stay_behind() {
+        for name in crate::proxy::hop::HOP_BY_HOP {
+            assert!(super::dropped_on_forward(name), "{name:?}");
+        }
+        for name in [
+            &b"host"[..],
+            b"content-length",
+            b"x-forwarded-for",
+            b"x-tollgate-uin",
+        ] {
+            assert!(super::dropped_on_forward(name), "{name:?}");
+        }
+        for name in [
+            &b"authorization"[..],
+            b"content-type",
+            b"x-tc-action",
+            b"x-tollgate",
+        ] {
+            assert!(!super::dropped_on_forward(name), "{name:?}");
         }
     }
 }

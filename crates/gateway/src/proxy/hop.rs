@@ -4,19 +4,21 @@
 //! these (`http1::parse_head`).
 
 /// The fields that are hop-by-hop whatever `Connection` says.
+pub const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// Whether `name` (in any case) is one of [`HOP_BY_HOP`].
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// What the `Connection` fields of a message say: whether the connection closes after it,

@@ -110,6 +110,10 @@ pub struct Conn {
     buf: BytesMut,
     /// Room for the next call's request head, kept with the connection between calls.
     scratch: Vec<u8>,
+    /// The timer of the call on the connection (its response timeout), kept between calls:
+    /// moved to each call's later deadline, it stays in tokio's timer wheel instead of being
+    /// registered and removed per call.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -118,7 +122,18 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             scratch: Vec::with_capacity(1024),
+            timer: None,
         }
+    }
+
+    /// The connection's timer, for the caller to bound the next call with (given back with
+    /// [`Conn::put_timer`]); `None` for a connection that has not carried a call yet.
+    pub fn take_timer(&mut self) -> Option<Pin<Box<tokio::time::Sleep>>> {
+        self.timer.take()
+    }
+
+    pub fn put_timer(&mut self, timer: Pin<Box<tokio::time::Sleep>>) {
+        self.timer = Some(timer);
     }
 
     /// The connection's head buffer, empty, for the caller to write the next request head
@@ -282,9 +297,16 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, E
         if buf.is_empty() {
             return Ok(None);
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(buf) {
+        // Header slots left uninitialised (httparse writes those it fills): a 4 KiB memset
+        // per answer otherwise.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -316,7 +338,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, E
         // Header values are slices of the head's bytes, which are split off and shared by the
         // values rather than copied.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        // Offsets into the head, which is shorter than 4 GiB.
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut n = 0;
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
@@ -331,10 +354,10 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, E
             let name_at = name.as_ptr() as usize - base;
             let value_at = h.value.as_ptr() as usize - base;
             spans[n] = (
-                name_at,
-                name_at + name.len(),
-                value_at,
-                value_at + h.value.len(),
+                name_at as u32,
+                (name_at + name.len()) as u32,
+                value_at as u32,
+                (value_at + h.value.len()) as u32,
             );
             n += 1;
         }
@@ -342,6 +365,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, E
         // Room for the headers the gateway adds to an answer (its request id).
         let mut headers = HeaderMap::with_capacity(n + 2);
         for &(name_start, name_end, value_start, value_end) in &spans[..n] {
+            let (name_start, name_end) = (name_start as usize, name_end as usize);
+            let (value_start, value_end) = (value_start as usize, value_end as usize);
             let name = HeaderName::from_bytes(&bytes[name_start..name_end])
                 .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))

@@ -20,9 +20,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -95,7 +98,9 @@ impl Protocols {
         let settings = gateway.settings();
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
+            // The header-read timeout is kept by `HeadDeadline`, one timer per connection
+            // moved forward call by call; hyper's would be a timer made and dropped per call.
+            .header_read_timeout(None)
             // The read buffer of a connection: a request head must fit (64 KiB, as the vendor's
             // API needs a fraction of it), and a body streams through it. hyper's default
             // (~400 KiB) would let each connection sending a body hold that much.
@@ -204,6 +209,63 @@ async fn serve_connection(
     }
 }
 
+/// The header-read timeout of an HTTP/1.1 connection: a request head must come whole within
+/// `timeout` of the connection's start or of the end of the previous answer (an idle
+/// keep-alive connection is closed at it too); a call in progress is never cut by it.
+///
+/// One timer per connection, moved to the new deadline when a wait for a head begins: tokio
+/// extends a registered timer whose deadline only moves later without touching its wheel, so
+/// a busy connection costs one clock read per call, where hyper's own timeout made, registered
+/// and dropped a boxed timer per call (loadtest/RESULTS.md, issue 15).
+struct HeadDeadline<F> {
+    conn: Pin<Box<F>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    client: Arc<Client>,
+    timeout: Duration,
+    /// The wait the timer is set for (`Client::awaiting_head`).
+    armed_for: Option<u64>,
+}
+
+/// No request head came within the header-read timeout.
+#[derive(Debug)]
+struct HeadTimedOut;
+
+impl<F: Future> HeadDeadline<F> {
+    fn new(conn: F, client: Arc<Client>, timeout: Duration) -> HeadDeadline<F> {
+        HeadDeadline {
+            conn: Box::pin(conn),
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            client,
+            timeout,
+            armed_for: None,
+        }
+    }
+}
+
+impl<F: Future> Future for HeadDeadline<F> {
+    type Output = Result<F::Output, HeadTimedOut>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        // The connection is waiting; for a head, or for a call's own progress?
+        let Some(wait) = this.client.awaiting_head() else {
+            return Poll::Pending;
+        };
+        if this.armed_for != Some(wait) {
+            this.armed_for = Some(wait);
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            this.sleep.as_mut().reset(deadline);
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(HeadTimedOut)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// One connection's serving, once its transport is settled.
 struct Serving {
     forwarded_for: http::HeaderValue,
@@ -240,22 +302,35 @@ impl Serving {
             watcher,
         } = self;
         let client = Client::over(forwarded_for, tls);
+        let head_client = Arc::clone(&client);
+        let gateway_timeout = gateway.settings().header_read_timeout;
         let io = ClientIo::new(stream, Arc::clone(&client));
         let service = service_fn(move |req| {
             let guard = AnswerGuard::new(&client);
-            let answer =
-                Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
-            async move {
-                let response = answer.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| Guarded {
-                    body,
-                    _guard: guard,
-                }))
-            }
+            // A combinator, not an `async` block: a block would hold the call's future twice
+            // (captured, and again while awaited), and the whole is moved into place per call.
+            Arc::clone(&gateway)
+                .handle(Arc::clone(&forwarder), req, Arc::clone(&client))
+                .map(move |answer| {
+                    answer.map(|response| {
+                        response.map(|body| Guarded {
+                            body,
+                            _guard: guard,
+                        })
+                    })
+                })
         });
         let conn = protocols.http1.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        let timeout = gateway_timeout;
+        match HeadDeadline::new(watcher.watch(conn), head_client, timeout).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+            Err(HeadTimedOut) => {
+                tracing::debug!(
+                    ?timeout,
+                    "no request head within the header-read timeout: closed"
+                );
+            }
         }
     }
 
@@ -278,13 +353,14 @@ impl Serving {
         // share it, and a call allocates none.
         let client = Client::over(forwarded_for, tls);
         let service = service_fn(move |req| {
-            let answer =
-                Arc::clone(&gateway).handle(Arc::clone(&forwarder), req, Arc::clone(&client));
-            async move {
-                let mut response = answer.await?;
-                strip_connection_fields(response.headers_mut());
-                Ok::<_, std::convert::Infallible>(response)
-            }
+            Arc::clone(&gateway)
+                .handle(Arc::clone(&forwarder), req, Arc::clone(&client))
+                .map(|answer| {
+                    answer.map(|mut response| {
+                        strip_connection_fields(response.headers_mut());
+                        response
+                    })
+                })
         });
         let builder = protocols.http2.as_ref().expect("HTTP/2 on");
         let conn = builder.serve_connection(TokioIo::new(stream), service);

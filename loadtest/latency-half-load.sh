@@ -9,7 +9,12 @@
 # 2. RATE = S / 2 (or $RATE): ROUNDS interleaved open-loop runs of Tollgate, nginx and the
 #    backend direct at RATE; medians of p50 and p99, and p99 added = p99(target) - p99(direct).
 #
-#   loadtest/latency-half-load.sh        # DURATION=10 ROUNDS=3
+# 3. With WRK2=/path/to/wrk2 (github.com/giltene/wrk2: `make`), the same rounds again with
+#    wrk2 at the same rate (-R, 1 thread, 64 connections, pre-signed calls from
+#    loadtest/tls/tc3_sign.py): a second open-loop generator that is not the project's, with
+#    its own coordinated-omission correction.
+#
+#   loadtest/latency-half-load.sh        # DURATION=10 ROUNDS=3 [WRK2=...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -103,3 +108,37 @@ for t in ("tollgate", "nginx", "direct"):
     a = "—" if t == "direct" else "%.3f" % statistics.median(added[t])
     print(f"| {t} | {p50:.3f} | {p99:.3f} | {a} |")
 PY
+
+if [ -n "${WRK2:-}" ]; then
+  echo "== wrk2 at $RATE calls/s (open loop, 1 thread, 64 connections)"
+  ms() { python3 -c 'import sys; v=sys.argv[1]; u={"us":1e-3,"ms":1,"s":1e3}; n=v.rstrip("usm"); print(float(n)*u[v[len(n):]])' "$1"; }
+  : > "$WORK/wrk2.txt"
+  for r in $(seq 1 "$ROUNDS"); do
+    order=(tollgate nginx direct)
+    for i in 0 1 2; do
+      t=${order[$(( (i + r - 1) % 3 ))]}
+      case $t in tollgate) p=$TG ;; nginx) p=$NG ;; direct) p=$STUB ;; esac
+      python3 loadtest/tls/tc3_sign.py "127.0.0.1:$p" 8 AKIDlatOpen lat-open-key- "$WORK/sig-$t" > /dev/null
+      out=$("$WRK2" -t 1 -c 64 -d "${DURATION}s" -R "$RATE" --latency -s "$WORK/sig-$t/calls.lua" "http://127.0.0.1:$p/" 2>&1)
+      p50=$(ms "$(echo "$out" | awk '$1 == "50.000%" {print $2; exit}')")
+      p99=$(ms "$(echo "$out" | awk '$1 == "99.000%" {print $2; exit}')")
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      echo "$t $r $rps $p50 $p99" >> "$WORK/wrk2.txt"
+      printf '   round %d %-9s %8.0f calls/s  p50 %7.3f ms  p99 %7.3f ms (wrk2)\n' "$r" "$t" "$rps" "$p50" "$p99"
+    done
+  done
+  python3 - "$WORK/wrk2.txt" "$RATE" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+res = {}
+for t, r, rps, p50, p99 in rows:
+    res.setdefault(t, {})[int(r)] = (float(p50), float(p99))
+rounds = sorted(res["direct"])
+print(f"\n| target (wrk2, open loop at {sys.argv[2]} calls/s) | p50 ms | p99 ms | p99 added over the backend direct, ms |")
+print("| --- | ---: | ---: | ---: |")
+for t in ("tollgate", "nginx", "direct"):
+    p50 = statistics.median(res[t][r][0] for r in rounds); p99 = statistics.median(res[t][r][1] for r in rounds)
+    a = "—" if t == "direct" else "%.3f" % statistics.median(res[t][r][1] - res["direct"][r][1] for r in rounds)
+    print(f"| {t} | {p50:.3f} | {p99:.3f} | {a} |")
+PY
+fi

@@ -13,6 +13,9 @@
 # the targets (the order rotates); the summary gives medians and the ratios against the best
 # of nginx and HAProxy.
 #
+# BEFORE=/path/to/an/older/tollgate adds it as one more target ("before", same config), so a
+# change is measured against what it replaced in the same interleaved run.
+#
 # Two load generators drive every target: wrk (not the project's), and the project's own tool
 # (loadtest/, which signs every call itself). GENERATORS="wrk own" by default.
 #
@@ -88,8 +91,8 @@ start_haproxy() { # name backend-port rate
   "$HAPROXY" -f "$WORK/haproxy-$name.cfg" -D -q
   wait_port "$port"; PORT[$name]=$port; PID[$name]=$(cat "$WORK/haproxy-$name.pid")
 }
-start_tollgate() { # name backend-port
-  local name=$1 port admin; port=$(port); admin=$(port)
+start_tollgate() { # name backend-port [binary]
+  local name=$1 port admin bin=${3:-$TOLLGATE}; port=$(port); admin=$(port)
   cat > "$WORK/config/tollgate-$name.toml" <<TOML
 [listen]
 api = "127.0.0.1:$port"
@@ -110,7 +113,7 @@ batch_dir = "$WORK/batches-$name"
 [log]
 level = "warn"
 TOML
-  "$TOLLGATE" gateway --config "$WORK/config/tollgate-$name.toml" >"$WORK/gateway-$name.log" 2>&1 &
+  "$bin" gateway --config "$WORK/config/tollgate-$name.toml" >"$WORK/gateway-$name.log" 2>&1 &
   PID[$name]=$!; PIDS+=($!); wait_port "$port"; PORT[$name]=$port
 }
 
@@ -128,6 +131,7 @@ echo "== peers, per backend"
 for b in stub nginx; do
   bp=${PORT[direct-$b]}
   start_tollgate "tollgate-$b" "$bp"
+  [ -n "${BEFORE:-}" ] && start_tollgate "before-$b" "$bp" "$BEFORE"
   start_nginx "nginx-admitted-$b" loadtest/side-by-side/nginx.conf.template "$bp" "1000000r/s" "limit_req zone=api burst=1000000 nodelay;"
   start_nginx "nginx-overload-$b" loadtest/side-by-side/nginx.conf.template "$bp" "20r/s" "limit_req zone=api burst=20 nodelay;"
   start_nginx "pass-$b" loadtest/side-by-side/nginx.conf.template "$bp" "1r/s" ""
@@ -149,7 +153,7 @@ run() { # generator mode backend target
   local gen=$1; shift
   local mode=$1 b=$2 t=$3 key port pid
   case $t in
-    tollgate) key="tollgate-$b" ;; nginx|haproxy) key="$t-$mode-$b" ;; pass) key="pass-$b" ;; direct) key="direct-$b" ;;
+    tollgate) key="tollgate-$b" ;; before) key="before-$b" ;; nginx|haproxy) key="$t-$mode-$b" ;; pass) key="pass-$b" ;; direct) key="direct-$b" ;;
   esac
   port=${PORT[$key]}; pid=${PID[$key]}
   if [ "$gen" = own ]; then
@@ -186,6 +190,7 @@ print("%.2f %d %.2fms" % (answered / window, max(answered, 1), t["latency"]["all
 
 for mode in admitted overload; do
   if [ "$mode" = admitted ]; then targets=(tollgate nginx haproxy pass direct); else targets=(tollgate nginx haproxy); fi
+  [ -n "${BEFORE:-}" ] && targets+=(before)
   for b in stub nginx; do
     echo "== $mode, backend $b (${DURATION}s runs, $ROUNDS rounds, generators: $GENERATORS)"
     for r in $(seq 1 "$ROUNDS"); do
@@ -217,9 +222,11 @@ for (gen, mode, b), ts in by.items():
     for t, (r, u, s, p) in med.items():
         print("| %s | %s | %s | %s | %.0f | %.1f | %.1f | %s |" % (gen, mode, b, t, r, u, s, p))
     best = max(("nginx", "haproxy"), key=lambda t: med[t][0])
-    summary.append((gen, mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], med["nginx"][1], med["haproxy"][1]))
-print("\n| generator | mode | backend | Tollgate / best peer (req/s) | best peer | Tollgate user µs/call | nginx user µs/call | HAProxy user µs/call |")
-print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: |")
-for gen, mode, b, ratio, best, tu, nu, hu in summary:
-    print("| %s | %s | %s | %.2f× | %s | %.1f | %.1f | %.1f |" % (gen, mode, b, ratio, best, tu, nu, hu))
+    before = med["tollgate"][0] / med["before"][0] if "before" in med else None
+    summary.append((gen, mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], med["nginx"][1], med["haproxy"][1], before, med.get("before", (0, 0))[1]))
+print("\n| generator | mode | backend | Tollgate / best peer (req/s) | best peer | Tollgate user µs/call | nginx user µs/call | HAProxy user µs/call | Tollgate / before (req/s) | before user µs/call |")
+print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+for gen, mode, b, ratio, best, tu, nu, hu, before, bu in summary:
+    print("| %s | %s | %s | %.2f× | %s | %.1f | %.1f | %.1f | %s | %s |" % (gen, mode, b, ratio, best, tu, nu, hu,
+          "%.2f×" % before if before else "—", "%.1f" % bu if before else "—"))
 PY

@@ -14,7 +14,9 @@
 #    loadtest/tls/tc3_sign.py): a second open-loop generator that is not the project's, with
 #    its own coordinated-omission correction.
 #
-#   loadtest/latency-half-load.sh        # DURATION=10 ROUNDS=3 [WRK2=...]
+# BEFORE=/path/to/an/older/tollgate adds it as a fourth target, interleaved (same config).
+#
+#   loadtest/latency-half-load.sh        # DURATION=10 ROUNDS=3 [WRK2=...] [BEFORE=...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -37,7 +39,8 @@ cleanup() {
 }
 trap cleanup EXIT
 . loadtest/lib.sh
-STUB=$(port); TG=$(port); TG_ADMIN=$(port); NG=$(port)
+STUB=$(port); TG=$(port); TG_ADMIN=$(port); NG=$(port); BF=$(port); BF_ADMIN=$(port)
+TARGETS=(tollgate nginx direct); [ -n "${BEFORE:-}" ] && TARGETS+=(before)
 mkdir -p "$WORK/config" "$WORK/body-limit" "$WORK/proxy-limit"
 cp config/catalog.toml "$WORK/config/"
 open_accounts 8 200000000000 open '["bda"]' > "$WORK/config/entitlements.toml"
@@ -58,6 +61,9 @@ batch_dir = "$WORK/batches"
 [log]
 level = "warn"
 TOML
+sed -e "s|127.0.0.1:$TG\"|127.0.0.1:$BF\"|" -e "s|127.0.0.1:$TG_ADMIN\"|127.0.0.1:$BF_ADMIN\"|" \
+    -e "s|gw-latency|gw-latency-before|" -e "s|$WORK/spool|$WORK/spool-before|" -e "s|$WORK/batches|$WORK/batches-before|" \
+    "$WORK/config/tollgate.toml" > "$WORK/config/before.toml"
 sed -e "s|@DIR@|$WORK|g" -e "s|@NAME@|limit|g" -e "s|@RATE@|1000000r/s|g" \
     -e "s|@LIMIT@|limit_req zone=api burst=1000000 nodelay;|g" -e "s|@PORT@|$NG|g" -e "s|@STUB@|$STUB|g" \
     -e "s|@MODE@|limit|g" loadtest/side-by-side/nginx.conf.template > "$WORK/nginx-limit.conf"
@@ -72,6 +78,9 @@ streams() { # mode extra
 
 "$TOLLGATE" stub --listen "127.0.0.1:$STUB" >"$WORK/stub.log" 2>&1 & PIDS+=($!); wait_port "$STUB"
 "$TOLLGATE" gateway --config "$WORK/config/tollgate.toml" >"$WORK/gateway.log" 2>&1 & PIDS+=($!); wait_port "$TG"
+if [ -n "${BEFORE:-}" ]; then
+  "$BEFORE" gateway --config "$WORK/config/before.toml" >"$WORK/before.log" 2>&1 & PIDS+=($!); wait_port "$BF"
+fi
 "$NGINX" -c "$WORK/nginx-limit.conf" -p "$WORK" -q; wait_port "$NG"
 
 field() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r["totals"]; w=r["send_window_secs"] or r["duration_secs"]; print({"rps": (t["sent"]-t["transport_errors"])/w, "p50": t["latency"]["all"]["p50_ms"], "p99": t["latency"]["all"]["p99_ms"], "admitted": t["admitted"]/w}[sys.argv[2]])' "$1" "$2"; }
@@ -82,11 +91,11 @@ SAT=$(field "$WORK/sat.json" rps)
 RATE=${RATE:-$(python3 -c "print(int($SAT / 2))")}
 echo "   saturation $(printf '%.0f' "$SAT") calls/s -> open-loop rate $RATE calls/s"
 
+N=${#TARGETS[@]}
 for r in $(seq 1 "$ROUNDS"); do
-  order=(tollgate nginx direct)
-  for i in 0 1 2; do
-    t=${order[$(( (i + r - 1) % 3 ))]}
-    case $t in tollgate) p=$TG ;; nginx) p=$NG ;; direct) p=$STUB ;; esac
+  for i in $(seq 0 $((N - 1))); do
+    t=${TARGETS[$(( (i + r - 1) % N ))]}
+    case $t in tollgate) p=$TG ;; nginx) p=$NG ;; direct) p=$STUB ;; before) p=$BF ;; esac
     "$LOADTEST" --scenario "$WORK/open.toml" --target "127.0.0.1:$p" --config-dir "$WORK/config" --rate "$RATE" \
       --quiet --report-json "$WORK/$t-r$r.json" > "$WORK/$t-r$r.txt" 2>&1 || true
     printf '   round %d %-9s %8.0f calls/s  p50 %7.3f ms  p99 %7.3f ms\n' "$r" "$t" \
@@ -99,11 +108,13 @@ work, rounds, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def lat(t, r):
     x = json.load(open(f"{work}/{t}-r{r}.json"))["totals"]["latency"]["all"]
     return x["p50_ms"], x["p99_ms"]
-res = {t: [lat(t, r) for r in range(1, rounds + 1)] for t in ("tollgate", "nginx", "direct")}
-added = {t: [res[t][i][1] - res["direct"][i][1] for i in range(rounds)] for t in ("tollgate", "nginx")}
+import os
+targets = [t for t in ("tollgate", "nginx", "direct", "before") if os.path.exists(f"{work}/{t}-r1.json")]
+res = {t: [lat(t, r) for r in range(1, rounds + 1)] for t in targets}
+added = {t: [res[t][i][1] - res["direct"][i][1] for i in range(rounds)] for t in targets if t != "direct"}
 print(f"\n| target (open loop at {rate} calls/s) | p50 ms | p99 ms | p99 added over the backend direct, ms |")
 print("| --- | ---: | ---: | ---: |")
-for t in ("tollgate", "nginx", "direct"):
+for t in targets:
     p50 = statistics.median(x[0] for x in res[t]); p99 = statistics.median(x[1] for x in res[t])
     a = "—" if t == "direct" else "%.3f" % statistics.median(added[t])
     print(f"| {t} | {p50:.3f} | {p99:.3f} | {a} |")
@@ -114,10 +125,9 @@ if [ -n "${WRK2:-}" ]; then
   ms() { python3 -c 'import sys; v=sys.argv[1]; u={"us":1e-3,"ms":1,"s":1e3}; n=v.rstrip("usm"); print(float(n)*u[v[len(n):]])' "$1"; }
   : > "$WORK/wrk2.txt"
   for r in $(seq 1 "$ROUNDS"); do
-    order=(tollgate nginx direct)
-    for i in 0 1 2; do
-      t=${order[$(( (i + r - 1) % 3 ))]}
-      case $t in tollgate) p=$TG ;; nginx) p=$NG ;; direct) p=$STUB ;; esac
+    for i in $(seq 0 $((N - 1))); do
+      t=${TARGETS[$(( (i + r - 1) % N ))]}
+      case $t in tollgate) p=$TG ;; nginx) p=$NG ;; direct) p=$STUB ;; before) p=$BF ;; esac
       python3 loadtest/tls/tc3_sign.py "127.0.0.1:$p" 8 AKIDlatOpen lat-open-key- "$WORK/sig-$t" > /dev/null
       out=$("$WRK2" -t 1 -c 64 -d "${DURATION}s" -R "$RATE" --latency -s "$WORK/sig-$t/calls.lua" "http://127.0.0.1:$p/" 2>&1)
       p50=$(ms "$(echo "$out" | awk '$1 == "50.000%" {print $2; exit}')")
@@ -136,7 +146,7 @@ for t, r, rps, p50, p99 in rows:
 rounds = sorted(res["direct"])
 print(f"\n| target (wrk2, open loop at {sys.argv[2]} calls/s) | p50 ms | p99 ms | p99 added over the backend direct, ms |")
 print("| --- | ---: | ---: | ---: |")
-for t in ("tollgate", "nginx", "direct"):
+for t in [t for t in ("tollgate", "nginx", "direct", "before") if t in res]:
     p50 = statistics.median(res[t][r][0] for r in rounds); p99 = statistics.median(res[t][r][1] for r in rounds)
     a = "—" if t == "direct" else "%.3f" % statistics.median(res[t][r][1] - res["direct"][r][1] for r in rounds)
     print(f"| {t} | {p50:.3f} | {p99:.3f} | {a} |")

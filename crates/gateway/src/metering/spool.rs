@@ -552,6 +552,12 @@ impl Drop for Spool {
 
 impl UsageSink for Spool {
     fn submit(&self, records: &[UsageRecord]) -> Ticket {
+        if let [record] = records {
+            // A call's one record: no list of payloads unless it has to wait in the queue.
+            return self
+                .shared
+                .submit_one(tollgate_usage::record::to_payload(record));
+        }
         let payloads = records
             .iter()
             .map(tollgate_usage::record::to_payload)
@@ -569,6 +575,22 @@ impl UsageSink for Spool {
 }
 
 impl Shared {
+    /// [`Shared::submit`] of one payload.
+    fn submit_one(&self, payload: Vec<u8>) -> Ticket {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ticket::Done(Err(SinkError("the spool is closed".into())));
+        }
+        if self
+            .writing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let mine = self.lead(Some(std::slice::from_ref(&payload)));
+            return Ticket::Done(mine.expect("the leader's own result"));
+        }
+        self.follow(vec![payload])
+    }
+
     fn submit(&self, payloads: Vec<Vec<u8>>) -> Ticket {
         if self.closed.load(Ordering::SeqCst) {
             return Ticket::Done(Err(SinkError("the spool is closed".into())));
@@ -579,9 +601,14 @@ impl Shared {
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
-            let mine = self.lead(Some(payloads));
+            let mine = self.lead(Some(&payloads));
             return Ticket::Done(mine.expect("the leader's own result"));
         }
+        self.follow(payloads)
+    }
+
+    /// A write is in progress: queue `payloads` for its leader (or lead, if it just ended).
+    fn follow(&self, payloads: Vec<Vec<u8>>) -> Ticket {
         // A write is in progress: queue, and make sure somebody writes what we queued.
         let (done, rx) = tokio::sync::oneshot::channel();
         self.queue
@@ -601,7 +628,7 @@ impl Shared {
 
     /// Writes `mine` and every queued job until the queue is empty, then steps down (and
     /// leads again if something was queued meanwhile). Returns the result for `mine`.
-    fn lead(&self, mut mine: Option<Vec<Vec<u8>>>) -> Option<Result<(), SinkError>> {
+    fn lead(&self, mut mine: Option<&[Vec<u8>]>) -> Option<Result<(), SinkError>> {
         let mut mine_result = None;
         loop {
             {
@@ -612,7 +639,7 @@ impl Shared {
                         break;
                     }
                     let own = mine.take();
-                    let result = self.write(&mut st, own.as_deref(), &jobs);
+                    let result = self.write(&mut st, own, &jobs);
                     if result.is_err() {
                         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     }

@@ -125,7 +125,7 @@ impl MeteredBody {
 
     /// Decides the outcome and hands billable usage to the sink.
     fn settle(&mut self) -> Option<Pending> {
-        let job = self.job.take()?;
+        let mut job = self.job.take()?;
         let scanned = std::mem::take(&mut self.scanner).finish();
         let catalog = &job.snapshot.loaded.catalog;
         let service = catalog.service(job.service);
@@ -174,12 +174,21 @@ impl MeteredBody {
                 if units.is_empty() {
                     return None;
                 }
+                // The call's id goes into its last record as is, cloned only for the others
+                // (a call is almost always one record).
+                let last = units.iter().count() - 1;
+                let mut request_id = std::mem::take(&mut job.request_id);
                 let records: Vec<UsageRecord> = units
                     .iter()
-                    .map(|(item, n)| {
+                    .enumerate()
+                    .map(|(i, (item, n))| {
                         job.snapshot.metrics.billable_units[item.0 as usize].inc_by(u64::from(n));
                         UsageRecord {
-                            request_id: job.request_id.clone(),
+                            request_id: if i == last {
+                                std::mem::take(&mut request_id)
+                            } else {
+                                request_id.clone()
+                            },
                             owner_uin: job.owner_uin,
                             uin: job.uin,
                             service: Arc::clone(&service.name),

@@ -1,4 +1,4 @@
-# Shared by the benchmark scripts (side-by-side.sh, metering-ab.sh, pipeline-bench.sh); sourced,
+# Shared by the benchmark scripts (side-by-side.sh, sre-side-by-side.sh, latency-half-load.sh, metering-ab.sh, pipeline-bench.sh); sourced,
 # not run. Free ports, waiting for a listener, and the "open" accounts every script loads: the
 # portrait segmentation group in QPS mode, far above any load, so every call is admitted.
 
@@ -30,5 +30,13 @@ credentials() {
 segment_streams() {
   for i in $(seq 1 "$1"); do
     printf '[[stream]]\nname = "%s-%d"\nsecret_id = "%s%03d"\nservice = "bda"\naction = "SegmentPortraitPic"\nmode = "closed"\nconcurrency = %d\n[stream.headers]\nX-Stub-Image-Bytes = "0"\n\n' "$2" "$i" "$3" "$i" "$4"
+  done
+}
+
+# limited_streams N ID_PREFIX CONNECTIONS: closed-loop streams of GeneralBasicOCR, one per
+# credential ID_PREFIX001.., sharing CONNECTIONS between them (the overload scenarios).
+limited_streams() {
+  for i in $(seq 1 "$1"); do
+    printf '[[stream]]\nname = "limited-%d"\nsecret_id = "%s%03d"\nservice = "ocr"\naction = "GeneralBasicOCR"\nmode = "closed"\nconcurrency = %d\n\n' "$i" "$2" "$i" $(( ($3 + $1 - 1) / $1 ))
   done
 }

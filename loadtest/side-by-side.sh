@@ -81,9 +81,7 @@ TOML
 } > "$WORK/admitted.toml"
 {
   printf 'name = "overload"\ndescription = "50 keys at 20 calls/s each, offered far beyond 10x"\nduration_secs = %s\n\n' "$DURATION"
-  for i in $(seq 1 50); do
-    printf '[[stream]]\nname = "limited-%d"\nsecret_id = "AKIDsbsLimited%03d"\nservice = "ocr"\naction = "GeneralBasicOCR"\nmode = "closed"\nconcurrency = %d\n\n' "$i" "$i" $(( (CONNECTIONS + 49) / 50 ))
-  done
+  limited_streams 50 AKIDsbsLimited "$CONNECTIONS"
 } > "$WORK/overload.toml"
 
 nginx_conf() { # name rate limit-directive port

@@ -70,9 +70,7 @@ cp config/catalog.toml "$WORK/config/"
 } > "$WORK/own-admitted.toml"
 {
   printf 'name = "overload"\nduration_secs = %s\n\n' "$DURATION"
-  for i in $(seq 1 50); do
-    printf '[[stream]]\nname = "limited-%d"\nsecret_id = "AKIDsreLimited%03d"\nservice = "ocr"\naction = "GeneralBasicOCR"\nmode = "closed"\nconcurrency = %d\n\n' "$i" "$i" $(( (CONNECTIONS + 49) / 50 ))
-  done
+  limited_streams 50 AKIDsreLimited "$CONNECTIONS"
 } > "$WORK/own-overload.toml"
 
 declare -A PORT PID

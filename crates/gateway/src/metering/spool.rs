@@ -556,9 +556,9 @@ impl UsageSink for Spool {
             // A call's one record: no list of payloads unless it has to wait in the queue.
             return self
                 .shared
-                .submit_one(tollgate_usage::record::to_payload(record));
+                .submit([tollgate_usage::record::to_payload(record)]);
         }
-        let payloads = records
+        let payloads: Vec<Vec<u8>> = records
             .iter()
             .map(tollgate_usage::record::to_payload)
             .collect();
@@ -575,23 +575,12 @@ impl UsageSink for Spool {
 }
 
 impl Shared {
-    /// [`Shared::submit`] of one payload.
-    fn submit_one(&self, payload: Vec<u8>) -> Ticket {
-        if self.closed.load(Ordering::SeqCst) {
-            return Ticket::Done(Err(SinkError("the spool is closed".into())));
-        }
-        if self
-            .writing
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            let mine = self.lead(Some(std::slice::from_ref(&payload)));
-            return Ticket::Done(mine.expect("the leader's own result"));
-        }
-        self.follow(vec![payload])
-    }
-
-    fn submit(&self, payloads: Vec<Vec<u8>>) -> Ticket {
+    /// Writes `payloads` if no write is in progress (leading with them, from where they are),
+    /// or queues them, as a list, for the write in progress.
+    fn submit<P>(&self, payloads: P) -> Ticket
+    where
+        P: AsRef<[Vec<u8>]> + Into<Vec<Vec<u8>>>,
+    {
         if self.closed.load(Ordering::SeqCst) {
             return Ticket::Done(Err(SinkError("the spool is closed".into())));
         }
@@ -601,10 +590,10 @@ impl Shared {
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
-            let mine = self.lead(Some(&payloads));
+            let mine = self.lead(Some(payloads.as_ref()));
             return Ticket::Done(mine.expect("the leader's own result"));
         }
-        self.follow(payloads)
+        self.follow(payloads.into())
     }
 
     /// A write is in progress: queue `payloads` for its leader (or lead, if it just ended).

@@ -1037,11 +1037,9 @@ impl Gateway {
     }
 }
 
-/// Refuses a call in which a single-valued field appears twice or is named by `Connection`.
-/// `host` without its `:port`, if it has one (`[::1]:8443` → `[::1]`).
 /// One admission decision in this many is timed for `tollgate_admission_decision_seconds`:
 /// the two clock reads cost more than the decision they would time.
-pub const ADMISSION_TIMING_SAMPLE: u32 = 16;
+const ADMISSION_TIMING_SAMPLE: u32 = 16;
 
 /// Whether this decision is one of the timed ones (counted per worker thread).
 fn timed_decision() -> bool {
@@ -1055,6 +1053,7 @@ fn timed_decision() -> bool {
     })
 }
 
+/// `host` without its `:port`, if it has one (`[::1]:8443` → `[::1]`).
 fn without_port(host: &[u8]) -> Option<&[u8]> {
     let colon = host.iter().rposition(|&b| b == b':')?;
     let (name, port) = (&host[..colon], &host[colon + 1..]);
@@ -1088,6 +1087,7 @@ fn service_of_action<'c>(
     found.next().is_none().then_some(one)
 }
 
+/// Refuses a call in which a single-valued field appears twice or is named by `Connection`.
 fn check_single_valued(headers: &http::HeaderMap) -> Result<(), Refusal> {
     // Most calls have no field twice: one comparison settles it.
     if headers.len() != headers.keys_len() {

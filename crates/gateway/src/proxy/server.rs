@@ -303,7 +303,7 @@ impl Serving {
         } = self;
         let client = Client::over(forwarded_for, tls);
         let head_client = Arc::clone(&client);
-        let gateway_timeout = gateway.settings().header_read_timeout;
+        let timeout = gateway.settings().header_read_timeout;
         let io = ClientIo::new(stream, Arc::clone(&client));
         let service = service_fn(move |req| {
             let guard = AnswerGuard::new(&client);
@@ -321,7 +321,6 @@ impl Serving {
                 })
         });
         let conn = protocols.http1.serve_connection(TokioIo::new(io), service);
-        let timeout = gateway_timeout;
         match HeadDeadline::new(watcher.watch(conn), head_client, timeout).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),

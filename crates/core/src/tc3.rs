@@ -52,50 +52,79 @@ pub enum MalformedAuthorization {
 }
 
 /// Parses an `Authorization` header value.
+///
+/// One pass over bytes per piece: this runs on every call, refused ones included, and the
+/// `str` splitters cost a searcher set up per piece (loadtest/RESULTS.md, issue 15). The
+/// separators are ASCII, so every slice taken here falls on a character boundary.
 pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, MalformedAuthorization> {
     let rest = value
         .strip_prefix(ALGORITHM)
         .and_then(|r| r.strip_prefix(' '))
         .ok_or(MalformedAuthorization::WrongAlgorithm)?;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
-    for part in rest.split(',') {
-        let part = part.trim_ascii_start();
-        // Byte-wise prefix checks: this runs on every call, refused ones included.
-        let b = part.as_bytes();
-        if b.starts_with(b"Credential=") {
-            credential = Some(part["Credential=".len()..].trim_ascii_end());
-        } else if b.starts_with(b"SignedHeaders=") {
-            signed_headers = Some(part["SignedHeaders=".len()..].trim_ascii_end());
-        } else if b.starts_with(b"Signature=") {
-            signature = Some(part["Signature=".len()..].trim_ascii_end());
+    let b = rest.as_bytes();
+    let mut start = 0;
+    loop {
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b',')
+            .map_or(b.len(), |i| start + i);
+        let part = rest[start..end].trim_ascii_start();
+        let p = part.as_bytes();
+        if let Some(v) = p.strip_prefix(b"Credential=") {
+            credential = Some(&part[part.len() - v.len()..]);
+        } else if let Some(v) = p.strip_prefix(b"SignedHeaders=") {
+            signed_headers = Some(&part[part.len() - v.len()..]);
+        } else if let Some(v) = p.strip_prefix(b"Signature=") {
+            signature = Some(&part[part.len() - v.len()..]);
+        }
+        if end == b.len() {
+            break;
+        }
+        start = end + 1;
+    }
+    let credential = credential
+        .ok_or(MalformedAuthorization::MissingPart("Credential"))?
+        .trim_ascii_end();
+    let signed_headers = signed_headers
+        .ok_or(MalformedAuthorization::MissingPart("SignedHeaders"))?
+        .trim_ascii_end();
+    let signature = signature
+        .ok_or(MalformedAuthorization::MissingPart("Signature"))?
+        .trim_ascii_end();
+
+    // SecretId/Date/Service/tc3_request: exactly four pieces.
+    let mut cuts = [0usize; 3];
+    let mut found = 0;
+    for (i, &c) in credential.as_bytes().iter().enumerate() {
+        if c == b'/' {
+            if found == cuts.len() {
+                return Err(MalformedAuthorization::BadCredentialScope);
+            }
+            cuts[found] = i;
+            found += 1;
         }
     }
-    let credential = credential.ok_or(MalformedAuthorization::MissingPart("Credential"))?;
-    let signed_headers =
-        signed_headers.ok_or(MalformedAuthorization::MissingPart("SignedHeaders"))?;
-    let signature = signature.ok_or(MalformedAuthorization::MissingPart("Signature"))?;
-
-    let mut scope = credential.split('/');
-    let (secret_id, date, service, terminator) = (
-        scope.next().unwrap_or(""),
-        scope.next().unwrap_or(""),
-        scope.next().unwrap_or(""),
-        scope.next().unwrap_or(""),
-    );
+    if found != cuts.len() {
+        return Err(MalformedAuthorization::BadCredentialScope);
+    }
+    let secret_id = &credential[..cuts[0]];
+    let date = &credential[cuts[0] + 1..cuts[1]];
+    let service = &credential[cuts[1] + 1..cuts[2]];
+    let terminator = &credential[cuts[2] + 1..];
     if secret_id.is_empty()
         || !is_date(date)
         || service.is_empty()
         || !service.bytes().all(|b| b.is_ascii_alphanumeric())
         || terminator != "tc3_request"
-        || scope.next().is_some()
     {
         return Err(MalformedAuthorization::BadCredentialScope);
     }
     let (mut names_ok, mut has_content_type, mut has_host) = (true, false, false);
-    for h in signed_headers.split(';') {
-        names_ok &= !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
-        has_content_type |= h == "content-type";
-        has_host |= h == "host";
+    for h in signed_headers.as_bytes().split(|&c| c == b';') {
+        names_ok &= !h.is_empty() && h.iter().all(|&b| b.is_ascii_lowercase() || b == b'-');
+        has_content_type |= h == b"content-type";
+        has_host |= h == b"host";
     }
     if !names_ok || !has_content_type || !has_host {
         return Err(MalformedAuthorization::BadSignedHeaders);
@@ -450,6 +479,103 @@ mod tests {
         ];
         for (header, want) in cases {
             assert_eq!(parse_authorization(header), Err(want), "{header}");
+        }
+    }
+
+    /// The parser as it was written with `str` splitters, kept to check the byte-wise one.
+    fn reference(value: &str) -> Result<Authorization<'_>, MalformedAuthorization> {
+        let rest = value
+            .strip_prefix(ALGORITHM)
+            .and_then(|r| r.strip_prefix(' '))
+            .ok_or(MalformedAuthorization::WrongAlgorithm)?;
+        let (mut credential, mut signed_headers, mut signature) = (None, None, None);
+        for part in rest.split(',') {
+            let part = part.trim_ascii_start();
+            if let Some(v) = part.strip_prefix("Credential=") {
+                credential = Some(v.trim_ascii_end());
+            } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+                signed_headers = Some(v.trim_ascii_end());
+            } else if let Some(v) = part.strip_prefix("Signature=") {
+                signature = Some(v.trim_ascii_end());
+            }
+        }
+        let credential = credential.ok_or(MalformedAuthorization::MissingPart("Credential"))?;
+        let signed_headers =
+            signed_headers.ok_or(MalformedAuthorization::MissingPart("SignedHeaders"))?;
+        let signature = signature.ok_or(MalformedAuthorization::MissingPart("Signature"))?;
+        let mut scope = credential.split('/');
+        let (secret_id, date, service, terminator) = (
+            scope.next().unwrap_or(""),
+            scope.next().unwrap_or(""),
+            scope.next().unwrap_or(""),
+            scope.next().unwrap_or(""),
+        );
+        if secret_id.is_empty()
+            || !is_date(date)
+            || service.is_empty()
+            || !service.bytes().all(|b| b.is_ascii_alphanumeric())
+            || terminator != "tc3_request"
+            || scope.next().is_some()
+        {
+            return Err(MalformedAuthorization::BadCredentialScope);
+        }
+        let (mut names_ok, mut has_content_type, mut has_host) = (true, false, false);
+        for h in signed_headers.split(';') {
+            names_ok &= !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+            has_content_type |= h == "content-type";
+            has_host |= h == "host";
+        }
+        if !names_ok || !has_content_type || !has_host {
+            return Err(MalformedAuthorization::BadSignedHeaders);
+        }
+        if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(MalformedAuthorization::BadSignature);
+        }
+        Ok(Authorization {
+            secret_id,
+            date,
+            service,
+            signed_headers,
+            signature,
+        })
+    }
+
+    proptest::proptest! {
+        /// The byte-wise parser agrees with the `str` one on headers made of the pieces a
+        /// header is made of, shuffled, duplicated, cut and padded (non-ASCII included).
+        #[test]
+        fn the_byte_wise_parser_agrees_with_the_reference(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("Credential=".to_owned()),
+                    proptest::strategy::Just("SignedHeaders=".to_owned()),
+                    proptest::strategy::Just("Signature=".to_owned()),
+                    proptest::strategy::Just("AKID1/2026-11-22/ocr/tc3_request".to_owned()),
+                    proptest::strategy::Just("content-type;host".to_owned()),
+                    proptest::strategy::Just("3066e6a8b103af2f975aea2e9b13bf0e5a174495e90cf474d1978487af943730".to_owned()),
+                    "[,/; =a-zA-Z0-9é\\t-]{0,12}",
+                ],
+                0..12,
+            ),
+            prefixed in proptest::bool::ANY,
+        ) {
+            let value = format!("{}{}", if prefixed { "TC3-HMAC-SHA256 " } else { "" }, pieces.concat());
+            proptest::prop_assert_eq!(parse_authorization(&value), reference(&value));
+        }
+
+        /// The same on whole headers whose parts vary around valid ones.
+        #[test]
+        fn the_parsers_agree_on_near_valid_headers(
+            scope in "(AKID1|)(/2026-11-22|/2026-1x-22|)(/ocr|/o-r|)(/tc3_request|/tc3|)(/x|)",
+            names in "(content-type|Content-Type|)(;host|;|)(;x-tc-action|)",
+            signature in "[0-9a-fA-F]{63,65}",
+            seps in proptest::collection::vec("[, \\t]{1,3}", 3),
+        ) {
+            let value = format!(
+                "TC3-HMAC-SHA256 Credential={scope}{}SignedHeaders={names}{}Signature={signature}{}",
+                seps[0], seps[1], seps[2]
+            );
+            proptest::prop_assert_eq!(parse_authorization(&value), reference(&value));
         }
     }
 }

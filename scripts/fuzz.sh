@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-TARGETS=(tc3 classify http1_answer billing_scanner config spool_recovery request_fields proxy_header)
+TARGETS=(tc3 classify http1_answer http1_request billing_scanner config spool_recovery request_fields proxy_header)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz" >&2

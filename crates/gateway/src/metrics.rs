@@ -42,6 +42,10 @@ pub struct Metrics {
     pub api_connections: IntCounterVec,
     /// Connections closed for lacking a valid PROXY v2 header (`listen.*proxy_protocol`).
     pub proxy_protocol_refused: IntCounter,
+    /// HTTP/1.1 connections the own codec handed over to hyper (at a call outside its plain
+    /// shape: chunked, `Expect`, HTTP/1.0, a slow body, …); the rest of the connection is
+    /// hyper's.
+    pub http1_handovers: IntCounter,
     /// Billable units handed to the usage sink, by service and billing item.
     pub billable_units: IntCounterVec,
     /// Usage records handed to the sink, and those it failed to take.
@@ -320,6 +324,10 @@ impl Metrics {
             proxy_protocol_refused: counter(
                 "tollgate_proxy_protocol_refused_total",
                 "Connections closed because they did not open with a valid PROXY v2 header.",
+            ),
+            http1_handovers: counter(
+                "tollgate_http1_handovers_total",
+                "HTTP/1.1 connections handed over to hyper at a call outside the own codec's plain shape (chunked, Expect, HTTP/1.0, a slow body, a malformed head).",
             ),
             billable_units,
             usage_records: {

@@ -28,13 +28,13 @@ use bytes::Bytes;
 use chrono::Utc;
 use dashmap::DashMap;
 use http::header::HeaderValue;
-use http::request::Parts;
 use http::{Method, Request};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rustc_hash::FxHashMap;
 use tokio::sync::{OnceCell, mpsc};
 
 use crate::proxy::forward::{self, Forwarder, Identity, Target};
+use crate::proxy::head::{Field, ReqHead};
 use crate::settings::ImageSearchSettings;
 use tollgate_core::catalog::{BillingItemId, Catalog, Interface, LibraryRole, Service};
 use tollgate_core::credentials::Credentials;
@@ -345,14 +345,14 @@ impl Libraries {
         catalog: &Catalog,
         interface: &Interface,
         owner_uin: u64,
-        parts: &Parts,
+        req: ReqHead<'_>,
         payload: &[u8],
     ) -> Classified {
         let Some(role) = interface.library else {
             return Classified::Ready(CallLibrary::None);
         };
-        let f = if parts.method == Method::GET {
-            fields::from_query(parts.uri.query().unwrap_or(""))
+        let f = if *req.method() == Method::GET {
+            fields::from_query(req.query().unwrap_or(""))
         } else {
             fields::from_json(payload)
         };
@@ -643,7 +643,7 @@ async fn describe(
     let exchange = async {
         let response = forwarder
             .forward(
-                &parts,
+                ReqHead::Hyper(&parts),
                 &body,
                 target,
                 Identity {
@@ -700,13 +700,17 @@ fn parse_describe(bytes: &[u8], group_id: &str) -> Result<Option<i64>, String> {
 }
 
 /// Who asks, from a call's head: its identity and the version and region it spoke.
-pub fn asker_of(parts: &Parts, uin: u64, secret_id: &str, service: &Service) -> Asker {
+pub fn asker_of(req: ReqHead<'_>, uin: u64, secret_id: &str, service: &Service) -> Asker {
+    let value = |field| {
+        req.field(field)
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+    };
     Asker {
         uin,
         secret_id: secret_id.into(),
         service: Arc::clone(&service.name),
-        version: parts.headers.get("x-tc-version").cloned(),
-        region: parts.headers.get("x-tc-region").cloned(),
+        version: value(Field::Version),
+        region: value(Field::Region),
     }
 }
 

@@ -23,12 +23,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{self, HeaderValue};
-use http::request::Parts;
+use http::header::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::hop::ConnectionField;
+use super::head::{Field, ReqHead};
 use super::http1::{self, BodyState, Conn, ExchangeError};
 
 use crate::auth::tc3::Signer;
@@ -317,34 +316,29 @@ impl Forwarder {
     fn write_head(
         &self,
         head: &mut Vec<u8>,
-        parts: &Parts,
+        req: ReqHead<'_>,
         body: &[u8],
         upstream: &Upstream,
         identity: &Identity<'_>,
         resigned: Option<(&str, i64)>,
     ) {
-        http1::start_request(
-            head,
-            &parts.method,
-            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-        );
-        let connection = ConnectionField::of_map(&parts.headers);
-        for (name, value) in &parts.headers {
-            let name = name.as_str().as_bytes();
+        http1::start_request(head, req.method(), req.path_and_query());
+        let connection = req.connection();
+        req.each_field(|name, value| {
             if dropped_on_forward(name)
                 || connection.names(name)
                 || (resigned.is_some() && replaced_by_resigning(name))
             {
-                continue;
+                return;
             }
-            http1::header(head, name, value.as_bytes());
-        }
+            http1::header(head, name, value);
+        });
         http1::header(head, b"host", upstream.host.as_bytes());
-        if let Some(host) = parts.headers.get(header::HOST) {
-            http1::header(head, b"x-forwarded-host", host.as_bytes());
-        } else if let Some(authority) = parts.uri.authority() {
+        if let Some(host) = req.field(Field::Host) {
+            http1::header(head, b"x-forwarded-host", host);
+        } else if let Some(authority) = req.authority() {
             // HTTP/2: the `:authority`.
-            http1::header(head, b"x-forwarded-host", authority.as_str().as_bytes());
+            http1::header(head, b"x-forwarded-host", authority.as_bytes());
         }
         http1::header(head, b"x-forwarded-for", identity.forwarded_for.as_bytes());
         http1::header(
@@ -372,14 +366,14 @@ impl Forwarder {
             http1::header(head, b"authorization", authorization.as_bytes());
             http1::header(head, b"x-tc-timestamp", n.format(timestamp).as_bytes());
         }
-        http1::end_request(head, &parts.method, body.len());
+        http1::end_request(head, req.method(), body.len());
     }
 
     /// Sends a call upstream and waits for the response head. The answer's body streams
     /// from the connection, which it holds until the answer has been read.
     pub async fn forward(
         &self,
-        parts: &Parts,
+        req: ReqHead<'_>,
         body: &Bytes,
         target: &Target,
         identity: Identity<'_>,
@@ -395,13 +389,12 @@ impl Forwarder {
                 secret_key,
                 service,
                 host: &upstream.authority,
-                content_type: parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
+                content_type: req
+                    .field(Field::ContentType)
+                    .and_then(super::head::visible_ascii)
                     .unwrap_or("application/json"),
-                method: parts.method.as_str(),
-                query: parts.uri.query().unwrap_or("").as_bytes(),
+                method: req.method().as_str(),
+                query: req.query().unwrap_or("").as_bytes(),
                 payload: body,
                 timestamp: now_unix_seconds,
             }
@@ -425,7 +418,7 @@ impl Forwarder {
                 Some(conn) => conn.take_scratch(),
                 None => Vec::with_capacity(1024),
             };
-            self.write_head(&mut head, parts, body, upstream, &identity, resigned);
+            self.write_head(&mut head, req, body, upstream, &identity, resigned);
             let mut conn = match pooled {
                 Some(mut conn) => match conn.send(&head, body).await {
                     Ok(()) => Some(conn),
@@ -447,7 +440,7 @@ impl Forwarder {
             let mut conn = conn.expect("sent on one connection or the other");
             conn.put_scratch(head);
             let head = conn
-                .read_head(&parts.method)
+                .read_head(req.method())
                 .await
                 .map_err(|e| ForwardError::Failed(e.to_string()))?;
             Ok::<_, ForwardError>((head, conn))
@@ -572,7 +565,7 @@ mod tests {
         let request_id = HeaderValue::from_static("req-1");
         let resp = f
             .forward(
-                &parts,
+                ReqHead::Hyper(&parts),
                 &Bytes::from_static(b"{}"),
                 &Target {
                     slot: 0,

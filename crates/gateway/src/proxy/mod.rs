@@ -11,12 +11,14 @@
 pub mod body;
 pub mod client;
 pub mod forward;
+pub mod head;
 pub mod hop;
 pub mod http1;
 pub mod proxy_protocol;
 pub mod request_body;
 pub mod respond;
 pub mod server;
+mod server_h1;
 pub mod tls;
 
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use crate::metrics::{CatalogMetrics, GroupMetrics, Metrics};
 use crate::settings::Settings;
 use body::{GaugeGuard, HeldPermit, MeterJob, MeteredBody, ProxyBody};
 use forward::{Forwarder, Identity};
+use head::{Field, RawHead, ReqHead, visible_ascii};
 use request_body::{BodyError, Budget, Deadlines, Held};
 pub use respond::Refusal;
 use tollgate_core::catalog::{BillingItemId, Route, RouteError, Service};
@@ -46,22 +49,18 @@ use tollgate_core::clock::Clock;
 use tollgate_core::config::Loaded;
 use tollgate_core::entitlement::{Account, Limit};
 
-/// The header names the request path reads or writes, parsed once (a `&str` name is parsed on
-/// every lookup).
+/// The header names the request path writes, parsed once (a `&str` name is parsed on every
+/// use). The fields it reads are `head::Field`s.
 pub(crate) mod names {
     use http::header::HeaderName;
 
     use super::forward::HEADER_REQUEST_ID;
 
-    pub(crate) static TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
-    pub(crate) static TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
-    pub(crate) static TC_CONTENT_SHA256: HeaderName =
-        HeaderName::from_static("x-tc-content-sha256");
     pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
     pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 }
-use names::{REQUEST_ID, TC_ACTION, TC_CONTENT_SHA256, TC_TIMESTAMP};
+use names::REQUEST_ID;
 
 /// The fields of an API 3.0 call that must appear once: the gateway authenticates and routes
 /// on them, so a second value (or a `Connection` naming one, which would have it dropped on
@@ -140,6 +139,13 @@ impl From<Refusal> for Refused {
             close: false,
         }
     }
+}
+
+/// A call's body: hyper's stream of it, or the whole of it, read with its head by the own
+/// codec.
+enum CallBody {
+    Streaming(Incoming),
+    Whole(Bytes),
 }
 
 /// What the head of a call settles, before its body is read.
@@ -377,15 +383,50 @@ impl Gateway {
         req: Request<Incoming>,
         client: Arc<client::Client>,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let (parts, body) = req.into_parts();
+        Ok(self
+            .answer(
+                &forwarder,
+                ReqHead::Hyper(&parts),
+                CallBody::Streaming(body),
+                &client,
+            )
+            .await)
+    }
+
+    /// Handles one call read whole by the gateway's own HTTP/1.1 codec (`server_h1`).
+    pub(crate) async fn handle_raw(
+        &self,
+        forwarder: &Forwarder,
+        head: &RawHead,
+        payload: Bytes,
+        client: &client::Client,
+    ) -> Response<ProxyBody> {
+        self.answer(
+            forwarder,
+            ReqHead::Raw(head),
+            CallBody::Whole(payload),
+            client,
+        )
+        .await
+    }
+
+    /// A call's answer, whichever codec read it.
+    async fn answer(
+        &self,
+        forwarder: &Forwarder,
+        req: ReqHead<'_>,
+        body: CallBody,
+        client: &client::Client,
+    ) -> Response<ProxyBody> {
         let in_flight = GaugeGuard::inc(&self.metrics.requests_in_flight);
         // The vendor's RequestId shape, formatted on the stack (most calls never need it owned).
         let mut id_buf = uuid::Uuid::encode_buffer();
         let request_id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_buf);
         let snapshot = self.snapshot.load_full();
-        let (parts, body) = req.into_parts();
         let served = tokio::select! {
             biased;
-            served = self.serve(&snapshot, &forwarder, &parts, body, &client, request_id, in_flight) => served,
+            served = self.serve(&snapshot, forwarder, req, body, client, request_id, in_flight) => served,
             // The drain timeout passed with this call still waiting: it gets an answer, not a
             // bare close.
             () = forwarder.aborted() => Err(Refused { refusal: Refusal::ShutDown, close: true }),
@@ -417,7 +458,7 @@ impl Gateway {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Ok(response)
+        response
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -425,20 +466,20 @@ impl Gateway {
         &self,
         snapshot: &Arc<Snapshot>,
         forwarder: &Forwarder,
-        parts: &Parts,
-        mut body: Incoming,
+        req: ReqHead<'_>,
+        mut body: CallBody,
         client: &client::Client,
         request_id: &str,
         in_flight: GaugeGuard,
     ) -> Result<Response<ProxyBody>, Refused> {
         let now_unix_nanos = self.clock.unix_nanos();
         // Classify, and check what needs no body: a stranger's body is never read into memory.
-        let head = match self.check_head(snapshot, parts, now_unix_nanos) {
+        let head = match self.check_head(snapshot, req, now_unix_nanos) {
             Ok(head) => head,
             Err(refusal) => {
                 // (Boxed, here and below: a rare path's future would otherwise widen every
                 // call's, which is moved whole into place.)
-                let refused = Box::pin(self.refuse_unread(refusal, parts, &mut body)).await;
+                let refused = Box::pin(self.refuse_unread(refusal, req, &mut body)).await;
                 if !refused.close {
                     client.body_read();
                 }
@@ -447,31 +488,37 @@ impl Gateway {
         };
         // Read the body: bounded in size, in time, and in the gateway's memory as a whole.
         let mut held = Held::new(&self.budget);
-        let payload = match request_body::read(
-            &mut body,
-            head.declared,
-            self.settings.max_request_bytes,
-            self.body_deadlines,
-            &mut held,
-        )
-        .await
-        {
+        let read = match &mut body {
+            CallBody::Streaming(body) => {
+                request_body::read(
+                    body,
+                    head.declared,
+                    self.settings.max_request_bytes,
+                    self.body_deadlines,
+                    &mut held,
+                )
+                .await
+            }
+            CallBody::Whole(payload) => held
+                .reserve(payload.len())
+                .map(|()| std::mem::take(payload)),
+        };
+        let payload = match read {
             Ok(payload) => payload,
-            Err(e) => return Err(Box::pin(self.refuse_body(e, parts, &mut body)).await),
+            Err(e) => return Err(Box::pin(self.refuse_body(e, req, &mut body)).await),
         };
         client.body_read();
         // Authenticate over the exact bytes received.
-        let (uin, account) = self.identify(snapshot, &head, parts, &payload, now_unix_nanos)?;
+        let (uin, account) = self.identify(snapshot, &head, req, &payload, now_unix_nanos)?;
         let target = snapshot.upstreams[usize::from(head.service.id.0)]
             .as_ref()
             .ok_or_else(|| Refusal::Internal(format!("no upstream for {}", head.service.name)))?;
         // Image search: the library's type names the item (held in memory; a library never
         // seen is asked about once, before the call counts against anything).
-        let library = match self.classify_library(snapshot, &head, account, parts, &payload) {
+        let library = match self.classify_library(snapshot, &head, account, req, &payload) {
             Classified::Ready(library) => library,
             Classified::Ask(ask) => {
-                let asker =
-                    crate::library::asker_of(parts, uin, head.pre.secret_id(), head.service);
+                let asker = crate::library::asker_of(req, uin, head.pre.secret_id(), head.service);
                 Box::pin(self.libraries.resolve(
                     ask,
                     asker,
@@ -501,7 +548,7 @@ impl Gateway {
         let forwarded_at = Instant::now();
         let upstream_response = forwarder
             .forward(
-                parts,
+                req,
                 &payload,
                 target,
                 Identity {
@@ -554,11 +601,11 @@ impl Gateway {
         &self,
         snapshot: &'a Snapshot,
         head: &Head<'a>,
-        parts: &Parts,
+        req: ReqHead<'_>,
         payload: &Bytes,
         now_unix_nanos: i64,
     ) -> Result<(u64, &'a Account), Refusal> {
-        let uin = self.authenticate(snapshot, head, parts, payload, now_unix_nanos)?;
+        let uin = self.authenticate(snapshot, head, req, payload, now_unix_nanos)?;
         let account = snapshot
             .loaded
             .entitlements
@@ -573,7 +620,7 @@ impl Gateway {
         snapshot: &Snapshot,
         head: &Head<'_>,
         account: &Account,
-        parts: &Parts,
+        req: ReqHead<'_>,
         payload: &Bytes,
     ) -> Classified {
         match head.route {
@@ -582,7 +629,7 @@ impl Gateway {
                     &snapshot.loaded.catalog,
                     interface,
                     account.owner_uin,
-                    parts,
+                    req,
                     payload,
                 )
             }
@@ -659,10 +706,11 @@ impl Gateway {
         payload: &Bytes,
     ) -> Result<Option<HeldPermit>, Refusal> {
         let now_unix_nanos = self.clock.unix_nanos();
-        let head = self.check_head(snapshot, parts, now_unix_nanos)?;
-        let (uin, account) = self.identify(snapshot, &head, parts, payload, now_unix_nanos)?;
+        let req = ReqHead::Hyper(parts);
+        let head = self.check_head(snapshot, req, now_unix_nanos)?;
+        let (uin, account) = self.identify(snapshot, &head, req, payload, now_unix_nanos)?;
         // A library not held would be asked about: billed as its interface's item here.
-        let item = match self.classify_library(snapshot, &head, account, parts, payload) {
+        let item = match self.classify_library(snapshot, &head, account, req, payload) {
             Classified::Ready(library) => library.item(),
             Classified::Ask(_) => None,
         };
@@ -676,39 +724,38 @@ impl Gateway {
     fn check_head<'a>(
         &self,
         snapshot: &'a Snapshot,
-        parts: &'a Parts,
+        req: ReqHead<'a>,
         now_unix_nanos: i64,
     ) -> Result<Head<'a>, Refusal> {
         let loaded = &snapshot.loaded;
         let catalog = &loaded.catalog;
-        let headers = &parts.headers;
-        if parts.method == Method::CONNECT {
+        let method = req.method();
+        if *method == Method::CONNECT {
             return Err(Refusal::Connect);
         }
-        if parts.method != Method::POST && parts.method != Method::GET {
+        if *method != Method::POST && *method != Method::GET {
             return Err(Refusal::UnsupportedProtocol);
         }
         // API 3.0 signs `/` as the path whatever was sent: any other target would reach the
         // backend unauthenticated. A query is part of a GET call only.
-        if parts.uri.path() != "/"
-            || (parts.method == Method::POST && parts.uri.query().is_some_and(|q| !q.is_empty()))
+        if req.path() != "/"
+            || (*method == Method::POST && req.query().is_some_and(|q| !q.is_empty()))
         {
             return Err(Refusal::NotApiTarget);
         }
-        check_single_valued(headers)?;
+        check_single_valued(req)?;
         // The service comes from the credential scope (every product sends `POST /` to the
         // same host), the interface from X-TC-Action.
-        let authorization = match headers.get(header::AUTHORIZATION) {
+        let authorization = match req.field(Field::Authorization) {
             None => return Err(Refusal::Auth(auth::MalformedAuthorization::Missing.into())),
-            Some(v) => v
-                .to_str()
-                .map_err(|_| Refusal::Auth(auth::MalformedAuthorization::NotUtf8.into()))?,
+            Some(v) => visible_ascii(v)
+                .ok_or_else(|| Refusal::Auth(auth::MalformedAuthorization::NotUtf8.into()))?,
         };
         let authorization =
             parse_authorization(authorization).map_err(|e| Refusal::Auth(e.into()))?;
-        let action = headers
-            .get(&TC_ACTION)
-            .and_then(|v| v.to_str().ok())
+        let action = req
+            .field(Field::Action)
+            .and_then(visible_ascii)
             .filter(|a| !a.is_empty());
         let service = match catalog.service_by_name(authorization.service) {
             Some(s) => s,
@@ -716,7 +763,7 @@ impl Gateway {
             // `127` for `127.0.0.1:18080`: nothing is derived from such a scope (it is still
             // what the signature is checked with); the action names the service.
             None if host_like(authorization.service) => action
-                .and_then(|a| service_of_action(catalog, a, headers.get("x-tc-version")))
+                .and_then(|a| service_of_action(catalog, a, req.field(Field::Version)))
                 .ok_or_else(|| Refusal::UnknownService(authorization.service.to_owned()))?,
             None => return Err(Refusal::UnknownService(authorization.service.to_owned())),
         };
@@ -730,18 +777,18 @@ impl Gateway {
         let pre = auth::precheck(
             &loaded.credentials,
             authorization,
-            headers.get(&TC_TIMESTAMP).map(HeaderValue::as_bytes),
+            req.field(Field::Timestamp),
             now_unix_nanos.div_euclid(1_000_000_000),
             self.settings.max_clock_skew_seconds,
         )
         .map_err(Refusal::Auth)?;
-        let declared = if headers.contains_key(header::TRANSFER_ENCODING) {
+        let declared = if req.has(&header::TRANSFER_ENCODING) {
             None
         } else {
-            // hyper has already refused a malformed or conflicting length.
-            let n = headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
+            // hyper (or the own codec) has already refused a malformed or conflicting length.
+            let n = req
+                .field(Field::ContentLength)
+                .and_then(visible_ascii)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             if n > self.settings.max_request_bytes as u64 {
@@ -770,11 +817,25 @@ impl Gateway {
     /// sees `RequestSizeLimitExceeded` rather than a reset. Anything else is a stranger's, or
     /// a broken client's: at most [`STRANGER_DISCARD`] bytes are read for it, so that a flood
     /// of declared bodies costs no more than their heads.
-    async fn refuse_unread(&self, refusal: Refusal, parts: &Parts, body: &mut Incoming) -> Refused {
-        let expects_continue = parts
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    async fn refuse_unread(
+        &self,
+        refusal: Refusal,
+        req: ReqHead<'_>,
+        body: &mut CallBody,
+    ) -> Refused {
+        let body = match body {
+            CallBody::Streaming(body) => body,
+            // Read whole already.
+            CallBody::Whole(_) => {
+                return Refused {
+                    refusal,
+                    close: false,
+                };
+            }
+        };
+        let expects_continue = req
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
         if expects_continue {
             // The client waits for a go-ahead it will not get: no body comes.
             return Refused {
@@ -789,10 +850,9 @@ impl Gateway {
             }
             _ => STRANGER_DISCARD,
         };
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
+        let declared = req
+            .field(Field::ContentLength)
+            .and_then(visible_ascii)
             .and_then(|v| v.parse::<u64>().ok());
         let drained = declared.is_none_or(|n| n <= bound)
             && request_body::discard(body, bound, self.body_deadlines).await;
@@ -803,7 +863,7 @@ impl Gateway {
     }
 
     /// Answers a call whose body could not be read.
-    async fn refuse_body(&self, e: BodyError, parts: &Parts, body: &mut Incoming) -> Refused {
+    async fn refuse_body(&self, e: BodyError, req: ReqHead<'_>, body: &mut CallBody) -> Refused {
         let (reason, refusal) = match e {
             BodyError::TooLarge { limit } => ("too_large", Refusal::TooLarge { limit }),
             BodyError::BufferFull => ("buffer_full", Refusal::BufferFull),
@@ -816,7 +876,7 @@ impl Gateway {
             .inc();
         match reason {
             // The rest of the body may still come: read and drop it (bounded).
-            "too_large" | "buffer_full" => self.refuse_unread(refusal, parts, body).await,
+            "too_large" | "buffer_full" => self.refuse_unread(refusal, req, body).await,
             _ => Refused {
                 refusal,
                 close: true,
@@ -829,36 +889,32 @@ impl Gateway {
         &self,
         snapshot: &Snapshot,
         head: &Head<'_>,
-        parts: &Parts,
+        req: ReqHead<'_>,
         payload: &Bytes,
         now_unix_nanos: i64,
     ) -> Result<u64, Refusal> {
-        let headers = &parts.headers;
         let unsigned_payload = self.settings.allow_unsigned_payload
-            && headers
-                .get(&TC_CONTENT_SHA256)
-                .is_some_and(|v| v.as_bytes() == auth::tc3::UNSIGNED_PAYLOAD.as_bytes());
+            && req
+                .field(Field::ContentSha256)
+                .is_some_and(|v| v == auth::tc3::UNSIGNED_PAYLOAD.as_bytes());
         // The Host the client sent (HTTP/2: the `:authority`).
-        let host: &[u8] = headers
-            .get(header::HOST)
-            .map(HeaderValue::as_bytes)
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+        let host: &[u8] = req
+            .field(Field::Host)
+            .or_else(|| req.authority().map(str::as_bytes))
             .unwrap_or(b"");
         let verify = |host: &[u8]| {
             auth::verify(
                 &snapshot.loaded.credentials,
                 &head.pre,
                 Signed {
-                    method: parts.method.as_str(),
-                    query: parts.uri.query().unwrap_or("").as_bytes(),
+                    method: req.method().as_str(),
+                    query: req.query().unwrap_or("").as_bytes(),
                     header: |name: &str| {
                         // The SDKs sign these two; others are looked up by name.
                         match name {
-                            "content-type" => {
-                                headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)
-                            }
+                            "content-type" => req.field(Field::ContentType),
                             "host" => Some(host),
-                            _ => headers.get(name).map(HeaderValue::as_bytes),
+                            _ => req.get(name),
                         }
                     },
                     payload: (!unsigned_payload).then_some(&payload[..]),
@@ -1076,9 +1132,9 @@ fn host_like(scope_service: &str) -> bool {
 fn service_of_action<'c>(
     catalog: &'c tollgate_core::catalog::Catalog,
     action: &str,
-    version: Option<&HeaderValue>,
+    version: Option<&[u8]>,
 ) -> Option<&'c Service> {
-    let version = version.and_then(|v| v.to_str().ok());
+    let version = version.and_then(visible_ascii);
     let mut found = catalog.services.iter().filter(|s| {
         s.actions.contains_key(action)
             && version.is_none_or(|v| s.versions.iter().any(|sv| &**sv == v))
@@ -1088,7 +1144,16 @@ fn service_of_action<'c>(
 }
 
 /// Refuses a call in which a single-valued field appears twice or is named by `Connection`.
-fn check_single_valued(headers: &http::HeaderMap) -> Result<(), Refusal> {
+/// The own codec reads only calls with neither (`head::RawHead::parse`).
+fn check_single_valued(req: ReqHead<'_>) -> Result<(), Refusal> {
+    match req {
+        ReqHead::Hyper(parts) => check_single_valued_in(&parts.headers),
+        ReqHead::Raw(_) => Ok(()),
+    }
+}
+
+/// [`check_single_valued`] on a header map.
+fn check_single_valued_in(headers: &http::HeaderMap) -> Result<(), Refusal> {
     // Most calls have no field twice: one comparison settles it.
     if headers.len() != headers.keys_len() {
         for name in SINGLE_VALUED {
@@ -1157,8 +1222,7 @@ mod tests {
         }
         let catalog = tollgate_core::catalog::Catalog::embedded();
         let ocr = |a: &str, v: Option<&str>| {
-            let v = v.map(HeaderValue::from_str).transpose().unwrap();
-            service_of_action(&catalog, a, v.as_ref()).map(|s| s.name.to_string())
+            service_of_action(&catalog, a, v.map(str::as_bytes)).map(|s| s.name.to_string())
         };
         assert_eq!(ocr("GeneralBasicOCR", None).as_deref(), Some("ocr"));
         assert_eq!(
@@ -1190,12 +1254,12 @@ mod tests {
         h.append("accept", HeaderValue::from_static("a"));
         h.append("accept", HeaderValue::from_static("b"));
         assert!(
-            check_single_valued(&h).is_ok(),
+            check_single_valued_in(&h).is_ok(),
             "a repeated field of no concern"
         );
         h.append("x-tc-action", HeaderValue::from_static("B"));
         assert!(matches!(
-            check_single_valued(&h),
+            check_single_valued_in(&h),
             Err(Refusal::AmbiguousHeader {
                 name: "x-tc-action",
                 named_by_connection: false
@@ -1204,7 +1268,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("keep-alive, Host"));
         assert!(matches!(
-            check_single_valued(&h),
+            check_single_valued_in(&h),
             Err(Refusal::AmbiguousHeader {
                 name: "host",
                 named_by_connection: true

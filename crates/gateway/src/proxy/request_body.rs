@@ -90,6 +90,12 @@ impl Held {
             bytes: 0,
         }
     }
+
+    /// Reserves `n` bytes already read (a body the own codec read with its head).
+    pub fn reserve(&mut self, n: usize) -> Result<(), BodyError> {
+        let budget = Arc::clone(&self.budget);
+        budget.reserve(self, n)
+    }
 }
 
 impl Drop for Held {

@@ -31,10 +31,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::client::{AnswerGuard, Client, ClientIo, Guarded};
 use super::forward::Forwarder;
+use super::server_h1;
 use super::tls::Tls;
 
 /// How a worker drains (from `[shutdown]`).
@@ -143,6 +145,13 @@ fn strip_connection_fields(headers: &mut http::HeaderMap) {
     }
 }
 
+/// How a connection learns of the drain: hyper's watcher (the drain waits for every one to
+/// be dropped) and the own codec's signal to close idle connections.
+struct DrainSignals {
+    watcher: Watcher,
+    closing: CancellationToken,
+}
+
 /// One connection, whatever it speaks, until it ends (or the drain ends it).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
@@ -151,8 +160,9 @@ async fn serve_connection(
     protocols: Arc<Protocols>,
     gateway: Arc<Gateway>,
     forwarder: Arc<Forwarder>,
-    watcher: Watcher,
+    drain: DrainSignals,
 ) {
+    let DrainSignals { watcher, closing } = drain;
     let mut stream = stream;
     let timeout = gateway.settings().header_read_timeout;
     let client = if transport.proxy_protocol {
@@ -175,6 +185,7 @@ async fn serve_connection(
         gateway,
         forwarder,
         watcher,
+        closing,
     };
     match transport.tls {
         None => {
@@ -231,10 +242,16 @@ struct HeadDeadline<F> {
 struct HeadTimedOut;
 
 impl<F: Future> HeadDeadline<F> {
-    fn new(conn: F, client: Arc<Client>, timeout: Duration) -> HeadDeadline<F> {
+    /// The first head is due at `first_due` (the own codec may have waited for part of it).
+    fn new(
+        conn: F,
+        client: Arc<Client>,
+        timeout: Duration,
+        first_due: tokio::time::Instant,
+    ) -> HeadDeadline<F> {
         HeadDeadline {
             conn: Box::pin(conn),
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: Box::pin(tokio::time::sleep_until(first_due)),
             client,
             timeout,
             armed_for: None,
@@ -255,9 +272,12 @@ impl<F: Future> Future for HeadDeadline<F> {
             return Poll::Pending;
         };
         if this.armed_for != Some(wait) {
+            // The first wait keeps the deadline it was made with.
+            if this.armed_for.is_some() || wait > 0 {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+            }
             this.armed_for = Some(wait);
-            let deadline = tokio::time::Instant::now() + this.timeout;
-            this.sleep.as_mut().reset(deadline);
         }
         match this.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(HeadTimedOut)),
@@ -274,6 +294,8 @@ struct Serving {
     gateway: Arc<Gateway>,
     forwarder: Arc<Forwarder>,
     watcher: Watcher,
+    /// Cancelled when the worker closes idle connections (the drain).
+    closing: CancellationToken,
 }
 
 impl Serving {
@@ -288,7 +310,9 @@ impl Serving {
         }
     }
 
-    /// HTTP/1.1: one call at a time, the socket wrapped so a half-closed client is answered.
+    /// HTTP/1.1: one call at a time. Plain calls are read by the own codec (`server_h1`); at
+    /// the first call that is not, hyper takes the connection over, its socket wrapped so a
+    /// half-closed client is answered.
     async fn h1<S>(self, stream: S)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -300,11 +324,29 @@ impl Serving {
             gateway,
             forwarder,
             watcher,
+            closing,
         } = self;
         let client = Client::over(forwarded_for, tls);
-        let head_client = Arc::clone(&client);
         let timeout = gateway.settings().header_read_timeout;
-        let io = ClientIo::new(stream, Arc::clone(&client));
+        let closing = std::pin::pin!(closing.cancelled_owned());
+        let ended = server_h1::serve(
+            stream,
+            server_h1::Ctx {
+                gateway: &gateway,
+                forwarder: &forwarder,
+                client: &client,
+                header_read_timeout: timeout,
+                closing,
+            },
+        )
+        .await;
+        let (stream, read, head_due) = match ended {
+            server_h1::Ended::Closed => return,
+            server_h1::Ended::Handover { io, read, head_due } => (io, read, head_due),
+        };
+        gateway.metrics().http1_handovers.inc();
+        let head_client = Arc::clone(&client);
+        let io = ClientIo::new(server_h1::Prefixed::new(stream, read), Arc::clone(&client));
         let service = service_fn(move |req| {
             let guard = AnswerGuard::new(&client);
             // A combinator, not an `async` block: a block would hold the call's future twice
@@ -321,7 +363,7 @@ impl Serving {
                 })
         });
         let conn = protocols.http1.serve_connection(TokioIo::new(io), service);
-        match HeadDeadline::new(watcher.watch(conn), head_client, timeout).await {
+        match HeadDeadline::new(watcher.watch(conn), head_client, timeout, head_due).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
             Err(HeadTimedOut) => {
@@ -346,6 +388,7 @@ impl Serving {
             gateway,
             forwarder,
             watcher,
+            closing: _,
         } = self;
         // One `Client` for the connection: its half-close tracking is HTTP/1.1's (no
         // `ClientIo`, no `AnswerGuard` here: a call ends with its stream), so the streams
@@ -381,6 +424,8 @@ pub async fn serve(
     drain: Drain,
 ) {
     let graceful = GracefulShutdown::new();
+    // The own HTTP/1.1 codec's connections: cancelled when idle connections are closed.
+    let closing = CancellationToken::new();
     let protocols = Arc::new(Protocols::new(&gateway));
     tokio::pin!(shutdown);
     loop {
@@ -403,7 +448,10 @@ pub async fn serve(
                     Arc::clone(&protocols),
                     Arc::clone(&gateway),
                     Arc::clone(&forwarder),
-                    graceful.watcher(),
+                    DrainSignals {
+                        watcher: graceful.watcher(),
+                        closing: closing.clone(),
+                    },
                 ));
             }
             () = &mut shutdown => break,
@@ -419,6 +467,7 @@ pub async fn serve(
         tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + drain.idle_grace))
             .await;
     }
+    closing.cancel();
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("worker drained"),
         () = tokio::time::sleep_until(deadline) => {

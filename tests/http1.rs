@@ -1,0 +1,175 @@
+//! The gateway's own HTTP/1.1 codec (plain calls) and its hand-over to hyper (everything
+//! else), on real sockets: keep-alive, pipelining, `Connection: close`, a head and body sent
+//! apart, and the calls that move a connection to hyper, which then serves the rest of it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Builder, Call, Harness, code_of, raw_request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads `n` answers (each with a `Content-Length`) from `s`: heads lower-cased, bodies.
+async fn answers(s: &mut TcpStream, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while out.len() < n {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                out.push((head, buf[end + 4..end + 4 + len].to_vec()));
+                buf.drain(..end + 4 + len);
+                continue;
+            }
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await;
+        match read.expect("answers within 10 s") {
+            Ok(0) | Err(_) => panic!("closed after {} of {n} answers", out.len()),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    assert!(buf.is_empty(), "bytes after the answers: {buf:?}");
+    out
+}
+
+fn request_id(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-tollgate-request-id:"))
+        .expect("a request id")
+        .trim()
+        .to_owned()
+}
+
+/// A successful answer of the vendor's shape.
+fn assert_served(head: &str, body: &[u8]) {
+    assert!(head.starts_with("http/1.1 200 ok"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert_eq!(code_of(body), None, "{}", String::from_utf8_lossy(body));
+}
+
+async fn handovers(h: &Harness) -> f64 {
+    h.metric("tollgate_http1_handovers_total", &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_calls_keep_alive_pipeline_and_close_on_request() {
+    let h = Harness::start(Builder::default()).await;
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDmain");
+    let one = || raw_request(&h.request(&call), &call.body);
+
+    // Three calls one after another on one connection.
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    for _ in 0..3 {
+        s.write_all(&one()).await.unwrap();
+        let got = answers(&mut s, 1).await;
+        assert_served(&got[0].0, &got[0].1);
+        assert!(!got[0].0.contains("connection: close"), "{}", got[0].0);
+    }
+
+    // Three calls in one write: three answers, in order, each its own.
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    s.write_all(&[one(), one(), one()].concat()).await.unwrap();
+    let got = answers(&mut s, 3).await;
+    let mut ids = Vec::new();
+    for (head, body) in &got {
+        assert_served(head, body);
+        let id = request_id(head);
+        let in_body =
+            serde_json::from_slice::<serde_json::Value>(body).unwrap()["Response"]["RequestId"]
+                .as_str()
+                .map(str::to_owned);
+        ids.push(id);
+        assert!(in_body.is_some());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+
+    // Head and body in two writes.
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    let bytes = one();
+    let split = bytes.len() - call.body.len();
+    s.write_all(&bytes[..split]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    s.write_all(&bytes[split..]).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    assert_served(&got[0].0, &got[0].1);
+
+    // `Connection: close`: answered, told, closed.
+    let mut req = h.request(&call);
+    req.headers_mut()
+        .insert("connection", "close".parse().unwrap());
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    s.write_all(&raw_request(&req, &call.body)).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    assert_served(&got[0].0, &got[0].1);
+    assert!(got[0].0.contains("connection: close"), "{}", got[0].0);
+    let mut rest = [0u8; 8];
+    assert_eq!(s.read(&mut rest).await.unwrap_or(0), 0, "closed");
+
+    // Every call billed once; only a slow body could have gone to hyper (none did here, or
+    // at most the split one, if the machine paused between its writes).
+    assert_eq!(h.usage().len(), 3 + 3 + 1 + 1);
+    assert!(handovers(&h).await <= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_outside_the_plain_shape_move_the_connection_to_hyper() {
+    let h = Harness::start(Builder::default()).await;
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDmain");
+    let plain = || raw_request(&h.request(&call), &call.body);
+    let before = handovers(&h).await;
+
+    // A plain call, then a chunked one, then a plain one, on one connection.
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    s.write_all(&plain()).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    assert_served(&got[0].0, &got[0].1);
+    let req = h.request(&call);
+    let mut chunked = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in req.headers() {
+        chunked.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    chunked.push_str("transfer-encoding: chunked\r\n\r\n");
+    let mut chunked = chunked.into_bytes();
+    chunked.extend_from_slice(format!("{:x}\r\n", call.body.len()).as_bytes());
+    chunked.extend_from_slice(&call.body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    s.write_all(&chunked).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    assert_served(&got[0].0, &got[0].1);
+    assert_eq!(handovers(&h).await, before + 1.0);
+    // hyper serves the rest of the connection, plain calls included.
+    for _ in 0..2 {
+        s.write_all(&plain()).await.unwrap();
+        let got = answers(&mut s, 1).await;
+        assert_served(&got[0].0, &got[0].1);
+    }
+    assert_eq!(handovers(&h).await, before + 1.0);
+
+    // HTTP/1.0, and a call whose body trickles: hyper's too, and answered.
+    let mut old = plain();
+    let at = old.windows(8).position(|w| w == b"HTTP/1.1").unwrap();
+    old[at..at + 8].copy_from_slice(b"HTTP/1.0");
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    s.write_all(&old).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    // (hyper answers an HTTP/1.0 call in HTTP/1.0.)
+    assert!(got[0].0.starts_with("http/1.0 200"), "{}", got[0].0);
+    assert_eq!(code_of(&got[0].1), None);
+    let bytes = plain();
+    let split = bytes.len() - call.body.len();
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    s.write_all(&bytes[..split + 1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&bytes[split + 1..]).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    assert_served(&got[0].0, &got[0].1);
+    assert_eq!(handovers(&h).await, before + 3.0);
+    assert_eq!(h.usage().len(), 6);
+}

@@ -20,6 +20,9 @@
 # (loadtest/, which signs every call itself). GENERATORS="wrk own" by default.
 #
 #   loadtest/sre-side-by-side.sh        # DURATION=8 ROUNDS=3 CONNECTIONS=64 GENERATORS="wrk own"
+#
+# MODES="admitted", BACKENDS="nginx", TARGETS="tollgate nginx before" run a subset (a quick
+# look while changing the gateway); a figure for RESULTS.md comes from the full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -27,6 +30,10 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 GENERATORS=${GENERATORS:-wrk own}
+# Subsets, for a quick look while changing the gateway (the defaults run everything):
+MODES=${MODES:-admitted overload}
+BACKENDS=${BACKENDS:-stub nginx}
+TARGETS=${TARGETS:-}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 for t in "$NGINX" "$HAPROXY" "$(command -v wrk)"; do
@@ -165,7 +172,7 @@ r = json.load(open(sys.argv[1])); t = r["totals"]
 window = r["send_window_secs"] or r["duration_secs"]
 answered = t["sent"] - t["transport_errors"]
 print("%.2f %d %.2fms" % (answered / window, max(answered, 1), t["latency"]["all"]["p99_ms"]))' "$WORK/own.json")
-    echo "own $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/results.txt"
+    echo "own $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/${RESULTS_FILE:-results.txt}"
     printf '   %-4s %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' own "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
     return
   fi
@@ -182,14 +189,18 @@ print("%.2f %d %.2fms" % (answered / window, max(answered, 1), t["latency"]["all
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   total=$(echo "$out" | awk '/requests in/ {print $1}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  echo "wrk $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/results.txt"
+  echo "wrk $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/${RESULTS_FILE:-results.txt}"
   printf '   %-4s %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' wrk "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
 }
 
-for mode in admitted overload; do
+for mode in $MODES; do
   if [ "$mode" = admitted ]; then targets=(tollgate nginx haproxy pass direct); else targets=(tollgate nginx haproxy); fi
   [ -n "${BEFORE:-}" ] && targets+=(before)
-  for b in stub nginx; do
+  if [ -n "$TARGETS" ]; then
+    kept=(); for t in "${targets[@]}"; do [[ " $TARGETS " == *" $t "* ]] && kept+=("$t"); done
+    targets=("${kept[@]}")
+  fi
+  for b in $BACKENDS; do
     echo "== $mode, backend $b (${DURATION}s runs, $ROUNDS rounds, generators: $GENERATORS)"
     for r in $(seq 1 "$ROUNDS"); do
       n=${#targets[@]}
@@ -199,6 +210,29 @@ for mode in admitted overload; do
     done
   done
 done
+
+# PROFILE=dir: after the rounds, one more run per generator, mode and backend of each Tollgate
+# target under `perf record -e cpu-clock:u -g` (user time, call graphs), not counted in the
+# figures; `perf report -i dir/<generator>-<mode>-<backend>-<target>.data` reads them. Frame
+# pointers make the call graphs whole: build with RUSTFLAGS="-C force-frame-pointers=yes".
+if [ -n "${PROFILE:-}" ]; then
+  mkdir -p "$PROFILE"
+  for mode in $MODES; do
+    for b in $BACKENDS; do
+      for t in tollgate ${BEFORE:+before}; do
+        key="tollgate-$b"; [ "$t" = before ] && key="before-$b"
+        for gen in $GENERATORS; do
+          perf record -q -e cpu-clock:u -g -p "${PID[$key]}" -o "$PROFILE/$gen-$mode-$b-$t.data" >/dev/null 2>&1 &
+          perf_pid=$!
+          sleep 0.5
+          RESULTS_FILE=profiled.txt run "$gen" "$mode" "$b" "$t" >/dev/null
+          kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+          echo "   profile: $PROFILE/$gen-$mode-$b-$t.data"
+        done
+      done
+    done
+  done
+fi
 
 python3 - "$WORK/results.txt" <<'PY'
 import statistics, sys
@@ -219,9 +253,12 @@ for (gen, mode, b), ts in by.items():
     med = {t: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v), statistics.median(x[2] for x in v), v[-1][3]) for t, v in ts.items()}
     for t, (r, u, s, p) in med.items():
         print("| %s | %s | %s | %s | %.0f | %.1f | %.1f | %s |" % (gen, mode, b, t, r, u, s, p))
-    best = max(("nginx", "haproxy"), key=lambda t: med[t][0])
+    peers = [t for t in ("nginx", "haproxy") if t in med]
+    if "tollgate" not in med or not peers:
+        continue
+    best = max(peers, key=lambda t: med[t][0])
     before = med["tollgate"][0] / med["before"][0] if "before" in med else None
-    summary.append((gen, mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], med["nginx"][1], med["haproxy"][1], before, med.get("before", (0, 0))[1]))
+    summary.append((gen, mode, b, med["tollgate"][0] / med[best][0], best, med["tollgate"][1], med.get("nginx", (0, 0))[1], med.get("haproxy", (0, 0))[1], before, med.get("before", (0, 0))[1]))
 print("\n| generator | mode | backend | Tollgate / best peer (req/s) | best peer | Tollgate user µs/call | nginx user µs/call | HAProxy user µs/call | Tollgate / before (req/s) | before user µs/call |")
 print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
 for gen, mode, b, ratio, best, tu, nu, hu, before, bu in summary:

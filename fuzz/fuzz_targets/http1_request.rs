@@ -12,9 +12,10 @@ use tollgate_gateway::proxy::head::{MAX_FIELDS, Parsed, RawHead, ReqHead};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
-    match RawHead::parse(&mut buf, 64 * 1024) {
+    let mut head = RawHead::default();
+    match RawHead::parse(&mut buf, 64 * 1024, &mut head) {
         Parsed::Other | Parsed::Partial | Parsed::BodyPartial => assert_eq!(&buf[..], data),
-        Parsed::Call(head, body) => {
+        Parsed::Call(body) => {
             let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
             let mut req = httparse::Request::new(&mut slots);
             let Ok(httparse::Status::Complete(len)) = req.parse(data) else {

@@ -65,10 +65,7 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, MalformedAu
     let b = rest.as_bytes();
     let mut start = 0;
     loop {
-        let end = b[start..]
-            .iter()
-            .position(|&c| c == b',')
-            .map_or(b.len(), |i| start + i);
+        let end = memchr::memchr(b',', &b[start..]).map_or(b.len(), |i| start + i);
         let part = rest[start..end].trim_ascii_start();
         let p = part.as_bytes();
         if let Some(v) = p.strip_prefix(b"Credential=") {
@@ -120,16 +117,28 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, MalformedAu
     {
         return Err(MalformedAuthorization::BadCredentialScope);
     }
-    let (mut names_ok, mut has_content_type, mut has_host) = (true, false, false);
-    for h in signed_headers.as_bytes().split(|&c| c == b';') {
-        names_ok &= !h.is_empty() && h.iter().all(|&b| b.is_ascii_lowercase() || b == b'-');
+    // Names of lower-case letters and `-`, joined by `;`, none empty. The byte checks here
+    // fold without an early exit, so the compiler checks many bytes per step.
+    let names = signed_headers.as_bytes();
+    let names_ok = names.iter().fold(true, |ok, &b| {
+        ok & (b.is_ascii_lowercase() | (b == b'-') | (b == b';'))
+    }) && !names.is_empty()
+        && names[0] != b';'
+        && names[names.len() - 1] != b';'
+        && memchr::memmem::find(names, b";;").is_none();
+    let (mut has_content_type, mut has_host) = (false, false);
+    for h in names.split(|&c| c == b';') {
         has_content_type |= h == b"content-type";
         has_host |= h == b"host";
     }
     if !names_ok || !has_content_type || !has_host {
         return Err(MalformedAuthorization::BadSignedHeaders);
     }
-    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if signature.len() != 64
+        || !signature
+            .bytes()
+            .fold(true, |ok, b| ok & b.is_ascii_hexdigit())
+    {
         return Err(MalformedAuthorization::BadSignature);
     }
     Ok(Authorization {

@@ -96,8 +96,9 @@ pub struct RawHead {
 
 /// What [`RawHead::parse`] made of the front of a connection's read buffer.
 pub enum Parsed {
-    /// A whole call: its head, and its body (both split off the buffer).
-    Call(Box<RawHead>, Bytes),
+    /// A whole call: its head is in the `RawHead` given, its body here (both split off the
+    /// buffer).
+    Call(Bytes),
     /// The head is not all there yet.
     Partial,
     /// The head is, and is the own codec's; the body it declares is not all there yet.
@@ -105,6 +106,21 @@ pub enum Parsed {
     /// A call the gateway's own codec does not read: hyper reads it (and the rest of the
     /// connection), from the same bytes.
     Other,
+}
+
+impl Default for RawHead {
+    fn default() -> RawHead {
+        RawHead {
+            bytes: Bytes::new(),
+            method: Method::GET,
+            target: (0, 0),
+            fields: [(0, 0, 0, 0); MAX_FIELDS],
+            n_fields: 0,
+            known: [0; KNOWN],
+            body_len: 0,
+            close: false,
+        }
+    }
 }
 
 impl RawHead {
@@ -119,7 +135,10 @@ impl RawHead {
     ///   most `max_call` bytes, the body whole in `buf`.
     ///
     /// Anything else — malformed heads included, whose answer is hyper's — is [`Parsed::Other`].
-    pub fn parse(buf: &mut BytesMut, max_call: usize) -> Parsed {
+    ///
+    /// The head is read into `head` (one per connection, reused call after call); it is
+    /// complete only when [`Parsed::Call`] is returned.
+    pub fn parse(buf: &mut BytesMut, max_call: usize, head: &mut RawHead) -> Parsed {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
@@ -147,16 +166,13 @@ impl RawHead {
             at(target.as_bytes()),
             at(target.as_bytes()) + target.len() as u32,
         );
-        let mut head = RawHead {
-            bytes: Bytes::new(),
-            method,
-            target,
-            fields: [(0, 0, 0, 0); MAX_FIELDS],
-            n_fields: 0,
-            known: [0; KNOWN],
-            body_len: 0,
-            close: false,
-        };
+        head.bytes = Bytes::new();
+        head.method = method;
+        head.target = target;
+        head.n_fields = 0;
+        head.known = [0; KNOWN];
+        head.body_len = 0;
+        head.close = false;
         for (i, h) in req.headers.iter().enumerate() {
             let (name, value) = (h.name.as_bytes(), h.value);
             let (name_at, value_at) = (at(name), at(value));
@@ -223,7 +239,7 @@ impl RawHead {
         }
         head.bytes = buf.split_to(len).freeze();
         let body = buf.split_to(head.body_len).freeze();
-        Parsed::Call(Box::new(head), body)
+        Parsed::Call(body)
     }
 
     fn slice(&self, start: u32, end: u32) -> &[u8] {
@@ -286,7 +302,11 @@ fn decimal(v: &[u8]) -> Option<usize> {
 /// A field value as text, if it is visible ASCII (and spaces, tabs), as
 /// `HeaderValue::to_str` takes it.
 pub fn visible_ascii(v: &[u8]) -> Option<&str> {
-    if v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+    // Folded without an early exit: the compiler checks many bytes per step (this runs on the
+    // `Authorization` value of every call).
+    if v.iter().fold(true, |ok, &b| {
+        ok & ((b == b'\t') | (0x20..0x7f).contains(&b))
+    }) {
         // ASCII is UTF-8.
         std::str::from_utf8(v).ok()
     } else {
@@ -395,12 +415,17 @@ mod tests {
 
     fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        (RawHead::parse(&mut buf, 1 << 16), buf)
+        (
+            RawHead::parse(&mut buf, 1 << 16, &mut RawHead::default()),
+            buf,
+        )
     }
 
-    fn call(bytes: &[u8]) -> (Box<RawHead>, Bytes, BytesMut) {
-        match parse(bytes) {
-            (Parsed::Call(head, body), rest) => (head, body, rest),
+    fn call(bytes: &[u8]) -> (RawHead, Bytes, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        let mut head = RawHead::default();
+        match (RawHead::parse(&mut buf, 1 << 16, &mut head), buf) {
+            (Parsed::Call(body), rest) => (head, body, rest),
             (Parsed::Partial | Parsed::BodyPartial, _) => {
                 panic!("partial: {:?}", String::from_utf8_lossy(bytes))
             }

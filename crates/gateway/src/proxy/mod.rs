@@ -141,6 +141,29 @@ impl From<Refusal> for Refused {
     }
 }
 
+/// A call's answer, before a codec writes it: the backend's (metered on its way), or the
+/// gateway's own refusal, which each codec renders from the [`Refusal`] (hyper's through
+/// [`Refusal::into_response`], the own HTTP/1.1 codec straight to the wire).
+pub(crate) enum Answer {
+    Forwarded(Response<ProxyBody>),
+    Refused {
+        refusal: Refusal,
+        request_id: RequestId,
+        /// The connection closes after the answer (a body not read whole, the drain).
+        close: bool,
+    },
+}
+
+/// A call's request id: a UUID, hyphenated, lower-case.
+pub(crate) struct RequestId([u8; 36]);
+
+impl RequestId {
+    pub(crate) fn as_str(&self) -> &str {
+        // Written by `uuid` as ASCII.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
 /// A call's body: hyper's stream of it, or the whole of it, read with its head by the own
 /// codec.
 enum CallBody {
@@ -384,14 +407,30 @@ impl Gateway {
         client: Arc<client::Client>,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let (parts, body) = req.into_parts();
-        Ok(self
+        let answer = self
             .answer(
                 &forwarder,
                 ReqHead::Hyper(&parts),
                 CallBody::Streaming(body),
                 &client,
             )
-            .await)
+            .await;
+        Ok(match answer {
+            Answer::Forwarded(response) => response,
+            Answer::Refused {
+                refusal,
+                request_id,
+                close,
+            } => {
+                let mut response = refusal.into_response(request_id.as_str());
+                if close {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+        })
     }
 
     /// Handles one call read whole by the gateway's own HTTP/1.1 codec (`server_h1`).
@@ -401,7 +440,7 @@ impl Gateway {
         head: &RawHead,
         payload: Bytes,
         client: &client::Client,
-    ) -> Response<ProxyBody> {
+    ) -> Answer {
         self.answer(
             forwarder,
             ReqHead::Raw(head),
@@ -418,21 +457,31 @@ impl Gateway {
         req: ReqHead<'_>,
         body: CallBody,
         client: &client::Client,
-    ) -> Response<ProxyBody> {
+    ) -> Answer {
         let in_flight = GaugeGuard::inc(&self.metrics.requests_in_flight);
         // The vendor's RequestId shape, formatted on the stack (most calls never need it owned).
-        let mut id_buf = uuid::Uuid::encode_buffer();
-        let request_id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_buf);
+        let mut request_id = RequestId([0; 36]);
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut request_id.0);
         let snapshot = self.snapshot.load_full();
         let served = tokio::select! {
             biased;
-            served = self.serve(&snapshot, forwarder, req, body, client, request_id, in_flight) => served,
+            served = self.serve(&snapshot, forwarder, req, body, client, request_id.as_str(), in_flight) => served,
             // The drain timeout passed with this call still waiting: it gets an answer, not a
             // bare close.
             () = forwarder.aborted() => Err(Refused { refusal: Refusal::ShutDown, close: true }),
         };
-        let mut response = match served {
-            Ok(resp) => resp,
+        let draining = self.draining.load(Ordering::Relaxed);
+        match served {
+            Ok(mut response) => {
+                if draining {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Answer::Forwarded(response)
+            }
             Err(Refused { refusal, close }) => {
                 let code = refusal.code();
                 if let Refusal::OverLimit { .. } = &refusal {
@@ -443,22 +492,14 @@ impl Gateway {
                 if let Refusal::Auth(_) = &refusal {
                     self.metrics.auth_failures.with_label_values(&[code]).inc();
                 }
-                tracing::debug!(%request_id, code, message = %respond::Message(&refusal), "refused");
-                let mut response = refusal.into_response(request_id);
-                if close {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                tracing::debug!(request_id = request_id.as_str(), code, message = %respond::Message(&refusal), "refused");
+                Answer::Refused {
+                    refusal,
+                    request_id,
+                    close: close || draining,
                 }
-                response
             }
-        };
-        if self.draining.load(Ordering::Relaxed) {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        response
     }
 
     #[allow(clippy::too_many_arguments)]

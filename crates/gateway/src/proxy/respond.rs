@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -126,66 +126,73 @@ impl Refusal {
 
     /// The vendor-format answer, with rate-limit headers for limit errors.
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::Full(Full::new(error_body(
-            self.code(),
-            &Message(&self),
-            request_id,
-        ))));
-        // HTTP 200 always (the SDK reads errors only from a 200), except for CONNECT, where a
-        // 2xx would mean a tunnel.
-        *resp.status_mut() = if matches!(self, Refusal::Connect) {
-            StatusCode::METHOD_NOT_ALLOWED
-        } else {
-            StatusCode::OK
-        };
+        let mut resp = Response::new(ProxyBody::Full(Full::new(self.body(request_id))));
+        *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         // Room for every header a refusal carries (hyper adds two more): one allocation.
         h.reserve(8);
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(REQUEST_ID.clone(), v);
+        self.fields(request_id, |name, value| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                h.append(name.clone(), v);
+            }
+        });
+        resp
+    }
+
+    /// The answer's status: HTTP 200 always (the SDK reads errors only from a 200), except for
+    /// CONNECT, where a 2xx would mean a tunnel.
+    pub fn status(&self) -> StatusCode {
+        if matches!(self, Refusal::Connect) {
+            StatusCode::METHOD_NOT_ALLOWED
+        } else {
+            StatusCode::OK
         }
+    }
+
+    /// The answer's body: the vendor's error JSON.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        error_body(self.code(), &Message(self), request_id)
+    }
+
+    /// The answer's fields (framing and `Date` aside), to `each`: the content type, the
+    /// request id, and for limit errors the rate-limit fields. Both codecs write these: the
+    /// own HTTP/1.1 codec straight to the wire, [`Refusal::into_response`] into a header map.
+    pub fn fields(&self, request_id: &str, mut each: impl FnMut(&HeaderName, &[u8])) {
+        each(&CONTENT_TYPE, b"application/json");
+        each(&REQUEST_ID, request_id.as_bytes());
         if let Refusal::OverLimit {
             group,
             limit,
             retry_after,
-        } = &self
+        } = self
         {
             // RateLimit header fields (draft-ietf-httpapi-ratelimit-headers): the policy and
             // the current state of the quota the call hit. Under overload this is the most
-            // frequent answer, so the values are assembled from slices, without `format!`.
+            // frequent answer, so the values are assembled on the stack, without `format!`.
             let retry_secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
             let mut n = itoa::Buffer::new();
-            let quoted = || {
-                let mut v = Vec::with_capacity(group.len() + 24);
-                v.push(b'"');
-                v.extend_from_slice(group.as_bytes());
-                v.push(b'"');
-                v
-            };
             // A rate is per one-second window; a concurrency limit has no window.
             let (quota, window) = match *limit {
                 Limit::Rate(q) => (q, true),
                 Limit::Concurrency(c) => (c, false),
             };
-            let mut policy = quoted();
-            policy.extend_from_slice(b";q=");
-            policy.extend_from_slice(n.format(quota).as_bytes());
+            let mut value = Vec::with_capacity(group.len() + 32);
+            value.push(b'"');
+            value.extend_from_slice(group.as_bytes());
+            value.push(b'"');
+            let quoted = value.len();
+            value.extend_from_slice(b";q=");
+            value.extend_from_slice(n.format(quota).as_bytes());
             if window {
-                policy.extend_from_slice(b";w=1");
+                value.extend_from_slice(b";w=1");
             }
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(policy)) {
-                h.insert(RATELIMIT_POLICY.clone(), v);
-            }
-            let mut state = quoted();
-            state.extend_from_slice(b";r=0;t=");
-            state.extend_from_slice(n.format(retry_secs).as_bytes());
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
-                h.insert(RATELIMIT.clone(), v);
-            }
-            h.insert(RETRY_AFTER, HeaderValue::from(retry_secs));
+            each(&RATELIMIT_POLICY, &value);
+            value.truncate(quoted);
+            value.extend_from_slice(b";r=0;t=");
+            value.extend_from_slice(n.format(retry_secs).as_bytes());
+            each(&RATELIMIT, &value);
+            each(&RETRY_AFTER, n.format(retry_secs).as_bytes());
         }
-        resp
     }
 }
 
@@ -311,22 +318,62 @@ impl fmt::Display for Message<'_> {
 /// `{"Response":{"Error":{"Code":code,"Message":message},"RequestId":request_id}}`, every
 /// string escaped as JSON.
 pub fn error_body(code: &str, message: &dyn fmt::Display, request_id: &str) -> Bytes {
-    use serde::Serializer as _;
+    use fmt::Write as _;
     let mut buf = Vec::with_capacity(160 + code.len() + request_id.len());
-    buf.extend_from_slice(br#"{"Response":{"Error":{"Code":"#);
-    let mut json = serde_json::Serializer::new(&mut buf);
-    json.serialize_str(code)
-        .expect("writing to a Vec cannot fail");
-    json.into_inner().extend_from_slice(br#","Message":"#);
-    let mut json = serde_json::Serializer::new(&mut buf);
-    json.collect_str(message)
-        .expect("writing to a Vec cannot fail");
-    json.into_inner().extend_from_slice(br#"},"RequestId":"#);
-    let mut json = serde_json::Serializer::new(&mut buf);
-    json.serialize_str(request_id)
-        .expect("writing to a Vec cannot fail");
-    buf.extend_from_slice(b"}}");
+    buf.extend_from_slice(br#"{"Response":{"Error":{"Code":""#);
+    json_str_contents(&mut buf, code);
+    buf.extend_from_slice(br#"","Message":""#);
+    write!(JsonContents(&mut buf), "{message}").expect("writing to a Vec cannot fail");
+    buf.extend_from_slice(br#""},"RequestId":""#);
+    json_str_contents(&mut buf, request_id);
+    buf.extend_from_slice(b"\"}}");
     Bytes::from(buf)
+}
+
+/// Writes what goes between the quotes of a JSON string holding `s` (RFC 8259 section 7).
+/// Nearly every string here needs no escape: one check over its bytes, folded without an
+/// early exit, then one copy (under overload the limit refusal is the most frequent answer,
+/// and a byte-by-byte escaper was a visible share of it).
+fn json_str_contents(buf: &mut Vec<u8>, s: &str) {
+    let clean = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if clean {
+        buf.extend_from_slice(s.as_bytes());
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => buf.extend_from_slice(b"\\\""),
+            '\\' => buf.extend_from_slice(b"\\\\"),
+            '\n' => buf.extend_from_slice(b"\\n"),
+            '\r' => buf.extend_from_slice(b"\\r"),
+            '\t' => buf.extend_from_slice(b"\\t"),
+            '\u{8}' => buf.extend_from_slice(b"\\b"),
+            '\u{c}' => buf.extend_from_slice(b"\\f"),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let n = c as usize;
+                buf.extend_from_slice(b"\\u00");
+                buf.push(HEX[n >> 4]);
+                buf.push(HEX[n & 0xf]);
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                buf.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+}
+
+/// A `fmt::Write` into the contents of a JSON string.
+struct JsonContents<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for JsonContents<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        json_str_contents(self.0, s);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +413,20 @@ mod tests {
         let b = error_body("InternalError", &"a \"quoted\"\nline", "r");
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["Response"]["Error"]["Message"], "a \"quoted\"\nline");
+    }
+
+    proptest::proptest! {
+        /// The JSON string writer writes what serde_json writes, for any string.
+        #[test]
+        fn json_strings_are_written_as_serde_json_writes_them(s in "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}])*") {
+            let mut buf = Vec::new();
+            json_str_contents(&mut buf, &s);
+            let expected = serde_json::to_string(&s).unwrap();
+            proptest::prop_assert_eq!(
+                std::str::from_utf8(&buf).unwrap(),
+                &expected[1..expected.len() - 1]
+            );
+        }
     }
 
     /// The JSON body, the message and the headers of each kind of limit refusal, exactly.

@@ -33,15 +33,22 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::Gateway;
 use super::body::ProxyBody;
 use super::client::Client;
 use super::forward::Forwarder;
 use super::head::{Parsed, RawHead};
+use super::respond::Refusal;
 use super::server::MAX_READ_BUFFER;
+use super::{Answer, Gateway};
 
-/// Reads ask for at least this much room.
-const MIN_READ: usize = 4 * 1024;
+/// A connection's read buffer starts this large; a read waiting for a head asks for at least
+/// `MIN_READ` of room in it. The room is made only then, when the previous call's bytes (which
+/// share the buffer) are gone, so it is reclaimed rather than allocated anew.
+const INITIAL_BUFFER: usize = 8 * 1024;
+const MIN_READ: usize = 2 * 1024;
+/// While a call is served, the socket is read (for a reset, a hang-up or a pipelined call)
+/// only into the room left, if at least this much.
+const WATCH_ROOM: usize = 512;
 /// A call whose head is in and whose body is not waits this long for the rest (the pieces of
 /// one write, split by the network), then is hyper's, with its body deadlines and budget.
 const BODY_COALESCE: Duration = Duration::from_millis(10);
@@ -77,22 +84,23 @@ pub(super) async fn serve<S>(mut io: S, mut ctx: Ctx<'_>) -> Ended<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(MIN_READ);
+    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut out = Vec::with_capacity(1024);
     let mut eof = false;
     let timeout = ctx.header_read_timeout;
     // One timer per connection, moved to each wait's deadline (see `server::HeadDeadline`).
     let mut head_timer = Box::pin(tokio::time::sleep(timeout));
+    let mut head = RawHead::default();
     loop {
         let head_due = tokio::time::Instant::now() + timeout;
         head_timer.as_mut().reset(head_due);
         // Set once the head is in and the body is awaited.
         let mut body_due = None;
         // A whole call, or the end.
-        let (head, payload) = loop {
+        let payload = loop {
             if !buf.is_empty() {
-                match RawHead::parse(&mut buf, MAX_READ_BUFFER) {
-                    Parsed::Call(head, payload) => break (head, payload),
+                match RawHead::parse(&mut buf, MAX_READ_BUFFER, &mut head) {
+                    Parsed::Call(payload) => break payload,
                     Parsed::Other => {
                         return Ended::Handover {
                             io,
@@ -152,18 +160,16 @@ where
         };
         // The call, while the socket is watched: a reset drops it, a FIN is a half-close.
         let mut close = head.close;
-        let call = ctx
-            .gateway
-            .handle_raw(ctx.forwarder, &head, payload, ctx.client);
-        tokio::pin!(call);
-        let response = loop {
-            let room = !eof && buf.len() < MAX_READ_BUFFER;
-            if room {
-                buf.reserve(MIN_READ);
-            }
+        let mut call =
+            std::pin::pin!(
+                ctx.gateway
+                    .handle_raw(ctx.forwarder, &head, payload, ctx.client)
+            );
+        let answer = loop {
+            let room = !eof && buf.capacity() - buf.len() >= WATCH_ROOM;
             tokio::select! {
                 biased;
-                response = &mut call => break response,
+                answer = call.as_mut() => break answer,
                 read = io.read_buf(&mut buf), if room => match read {
                     Ok(0) => eof = true,
                     // A pipelined call: kept for after this one.
@@ -173,11 +179,21 @@ where
                 },
             }
         };
-        close |= says_close(response.headers());
-        if write_answer(&mut io, response, &mut out, close, &mut buf, eof)
-            .await
-            .is_err()
-        {
+        let written = match answer {
+            Answer::Forwarded(response) => {
+                close |= says_close(response.headers());
+                write_answer(&mut io, response, &mut out, close, &mut buf, eof).await
+            }
+            Answer::Refused {
+                refusal,
+                request_id,
+                close: refusal_closes,
+            } => {
+                close |= refusal_closes;
+                write_refusal(&mut io, &refusal, request_id.as_str(), &mut out, close).await
+            }
+        };
+        if written.is_err() {
             return Ended::Closed;
         }
         if close {
@@ -211,6 +227,48 @@ impl From<io::Error> for WriteError {
     }
 }
 
+/// Writes the gateway's own answer to a call, in one write: the refusal's status, fields and
+/// body (`Refusal::fields`, the same the hyper path puts in its header map).
+async fn write_refusal<S>(
+    io: &mut S,
+    refusal: &Refusal,
+    request_id: &str,
+    out: &mut Vec<u8>,
+    close: bool,
+) -> Result<(), WriteError>
+where
+    S: AsyncWrite + Unpin,
+{
+    out.clear();
+    status_line(out, refusal.status());
+    refusal.fields(request_id, |name, value| {
+        field(out, name.as_str().as_bytes(), value);
+    });
+    let body = refusal.body(request_id);
+    field(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(body.len()).as_bytes(),
+    );
+    DATE.with(|d| d.write(out));
+    if close {
+        field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    io.write_all(out).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes an answer: its head (with `Date`, its framing, and `Connection: close` when the
 /// connection ends after it) and its body, copied into one write when small.
 ///
@@ -230,17 +288,7 @@ where
 {
     let (parts, mut body) = response.into_parts();
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("<none>")
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
+    status_line(out, parts.status);
     let (mut has_length, mut has_date) = (false, false);
     for (name, value) in &parts.headers {
         if *name == header::CONNECTION {
@@ -278,10 +326,7 @@ where
     // The body: every piece there now goes with the head; then piece by piece as it comes.
     loop {
         let pending_output = !out.is_empty();
-        let room = !eof && buf.len() < MAX_READ_BUFFER;
-        if room {
-            buf.reserve(MIN_READ);
-        }
+        let room = !eof && buf.capacity() - buf.len() >= WATCH_ROOM;
         let step = tokio::select! {
             biased;
             step = std::future::poll_fn(|cx| poll_piece(&mut body, cx, pending_output)) => step,

@@ -1,6 +1,7 @@
 //! Request-path benches besides admission: TC3 signature verification of a 1 KiB call (with
 //! its floor, the SHA-256 of the body alone, as the baseline),
-//! classification, and the billability scan of a typical answer and of a 1 MiB answer.
+//! classification, reading an HTTP/1.1 call's head (the own codec beside a header-map
+//! baseline), and the billability scan of a typical answer and of a 1 MiB answer.
 //!
 //! Run: `cargo bench --bench request`.
 
@@ -69,6 +70,16 @@ fn signature(c: &mut Criterion) {
             black_box(uin.unwrap())
         })
     });
+    g.bench_function("parse_authorization", |b| {
+        b.iter(|| {
+            black_box(
+                parse_authorization(black_box(&auth))
+                    .unwrap()
+                    .secret_id
+                    .len(),
+            )
+        })
+    });
     // The floor: the body's SHA-256, which the signature commits to and no verifier can skip.
     g.bench_function("sha256_of_the_1KiB_body_alone", |b| {
         b.iter(|| {
@@ -109,6 +120,44 @@ fn signature(c: &mut Criterion) {
             second += i64::from(n % 10_000 == 0);
             hex(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), &mut sig);
             black_box(std::str::from_utf8(&sig).unwrap());
+        })
+    });
+    g.finish();
+}
+
+/// Reading a typical SDK call's head (11 fields): the own HTTP/1.1 codec's `RawHead::parse`,
+/// beside what a header-map codec does per call (httparse, then every name and value into an
+/// `http::HeaderMap`, as hyper's server builds it) in the same run.
+fn http1_head(c: &mut Criterion) {
+    use bytes::BytesMut;
+    use tollgate_gateway::proxy::head::{Parsed, RawHead};
+    let call: &[u8] = b"POST / HTTP/1.1\r\nHost: gateway.example:18080\r\nContent-Type: application/json\r\nX-TC-Action: GeneralBasicOCR\r\nX-TC-Version: 2018-11-19\r\nX-TC-Timestamp: 1795347128\r\nX-TC-Region: ap-guangzhou\r\nX-TC-RequestClient: SDK_PYTHON_3.0.1283\r\nX-TC-Language: zh-CN\r\nUser-Agent: python-requests/2.32.3\r\nAuthorization: TC3-HMAC-SHA256 Credential=AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE/2026-11-22/ocr/tc3_request, SignedHeaders=content-type;host, Signature=3066e6a8b103af2f975aea2e9b13bf0e5a174495e90cf474d1978487af943730\r\nContent-Length: 41\r\n\r\n{\"ImageUrl\":\"https://example.com/a.jpg\"}";
+    let mut g = c.benchmark_group("http1_head");
+    let mut head = RawHead::default();
+    g.bench_function("own_codec_raw_head", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(black_box(call));
+            match RawHead::parse(&mut buf, 64 * 1024, &mut head) {
+                Parsed::Call(body) => black_box(body.len()),
+                _ => unreachable!(),
+            }
+        })
+    });
+    g.bench_function("header_map_baseline", |b| {
+        b.iter(|| {
+            let buf = BytesMut::from(black_box(call)).freeze();
+            let mut slots = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut slots);
+            let httparse::Status::Complete(len) = req.parse(&buf).unwrap() else {
+                unreachable!()
+            };
+            let mut map = http::HeaderMap::with_capacity(req.headers.len());
+            for h in req.headers.iter() {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes()).unwrap();
+                let value = http::HeaderValue::from_bytes(h.value).unwrap();
+                map.append(name, value);
+            }
+            black_box((map.len(), buf.slice(len..).len()))
         })
     });
     g.finish();
@@ -157,5 +206,5 @@ fn scan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signature, classification, scan);
+criterion_group!(benches, signature, http1_head, classification, scan);
 criterion_main!(benches);

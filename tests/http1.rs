@@ -53,6 +53,21 @@ fn assert_served(head: &str, body: &[u8]) {
     assert_eq!(code_of(body), None, "{}", String::from_utf8_lossy(body));
 }
 
+/// `call` on the wire with a chunked body (one chunk).
+fn chunked_request(h: &Harness, call: &Call) -> Vec<u8> {
+    let req = h.request(call);
+    let mut raw = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in req.headers() {
+        raw.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    raw.push_str("transfer-encoding: chunked\r\n\r\n");
+    let mut raw = raw.into_bytes();
+    raw.extend_from_slice(format!("{:x}\r\n", call.body.len()).as_bytes());
+    raw.extend_from_slice(&call.body);
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    raw
+}
+
 async fn handovers(h: &Harness) -> f64 {
     h.metric("tollgate_http1_handovers_total", &[]).await
 }
@@ -130,17 +145,7 @@ async fn calls_outside_the_plain_shape_move_the_connection_to_hyper() {
     s.write_all(&plain()).await.unwrap();
     let got = answers(&mut s, 1).await;
     assert_served(&got[0].0, &got[0].1);
-    let req = h.request(&call);
-    let mut chunked = String::from("POST / HTTP/1.1\r\n");
-    for (k, v) in req.headers() {
-        chunked.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
-    }
-    chunked.push_str("transfer-encoding: chunked\r\n\r\n");
-    let mut chunked = chunked.into_bytes();
-    chunked.extend_from_slice(format!("{:x}\r\n", call.body.len()).as_bytes());
-    chunked.extend_from_slice(&call.body);
-    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-    s.write_all(&chunked).await.unwrap();
+    s.write_all(&chunked_request(&h, &call)).await.unwrap();
     let got = answers(&mut s, 1).await;
     assert_served(&got[0].0, &got[0].1);
     assert_eq!(handovers(&h).await, before + 1.0);
@@ -172,4 +177,29 @@ async fn calls_outside_the_plain_shape_move_the_connection_to_hyper() {
     assert_served(&got[0].0, &got[0].1);
     assert_eq!(handovers(&h).await, before + 3.0);
     assert_eq!(h.usage().len(), 6);
+}
+
+/// `proxy.http1_own_codec = false`: hyper serves every HTTP/1.1 call from the first byte
+/// (nothing is handed over, as nothing was the own codec's), plain and chunked alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_own_codec_can_be_switched_off() {
+    let h = Harness::start(Builder {
+        proxy_extra: "http1_own_codec = false\n".into(),
+        ..Builder::default()
+    })
+    .await;
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDmain");
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(&raw_request(&h.request(&call), &call.body))
+            .await
+            .unwrap();
+        let got = answers(&mut s, 1).await;
+        assert_served(&got[0].0, &got[0].1);
+    }
+    s.write_all(&chunked_request(&h, &call)).await.unwrap();
+    let got = answers(&mut s, 1).await;
+    assert_served(&got[0].0, &got[0].1);
+    assert_eq!(handovers(&h).await, 0.0);
+    assert_eq!(h.usage().len(), 3);
 }

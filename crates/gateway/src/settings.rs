@@ -268,6 +268,7 @@ struct RawProxy {
     pool_idle_timeout_seconds: u64,
     pool_max_idle_per_host: usize,
     workers: usize,
+    http1_own_codec: bool,
 }
 
 impl Default for RawProxy {
@@ -284,6 +285,7 @@ impl Default for RawProxy {
             pool_idle_timeout_seconds: 90,
             pool_max_idle_per_host: 1024,
             workers: 0,
+            http1_own_codec: true,
         }
     }
 }
@@ -549,6 +551,9 @@ pub struct Settings {
     pub max_buffered_request_bytes: usize,
     /// A request head must arrive within this of the connection turning active.
     pub header_read_timeout: Duration,
+    /// Plain HTTP/1.1 calls are read and answered by the gateway's own codec (`false`: every
+    /// HTTP/1.1 connection is hyper's from its first byte).
+    pub http1_own_codec: bool,
     /// Request bodies: no byte for this long, or not whole within the total, is refused.
     pub request_body_idle_timeout: Duration,
     pub request_body_timeout: Duration,
@@ -876,6 +881,7 @@ pub fn parse(source: &Source, text: &str) -> Result<Settings, ConfigError> {
         max_request_bytes: raw.proxy.max_request_bytes,
         max_buffered_request_bytes: raw.proxy.max_buffered_request_bytes,
         header_read_timeout: Duration::from_millis(raw.proxy.header_read_timeout_ms),
+        http1_own_codec: raw.proxy.http1_own_codec,
         request_body_idle_timeout: Duration::from_millis(raw.proxy.request_body_idle_timeout_ms),
         request_body_timeout: Duration::from_millis(raw.proxy.request_body_timeout_ms),
         connect_timeout: Duration::from_millis(raw.proxy.connect_timeout_ms),

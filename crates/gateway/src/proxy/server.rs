@@ -329,22 +329,32 @@ impl Serving {
         let client = Client::over(forwarded_for, tls);
         let timeout = gateway.settings().header_read_timeout;
         let closing = std::pin::pin!(closing.cancelled_owned());
-        let ended = server_h1::serve(
-            stream,
-            server_h1::Ctx {
-                gateway: &gateway,
-                forwarder: &forwarder,
-                client: &client,
-                header_read_timeout: timeout,
-                closing,
-            },
-        )
-        .await;
+        let ended = if gateway.settings().http1_own_codec {
+            server_h1::serve(
+                stream,
+                server_h1::Ctx {
+                    gateway: &gateway,
+                    forwarder: &forwarder,
+                    client: &client,
+                    header_read_timeout: timeout,
+                    closing,
+                },
+            )
+            .await
+        } else {
+            server_h1::Ended::Handover {
+                io: stream,
+                read: bytes::Bytes::new(),
+                head_due: tokio::time::Instant::now() + timeout,
+            }
+        };
         let (stream, read, head_due) = match ended {
             server_h1::Ended::Closed => return,
             server_h1::Ended::Handover { io, read, head_due } => (io, read, head_due),
         };
-        gateway.metrics().http1_handovers.inc();
+        if gateway.settings().http1_own_codec {
+            gateway.metrics().http1_handovers.inc();
+        }
         let head_client = Arc::clone(&client);
         let io = ClientIo::new(server_h1::Prefixed::new(stream, read), Arc::clone(&client));
         let service = service_fn(move |req| {

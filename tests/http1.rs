@@ -6,35 +6,18 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Builder, Call, Harness, code_of, raw_request};
+use support::{Builder, Call, Harness, code_of, raw_request, read_answers_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads `n` answers (each with a `Content-Length`) from `s`: heads lower-cased, bodies.
+/// Reads `n` answers (each with a `Content-Length`) from `s`: heads lower-cased, bodies; no
+/// byte may follow them.
 async fn answers(s: &mut TcpStream, n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while out.len() < n {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                out.push((head, buf[end + 4..end + 4 + len].to_vec()));
-                buf.drain(..end + 4 + len);
-                continue;
-            }
-        }
-        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await;
-        match read.expect("answers within 10 s") {
-            Ok(0) | Err(_) => panic!("closed after {} of {n} answers", out.len()),
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-        }
-    }
-    assert!(buf.is_empty(), "bytes after the answers: {buf:?}");
+    let read = tokio::time::timeout(Duration::from_secs(10), read_answers_from(s, n)).await;
+    let (out, rest) = read
+        .expect("answers within 10 s")
+        .unwrap_or_else(|| panic!("closed before {n} answers"));
+    assert!(rest.is_empty(), "bytes after the answers: {rest:?}");
     out
 }
 

@@ -584,10 +584,21 @@ pub async fn read_answer(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u
 pub async fn read_answer_from<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
 ) -> Option<(String, Vec<u8>)> {
+    let (mut answers, _) = read_answers_from(s, 1).await?;
+    answers.pop()
+}
+
+/// Reads `n` answers in a row (pipelined) as [`read_answer`] reads one; with the bytes read
+/// after them. `None` if the connection ends first.
+pub async fn read_answers_from<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    n: usize,
+) -> Option<(Vec<(String, Vec<u8>)>, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
+    let mut out = Vec::new();
     let mut chunk = [0u8; 8192];
-    loop {
+    while out.len() < n {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
             let len: usize = head
@@ -595,14 +606,17 @@ pub async fn read_answer_from<S: tokio::io::AsyncRead + Unpin>(
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map_or(0, |v| v.trim().parse().unwrap());
             if buf.len() >= end + 4 + len {
-                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+                out.push((head, buf[end + 4..end + 4 + len].to_vec()));
+                buf.drain(..end + 4 + len);
+                continue;
             }
         }
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
         }
     }
+    Some((out, buf))
 }
 
 /// The vendor error code of an answer's JSON body, if it has one.

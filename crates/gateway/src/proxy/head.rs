@@ -242,6 +242,12 @@ impl RawHead {
         Parsed::Call(body)
     }
 
+    /// Lets go of the head's bytes (they share the connection's read buffer, which can then
+    /// make room for the next call in place).
+    pub fn release(&mut self) {
+        self.bytes = Bytes::new();
+    }
+
     fn slice(&self, start: u32, end: u32) -> &[u8] {
         &self.bytes[start as usize..end as usize]
     }

@@ -160,23 +160,25 @@ where
         };
         // The call, while the socket is watched: a reset drops it, a FIN is a half-close.
         let mut close = head.close;
-        let mut call =
-            std::pin::pin!(
-                ctx.gateway
-                    .handle_raw(ctx.forwarder, &head, payload, ctx.client)
-            );
-        let answer = loop {
-            let room = !eof && buf.capacity() - buf.len() >= WATCH_ROOM;
-            tokio::select! {
-                biased;
-                answer = call.as_mut() => break answer,
-                read = io.read_buf(&mut buf), if room => match read {
-                    Ok(0) => eof = true,
-                    // A pipelined call: kept for after this one.
-                    Ok(_) => {}
-                    // The client reset the connection: the call is dropped, unbilled.
-                    Err(_) => return Ended::Closed,
-                },
+        let answer = {
+            let mut call =
+                std::pin::pin!(
+                    ctx.gateway
+                        .handle_raw(ctx.forwarder, &head, payload, ctx.client)
+                );
+            loop {
+                let room = !eof && buf.capacity() - buf.len() >= WATCH_ROOM;
+                tokio::select! {
+                    biased;
+                    answer = call.as_mut() => break answer,
+                    read = io.read_buf(&mut buf), if room => match read {
+                        Ok(0) => eof = true,
+                        // A pipelined call: kept for after this one.
+                        Ok(_) => {}
+                        // The client reset the connection: the call is dropped, unbilled.
+                        Err(_) => return Ended::Closed,
+                    },
+                }
             }
         };
         let written = match answer {
@@ -196,6 +198,7 @@ where
         if written.is_err() {
             return Ended::Closed;
         }
+        head.release();
         if close {
             let _ = io.shutdown().await;
             return Ended::Closed;

@@ -186,3 +186,111 @@ async fn the_own_codec_can_be_switched_off() {
     assert_eq!(handovers(&h).await, 0.0);
     assert_eq!(h.usage().len(), 3);
 }
+
+/// A backend answering every call with fields of every kind: end-to-end ones (one repeated),
+/// hop-by-hop ones (one named by its `Connection`), and a request id of its own.
+async fn backend_with_fields() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        let body =
+                            br#"{"Response":{"TextDetections":[],"RequestId":"backend-id"}}"#;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Multi: a\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-Tollgate-Request-Id: forged\r\nX-Multi: b\r\nServer: raw-backend\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let mut out = answer.into_bytes();
+                        out.extend_from_slice(body);
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The end-to-end fields of an answer head, in order, minus `date` (which moves).
+fn fields_of(head: &str) -> Vec<String> {
+    head.lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("date:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The backend's fields reach the client the same through the own codec and through hyper:
+/// end-to-end ones as they came (a repeated one twice, in order), hop-by-hop ones not at
+/// all, and the request id the gateway's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backends_fields_go_on_alike_through_either_codec() {
+    let h = Harness::start(Builder {
+        upstream: Some(backend_with_fields().await),
+        ..Builder::default()
+    })
+    .await;
+    let call = Call::new("ocr", "GeneralBasicOCR", "AKIDmain");
+    let mut s = TcpStream::connect(h.api()).await.unwrap();
+    s.write_all(&raw_request(&h.request(&call), &call.body))
+        .await
+        .unwrap();
+    let own = answers(&mut s, 1).await.remove(0);
+    s.write_all(&chunked_request(&h, &call)).await.unwrap();
+    let hyper = answers(&mut s, 1).await.remove(0);
+    assert_eq!(handovers(&h).await, 1.0);
+    for (head, body) in [&own, &hyper] {
+        assert_served(head, body);
+        let fields = fields_of(head);
+        let id = request_id(head);
+        assert_ne!(id, "forged", "{head}");
+        for line in ["x-hop", "keep-alive", "connection"] {
+            assert!(!fields.iter().any(|f| f.starts_with(line)), "{head}");
+        }
+        let ends: Vec<&String> = fields
+            .iter()
+            .filter(|f| !f.starts_with("x-tollgate-request-id"))
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                "content-type: application/json",
+                "x-multi: a",
+                "x-multi: b",
+                "server: raw-backend",
+                &format!("content-length: {}", body.len()),
+            ],
+            "{head}"
+        );
+        assert_eq!(
+            fields
+                .iter()
+                .filter(|f| f.starts_with("x-tollgate-request-id"))
+                .count(),
+            1,
+            "{head}"
+        );
+    }
+    assert_eq!(h.usage().len(), 2);
+}

@@ -331,7 +331,17 @@ pub fn verify_with<'a, H: Fn(&str) -> Option<&'a [u8]>>(
     }
     claimed_lower.copy_from_slice(claimed.as_bytes());
     claimed_lower.make_ascii_lowercase();
-    Ok(bool::from(expected.ct_eq(&claimed_lower)))
+    // Compared as eight words: `subtle` guards each element it compares, so eight guards
+    // instead of sixty-four.
+    Ok(bool::from(words(&expected).ct_eq(&words(&claimed_lower))))
+}
+
+fn words(hex: &[u8; 64]) -> [u64; 8] {
+    std::array::from_fn(|i| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&hex[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    })
 }
 
 /// Everything a client needs to sign one call, as the official SDK does. Used by the test
@@ -425,6 +435,16 @@ mod tests {
             service: parsed.service,
         };
         assert!(verify(&key, &req, parsed.signature).unwrap());
+        // Any case of hex; a signature off by any one character, or cut short, is not it.
+        let upper = parsed.signature.to_ascii_uppercase();
+        assert!(verify(&key, &req, &upper).unwrap());
+        for at in 0..64 {
+            let mut off = parsed.signature.as_bytes().to_vec();
+            off[at] = if off[at] == b'0' { b'1' } else { b'0' };
+            let off = String::from_utf8(off).unwrap();
+            assert!(!verify(&key, &req, &off).unwrap(), "{off}");
+        }
+        assert!(!verify(&key, &req, &parsed.signature[..63]).unwrap());
         let tampered = SignedRequest {
             payload: Some(&b"{}"[..]),
             ..req

@@ -655,12 +655,13 @@ async fn describe(
                 },
                 &asker.service,
                 now,
+                tokio::time::Instant::now(),
             )
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status();
+        let status = response.status;
         let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            response.into_body(),
+            response.body,
             256 * 1024,
         ))
         .await

@@ -22,13 +22,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Response;
+use http::StatusCode;
 use http::header::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::head::{Field, ReqHead};
-use super::http1::{self, BodyState, Conn, ExchangeError};
+use super::http1::{self, BodyState, Conn, ExchangeError, Fields};
 
 use crate::auth::tc3::Signer;
 use crate::settings::{Settings, Upstream};
@@ -87,13 +87,13 @@ struct Pools {
 }
 
 impl Pools {
-    /// The newest idle connection of pool `slot` that is still open, if one is left.
+    /// The newest idle connection of pool `slot` that is still open at `now`, if one is left.
     /// Connections idle too long, or closed by the backend, are dropped on the way.
-    fn checkout(&self, slot: usize) -> Option<Conn> {
+    fn checkout(&self, slot: usize, now: Instant) -> Option<Conn> {
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
         while let Some((conn, since)) = pool.pop() {
-            let idle = since.elapsed();
+            let idle = now.saturating_duration_since(since);
             if idle > self.idle_timeout {
                 // The newest is stale, so all are.
                 pool.clear();
@@ -370,7 +370,9 @@ impl Forwarder {
     }
 
     /// Sends a call upstream and waits for the response head. The answer's body streams
-    /// from the connection, which it holds until the answer has been read.
+    /// from the connection, which it holds until the answer has been read. `started` is now
+    /// (the caller has read the clock already): the response timeout counts from it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         req: ReqHead<'_>,
@@ -379,7 +381,8 @@ impl Forwarder {
         identity: Identity<'_>,
         service: &str,
         now_unix_seconds: i64,
-    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        started: tokio::time::Instant,
+    ) -> Result<UpstreamAnswer, ForwardError> {
         let (upstream, slot) = (&target.upstream, target.slot);
         // The caller's signature covered the gateway's Host; a backend that verifies TC3
         // itself (the vendor's endpoint) needs one for its own Host.
@@ -403,8 +406,8 @@ impl Forwarder {
         let resigned = authorization.as_deref().map(|a| (a, now_unix_seconds));
         // The whole exchange (a new connection's connect included) is bounded by the response
         // timeout, kept by the pooled connection's own timer when there is one.
-        let deadline = tokio::time::Instant::now() + self.response_timeout;
-        let mut pooled = self.pools.checkout(slot);
+        let deadline = started + self.response_timeout;
+        let mut pooled = self.pools.checkout(slot, started.into_std());
         let mut timer = pooled
             .as_mut()
             .and_then(Conn::take_timer)
@@ -451,22 +454,30 @@ impl Forwarder {
             () = timer.as_mut() => return Err(ForwardError::Timeout(self.response_timeout)),
         };
         conn.put_timer(timer);
-        let mut response = Response::new(UpstreamBody {
-            state: head.body,
-            keep_alive: head.keep_alive,
-            conn: Some(conn),
-            pools: Arc::clone(&self.pools),
-            slot,
-            idle_timeout: self.response_idle_timeout,
-            idle: None,
-            progressed: false,
-        });
-        // The status and headers go on; the version does not (it is hop-by-hop: the gateway
+        // The status and fields go on; the version does not (it is hop-by-hop: the gateway
         // answers its clients in HTTP/1.1 whatever its backend speaks).
-        *response.status_mut() = head.status;
-        *response.headers_mut() = head.headers;
-        Ok(response)
+        Ok(UpstreamAnswer {
+            status: head.status,
+            fields: head.fields,
+            body: UpstreamBody {
+                state: head.body,
+                keep_alive: head.keep_alive,
+                conn: Some(conn),
+                pools: Arc::clone(&self.pools),
+                slot,
+                idle_timeout: self.response_idle_timeout,
+                idle: None,
+                progressed: false,
+            },
+        })
     }
+}
+
+/// A backend's answer: its status, its end-to-end fields, and its body as it streams.
+pub struct UpstreamAnswer {
+    pub status: StatusCode,
+    pub fields: Fields,
+    pub body: UpstreamBody,
 }
 
 pub(crate) fn header_value(s: &str) -> HeaderValue {
@@ -580,9 +591,10 @@ mod tests {
                 },
                 "ocr",
                 0,
+                tokio::time::Instant::now(),
             )
             .await?;
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = resp.body.collect().await.unwrap().to_bytes();
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 

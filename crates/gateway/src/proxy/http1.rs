@@ -26,6 +26,7 @@ use http::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::forward::HEADER_REQUEST_ID;
 use super::hop;
 
 /// An answer's head may not be larger than this.
@@ -58,10 +59,80 @@ pub enum ExchangeError {
 /// An answer's head, and how its body is framed.
 pub struct Head {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub fields: Fields,
     pub body: BodyState,
     /// The connection may carry another call once the body has been read to its end.
     pub keep_alive: bool,
+}
+
+/// An answer's end-to-end fields as they go on to the client: `name: value\r\n` lines, names
+/// lower-cased (as a `HeaderName` has them), hop-by-hop fields gone, in the backend's order.
+///
+/// The own HTTP/1.1 codec writes the lines as they are; a header map is built from them only
+/// for the codecs that need one (hyper's HTTP/1.1 and HTTP/2, [`Fields::into_header_map`]).
+/// Every line was checked by `httparse` (a token name, a value of visible bytes, spaces and
+/// tabs), which is what `HeaderName` and `HeaderValue` accept.
+#[derive(Debug, Default)]
+pub struct Fields {
+    lines: Vec<u8>,
+    has_length: bool,
+    has_date: bool,
+}
+
+impl Fields {
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let at = self.lines.len();
+        self.lines.extend_from_slice(name);
+        self.lines[at..].make_ascii_lowercase();
+        let name = &self.lines[at..];
+        self.has_length |= name == b"content-length";
+        self.has_date |= name == b"date";
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+    }
+
+    /// The fields as lines of an HTTP/1.1 head.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// A `Content-Length` is among them.
+    pub fn has_length(&self) -> bool {
+        self.has_length
+    }
+
+    /// A `Date` is among them.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Each field's name and value, in order.
+    pub fn each(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        let mut rest = &self.lines[..];
+        while let Some(end) = memchr::memmem::find(rest, b"\r\n") {
+            let line = &rest[..end];
+            rest = &rest[end + 2..];
+            // Written by `push`: the name has no colon, `": "` follows it.
+            let colon = memchr::memchr(b':', line).unwrap_or(line.len());
+            let value = line.get(colon + 2..).unwrap_or_default();
+            f(&line[..colon], value);
+        }
+    }
+
+    /// The fields as a header map, with room for `extra` more.
+    pub fn into_header_map(self, extra: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.lines.len() / 16 + extra);
+        self.each(|name, value| {
+            // Both were checked by `httparse` as these check them.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                map.append(name, value);
+            }
+        });
+        map
+    }
 }
 
 /// Where the reading of a body stands.
@@ -335,47 +406,28 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, E
         let chunked = fields
             .clone()
             .any(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"));
-        // Header values are slices of the head's bytes, which are split off and shared by the
-        // values rather than copied.
-        let base = buf.as_ptr() as usize;
-        // Offsets into the head, which is shorter than 4 GiB.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let mut n = 0;
+        let mut kept = Fields {
+            lines: Vec::with_capacity(len),
+            ..Fields::default()
+        };
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
             // Hop-by-hop fields, and a length beside Transfer-Encoding (the body is decoded
-            // here: it must not frame the answer the client gets), stay behind.
+            // here: it must not frame the answer the client gets), stay behind; so does a
+            // request id, which the gateway sets on every answer.
             if hop::is_hop_by_hop(name)
                 || connection.names(name)
                 || (chunked && name.eq_ignore_ascii_case(b"content-length"))
+                || name.eq_ignore_ascii_case(HEADER_REQUEST_ID.as_bytes())
             {
                 continue;
             }
-            let name_at = name.as_ptr() as usize - base;
-            let value_at = h.value.as_ptr() as usize - base;
-            spans[n] = (
-                name_at as u32,
-                (name_at + name.len()) as u32,
-                value_at as u32,
-                (value_at + h.value.len()) as u32,
-            );
-            n += 1;
+            kept.push(name, h.value);
         }
-        let bytes = buf.split_to(len).freeze();
-        // Room for the headers the gateway adds to an answer (its request id).
-        let mut headers = HeaderMap::with_capacity(n + 2);
-        for &(name_start, name_end, value_start, value_end) in &spans[..n] {
-            let (name_start, name_end) = (name_start as usize, name_end as usize);
-            let (value_start, value_end) = (value_start as usize, value_end as usize);
-            let name = HeaderName::from_bytes(&bytes[name_start..name_end])
-                .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))
-                .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
-            headers.append(name, value);
-        }
+        buf.advance(len);
         return Ok(Some(Head {
             status,
-            headers,
+            fields: kept,
             body,
             keep_alive,
         }));
@@ -658,9 +710,33 @@ mod tests {
             7,
         )
         .await;
-        assert!(!head.headers.contains_key("content-length"));
+        assert!(!head.fields.has_length());
+        assert!(!head.fields.lines().starts_with(b"content-length"));
         assert!(!head.keep_alive);
         assert_eq!(body_of(&mut conn, &mut head.body).await.unwrap(), b"ok");
+    }
+
+    /// Hop-by-hop fields (those `Connection` names too) stay behind; values keep their inner
+    /// spaces and lose the outer ones; an empty value is kept.
+    #[tokio::test]
+    async fn hop_by_hop_fields_stay_behind_and_values_are_trimmed() {
+        let (_, head) = exchange(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nX-Kept:   a  b \t\r\nX-Empty:\r\nDate: Wed, 02 Dec 2026 14:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+            5,
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(head.fields.lines()),
+            "x-kept: a  b\r\nx-empty: \r\ndate: Wed, 02 Dec 2026 14:00:00 GMT\r\ncontent-length: 0\r\n"
+        );
+        assert!(head.fields.has_date());
+        let mut seen = Vec::new();
+        head.fields.each(|n, v| seen.push((n.to_vec(), v.to_vec())));
+        assert_eq!(seen[0], (b"x-kept".to_vec(), b"a  b".to_vec()));
+        assert_eq!(seen[1], (b"x-empty".to_vec(), b"".to_vec()));
+        let map = head.fields.into_header_map(0);
+        assert_eq!(map["x-empty"], "");
+        assert!(!map.contains_key("x-hop") && !map.contains_key("keep-alive"));
     }
 
     #[tokio::test]
@@ -671,9 +747,17 @@ mod tests {
         )
         .await;
         assert_eq!(head.status, StatusCode::CREATED);
-        assert_eq!(head.headers["content-type"], "application/json");
-        assert_eq!(head.headers.get_all("x-multi").iter().count(), 2);
         assert_eq!(head.body, BodyState::Length(0));
+        // As the client gets them: names lower-cased, in the backend's order.
+        assert_eq!(
+            head.fields.lines(),
+            b"content-type: application/json\r\nx-multi: a\r\nx-multi: b\r\ncontent-length: 0\r\n"
+        );
+        assert!(head.fields.has_length() && !head.fields.has_date());
+        let map = head.fields.into_header_map(0);
+        assert_eq!(map["content-type"], "application/json");
+        assert_eq!(map.get_all("x-multi").iter().count(), 2);
+        assert_eq!(map.len(), 4);
     }
 
     /// An answer without a length runs to the close and never goes back to a pool.

@@ -145,13 +145,41 @@ impl From<Refusal> for Refused {
 /// gateway's own refusal, which each codec renders from the [`Refusal`] (hyper's through
 /// [`Refusal::into_response`], the own HTTP/1.1 codec straight to the wire).
 pub(crate) enum Answer {
-    Forwarded(Response<ProxyBody>),
+    Forwarded(Forwarded),
     Refused {
         refusal: Refusal,
         request_id: RequestId,
         /// The connection closes after the answer (a body not read whole, the drain).
         close: bool,
     },
+}
+
+/// A backend's answer on its way to the client: its status and end-to-end fields, the
+/// gateway's request id, and its body, metered as it streams. The own HTTP/1.1 codec writes
+/// the backend's fields as they came; hyper's codecs get a header map
+/// ([`Forwarded::into_response`]).
+pub(crate) struct Forwarded {
+    pub(crate) status: http::StatusCode,
+    pub(crate) fields: http1::Fields,
+    pub(crate) request_id: HeaderValue,
+    /// The connection closes after the answer (the gateway is draining).
+    pub(crate) close: bool,
+    pub(crate) body: ProxyBody,
+}
+
+impl Forwarded {
+    /// The answer as hyper's codecs take it.
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        let mut headers = self.fields.into_header_map(2);
+        headers.insert(REQUEST_ID.clone(), self.request_id);
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let mut response = Response::new(self.body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = headers;
+        response
+    }
 }
 
 /// A call's request id: a UUID, hyphenated, lower-case.
@@ -416,7 +444,7 @@ impl Gateway {
             )
             .await;
         Ok(match answer {
-            Answer::Forwarded(response) => response,
+            Answer::Forwarded(answer) => answer.into_response(),
             Answer::Refused {
                 refusal,
                 request_id,
@@ -474,13 +502,9 @@ impl Gateway {
         };
         let draining = self.draining.load(Ordering::Relaxed);
         match served {
-            Ok(mut response) => {
-                if draining {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Answer::Forwarded(response)
+            Ok(mut answer) => {
+                answer.close |= draining;
+                Answer::Forwarded(answer)
             }
             Err(Refused { refusal, close }) => {
                 let code = refusal.code();
@@ -512,7 +536,7 @@ impl Gateway {
         client: &client::Client,
         request_id: &str,
         in_flight: GaugeGuard,
-    ) -> Result<Response<ProxyBody>, Refused> {
+    ) -> Result<Forwarded, Refused> {
         let now_unix_nanos = self.clock.unix_nanos();
         // Classify, and check what needs no body: a stranger's body is never read into memory.
         let head = match self.check_head(snapshot, req, now_unix_nanos) {
@@ -586,7 +610,7 @@ impl Gateway {
         // Forward to the service's backend.
         // One header value for the id, on the forwarded call and on the answer.
         let request_id_value = forward::header_value(request_id);
-        let forwarded_at = Instant::now();
+        let forwarded_at = tokio::time::Instant::now();
         let upstream_response = forwarder
             .forward(
                 req,
@@ -601,6 +625,7 @@ impl Gateway {
                 },
                 &head.service.name,
                 now_unix_nanos.div_euclid(1_000_000_000),
+                forwarded_at,
             )
             .await;
         snapshot.metrics.upstream_seconds[usize::from(head.service.id.0)]
@@ -610,8 +635,11 @@ impl Gateway {
         let upstream_response = upstream_response
             .map_err(|e| self.upstream_failed(snapshot, &head, &group, request_id, e))?;
         // Meter: stream the answer through the scanner; usage is decided at its end.
-        let (mut answer, upstream_body) = upstream_response.into_parts();
-        answer.headers.insert(REQUEST_ID.clone(), request_id_value);
+        let forward::UpstreamAnswer {
+            status,
+            fields,
+            body: upstream_body,
+        } = upstream_response;
         let (interface, action): (_, Arc<str>) = match head.route {
             Route::Listed { interface, .. } => (Some(interface.id), Arc::clone(&interface.action)),
             Route::Unlisted { .. } => (None, Arc::from(head.action)),
@@ -626,15 +654,18 @@ impl Gateway {
             uin,
             request_id: request_id.to_owned(),
             time_unix_ms: now_unix_nanos.div_euclid(1_000_000),
-            http_status: answer.status.as_u16(),
+            http_status: status.as_u16(),
             snapshot: Arc::clone(snapshot),
             library,
         };
         let body = MeteredBody::new(upstream_body, job, permit, in_flight);
-        Ok(Response::from_parts(
-            answer,
-            ProxyBody::Metered(Box::new(body)),
-        ))
+        Ok(Forwarded {
+            status,
+            fields,
+            request_id: request_id_value,
+            close: false,
+            body: ProxyBody::Metered(Box::new(body)),
+        })
     }
 
     /// Authenticates the call over the exact bytes received: the account it acts for.

@@ -27,8 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header;
-use http::{Response, StatusCode};
+use http::StatusCode;
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -37,9 +36,10 @@ use super::body::ProxyBody;
 use super::client::Client;
 use super::forward::Forwarder;
 use super::head::{Parsed, RawHead};
+use super::names::REQUEST_ID;
 use super::respond::Refusal;
 use super::server::MAX_READ_BUFFER;
-use super::{Answer, Gateway};
+use super::{Answer, Forwarded, Gateway};
 
 /// A connection's read buffer starts this large; a read waiting for a head asks for at least
 /// `MIN_READ` of room in it. The room is made only then, when the previous call's bytes (which
@@ -182,9 +182,9 @@ where
             }
         };
         let written = match answer {
-            Answer::Forwarded(response) => {
-                close |= says_close(response.headers());
-                write_answer(&mut io, response, &mut out, close, &mut buf, eof).await
+            Answer::Forwarded(answer) => {
+                close |= answer.close;
+                write_answer(&mut io, answer, &mut out, close, &mut buf, eof).await
             }
             Answer::Refused {
                 refusal,
@@ -204,15 +204,6 @@ where
             return Ended::Closed;
         }
     }
-}
-
-/// Whether an answer's `Connection` field says `close`.
-fn says_close(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 /// Why an answer could not be written whole.
@@ -280,7 +271,7 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
 /// unbilled and its permit freed, as hyper did; bytes of a next call are kept in `buf`.
 async fn write_answer<S>(
     io: &mut S,
-    response: Response<ProxyBody>,
+    answer: Forwarded,
     out: &mut Vec<u8>,
     close: bool,
     buf: &mut BytesMut,
@@ -289,24 +280,24 @@ async fn write_answer<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
+    let Forwarded {
+        status,
+        fields,
+        request_id,
+        close: _,
+        mut body,
+    } = answer;
     out.clear();
-    status_line(out, parts.status);
-    let (mut has_length, mut has_date) = (false, false);
-    for (name, value) in &parts.headers {
-        if *name == header::CONNECTION {
-            continue;
-        }
-        has_length |= *name == header::CONTENT_LENGTH;
-        has_date |= *name == header::DATE;
-        field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    status_line(out, status);
+    // The backend's end-to-end fields, as they came (hop-by-hop ones are gone).
+    out.extend_from_slice(fields.lines());
+    field(out, REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
     // 1xx, 204 and 304 answers have no body (RFC 9112 section 6.3).
-    let bodiless = parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let mut chunked = false;
-    if !bodiless && !has_length {
+    if !bodiless && !fields.has_length() {
         match body.size_hint().exact() {
             Some(n) => field(
                 out,
@@ -319,7 +310,7 @@ where
             }
         }
     }
-    if !has_date {
+    if !fields.has_date() {
         DATE.with(|d| d.write(out));
     }
     if close {
@@ -519,7 +510,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn chunk_sizes_are_lower_case_hex() {
@@ -554,16 +544,5 @@ mod tests {
         let mut s = String::new();
         p.read_to_string(&mut s).await.unwrap();
         assert_eq!(s, "hello world");
-    }
-
-    #[test]
-    fn close_is_read_from_any_connection_token() {
-        let mut h = http::HeaderMap::new();
-        assert!(!says_close(&h));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Close"),
-        );
-        assert!(says_close(&h));
     }
 }

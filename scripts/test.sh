@@ -96,6 +96,7 @@ cargo fmt --check --manifest-path fuzz/Cargo.toml
 log "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --manifest-path loadtest/Cargo.toml -- -D warnings
+cargo clippy --all-targets --manifest-path fuzz/Cargo.toml -- -D warnings
 
 log "tests"
 cargo test --workspace --all-targets

@@ -28,9 +28,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(format!("{whole:?}"), format!("{bytes:?}"));
     if let (Scanned::Error { code }, Ok(v)) =
         (&whole, serde_json::from_slice::<serde_json::Value>(body))
+        && let Some(expected) = v["Response"]["Error"]["Code"].as_str()
     {
-        if let Some(expected) = v["Response"]["Error"]["Code"].as_str() {
-            assert_eq!(code.as_str(), expected);
-        }
+        assert_eq!(code.as_str(), expected);
     }
 });

@@ -35,26 +35,26 @@ fuzz_target!(|data: &[u8]| {
     let get = |i: usize| parts.get(i).copied().unwrap_or(b"");
     let creds = credentials();
     // Arbitrary Authorization, headers and body.
-    if let Ok(text) = std::str::from_utf8(get(0)) {
-        if let Ok(auth) = parse_authorization(text) {
-            let _ = authenticate(
-                &creds,
-                AuthRequest {
-                    authorization: &auth,
-                    method: "POST",
-                    query: get(2),
-                    header: |name: &str| match name {
-                        "content-type" => Some(&b"application/json"[..]),
-                        "host" => Some(get(1)),
-                        _ => None,
-                    },
-                    timestamp: Some(get(1)),
-                    payload: Some(get(3)),
+    if let Ok(text) = std::str::from_utf8(get(0))
+        && let Ok(auth) = parse_authorization(text)
+    {
+        let _ = authenticate(
+            &creds,
+            AuthRequest {
+                authorization: &auth,
+                method: "POST",
+                query: get(2),
+                header: |name: &str| match name {
+                    "content-type" => Some(&b"application/json"[..]),
+                    "host" => Some(get(1)),
+                    _ => None,
                 },
-                NOW,
-                300,
-            );
-        }
+                timestamp: Some(get(1)),
+                payload: Some(get(3)),
+            },
+            NOW,
+            300,
+        );
     }
     // A call signed over the fuzzer's parts verifies, and a changed body does not.
     let host = String::from_utf8_lossy(get(1)).into_owned();

@@ -196,34 +196,18 @@ async fn backend_with_fields() -> std::net::SocketAddr {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() < end + 4 + len {
-                            break;
-                        }
-                        buf.drain(..end + 4 + len);
-                        let body =
-                            br#"{"Response":{"TextDetections":[],"RequestId":"backend-id"}}"#;
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Multi: a\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-Tollgate-Request-Id: forged\r\nX-Multi: b\r\nServer: raw-backend\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        let mut out = answer.into_bytes();
-                        out.extend_from_slice(body);
-                        if s.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                // A call is framed as an answer is (a head, then `Content-Length` bytes), and
+                // the gateway sends one at a time on a connection.
+                while read_answers_from(&mut s, 1).await.is_some() {
+                    let body = br#"{"Response":{"TextDetections":[],"RequestId":"backend-id"}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Multi: a\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-Tollgate-Request-Id: forged\r\nX-Multi: b\r\nServer: raw-backend\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let mut out = answer.into_bytes();
+                    out.extend_from_slice(body);
+                    if s.write_all(&out).await.is_err() {
+                        return;
                     }
                 }
             });

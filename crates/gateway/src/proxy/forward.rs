@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -27,6 +27,7 @@ use http::header::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
+use super::coarse;
 use super::head::{Field, ReqHead};
 use super::http1::{self, BodyState, Conn, ExchangeError, Fields};
 
@@ -81,19 +82,22 @@ const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 struct Pools {
     /// Idle keep-alive connections, newest last, one list per upstream (indexed as
     /// `Settings::upstream_slot` numbers them).
-    by_upstream: Mutex<Vec<Vec<(Conn, Instant)>>>,
+    /// Each with when it went idle, on the coarse monotonic clock (`coarse::monotonic_nanos`).
+    by_upstream: Mutex<Vec<Vec<(Conn, u64)>>>,
     idle_timeout: Duration,
     max_idle: usize,
 }
 
 impl Pools {
-    /// The newest idle connection of pool `slot` that is still open at `now`, if one is left.
-    /// Connections idle too long, or closed by the backend, are dropped on the way.
-    fn checkout(&self, slot: usize, now: Instant) -> Option<Conn> {
+    /// The newest idle connection of pool `slot` that is still open, if one is left.
+    /// Connections idle too long, or closed by the backend, are dropped on the way. (Idle
+    /// ages are on the coarse clock: a few milliseconds do not matter to them.)
+    fn checkout(&self, slot: usize) -> Option<Conn> {
+        let now = coarse::monotonic_nanos();
         let mut pools = self.by_upstream.lock().expect("not poisoned");
         let pool = &mut pools[slot];
         while let Some((conn, since)) = pool.pop() {
-            let idle = now.saturating_duration_since(since);
+            let idle = Duration::from_nanos(now.saturating_sub(since));
             if idle > self.idle_timeout {
                 // The newest is stale, so all are.
                 pool.clear();
@@ -125,7 +129,7 @@ impl Pools {
             // Keep the newest: the oldest is the likeliest to have been closed by the backend.
             pool.remove(0);
         }
-        pool.push((conn, Instant::now()));
+        pool.push((conn, coarse::monotonic_nanos()));
     }
 }
 
@@ -407,12 +411,16 @@ impl Forwarder {
         // The whole exchange (a new connection's connect included) is bounded by the response
         // timeout, kept by the pooled connection's own timer when there is one.
         let deadline = started + self.response_timeout;
-        let mut pooled = self.pools.checkout(slot, started.into_std());
+        let mut pooled = self.pools.checkout(slot);
         let mut timer = pooled
             .as_mut()
             .and_then(Conn::take_timer)
             .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
-        timer.as_mut().reset(deadline);
+        // A pooled connection's timer is at an earlier call's deadline: left there (see
+        // `until`) unless the timeout was shortened since.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         let exchange = async {
             // A pooled connection the backend closed just as the call was written fails the
             // write: nothing reached the backend whole, so the call goes on a new connection.
@@ -451,7 +459,7 @@ impl Forwarder {
         let (head, mut conn) = tokio::select! {
             biased;
             result = exchange => result?,
-            () = timer.as_mut() => return Err(ForwardError::Timeout(self.response_timeout)),
+            () = until(timer.as_mut(), deadline) => return Err(ForwardError::Timeout(self.response_timeout)),
         };
         conn.put_timer(timer);
         // The status and fields go on; the version does not (it is hop-by-hop: the gateway
@@ -470,6 +478,20 @@ impl Forwarder {
                 progressed: false,
             },
         })
+    }
+}
+
+/// Completes at `deadline`, on a timer set at or before it. A connection's timer is not moved
+/// call by call (moving it is a visible share of a forwarded call): left at an earlier call's
+/// deadline, it is set to this one's only if it fires first, at most once per response
+/// timeout.
+async fn until(mut timer: Pin<&mut tokio::time::Sleep>, deadline: tokio::time::Instant) {
+    loop {
+        timer.as_mut().await;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        timer.as_mut().reset(deadline);
     }
 }
 

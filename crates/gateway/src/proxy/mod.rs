@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod client;
+pub(crate) mod coarse;
 pub mod forward;
 pub mod head;
 pub mod hop;

@@ -34,6 +34,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::body::ProxyBody;
 use super::client::Client;
+use super::coarse;
 use super::forward::Forwarder;
 use super::head::{Parsed, RawHead};
 use super::names::REQUEST_ID;
@@ -88,12 +89,16 @@ where
     let mut out = Vec::with_capacity(1024);
     let mut eof = false;
     let timeout = ctx.header_read_timeout;
-    // One timer per connection, moved to each wait's deadline (see `server::HeadDeadline`).
+    // One timer per connection, not moved call by call: it stays at or before the head's
+    // deadline, and is set again to the rest of the wait when it fires before that. The wait
+    // is measured on the coarse clock (`coarse`), read once per call.
     let mut head_timer = Box::pin(tokio::time::sleep(timeout));
     let mut head = RawHead::default();
     loop {
-        let head_due = tokio::time::Instant::now() + timeout;
-        head_timer.as_mut().reset(head_due);
+        let wait = HeadWait {
+            since: coarse::monotonic_nanos(),
+            timeout,
+        };
         // Set once the head is in and the body is awaited.
         let mut body_due = None;
         // A whole call, or the end.
@@ -105,11 +110,11 @@ where
                         return Ended::Handover {
                             io,
                             read: buf.freeze(),
-                            head_due,
+                            head_due: wait.due(),
                         };
                     }
                     Parsed::BodyPartial if body_due.is_none() => {
-                        let due = (tokio::time::Instant::now() + BODY_COALESCE).min(head_due);
+                        let due = (tokio::time::Instant::now() + BODY_COALESCE).min(wait.due());
                         head_timer.as_mut().reset(due);
                         body_due = Some(due);
                     }
@@ -124,14 +129,14 @@ where
                 return Ended::Handover {
                     io,
                     read: buf.freeze(),
-                    head_due,
+                    head_due: wait.due(),
                 };
             }
             if buf.len() >= MAX_READ_BUFFER {
                 return Ended::Handover {
                     io,
                     read: buf.freeze(),
-                    head_due,
+                    head_due: wait.due(),
                 };
             }
             buf.reserve(MIN_READ);
@@ -149,11 +154,16 @@ where
                         return Ended::Handover {
                             io,
                             read: buf.freeze(),
-                            head_due,
+                            head_due: wait.due(),
                         };
                     }
-                    tracing::debug!(?timeout, "no request head within the header-read timeout: closed");
-                    return Ended::Closed;
+                    let left = wait.left();
+                    if left.is_zero() {
+                        tracing::debug!(?timeout, "no request head within the header-read timeout: closed");
+                        return Ended::Closed;
+                    }
+                    // Set at an earlier wait's deadline: the rest of this one.
+                    head_timer.as_mut().reset(tokio::time::Instant::now() + left);
                 }
                 () = ctx.closing.as_mut(), if idle => return Ended::Closed,
             }
@@ -203,6 +213,26 @@ where
             let _ = io.shutdown().await;
             return Ended::Closed;
         }
+    }
+}
+
+/// The wait for a request head: since when (coarse monotonic nanoseconds), and for how long.
+#[derive(Clone, Copy)]
+struct HeadWait {
+    since: u64,
+    timeout: Duration,
+}
+
+impl HeadWait {
+    /// What is left of the wait now (zero once it is over).
+    fn left(&self) -> Duration {
+        let waited = Duration::from_nanos(coarse::monotonic_nanos().saturating_sub(self.since));
+        self.timeout.saturating_sub(waited)
+    }
+
+    /// When the head is due, on the timer's clock (for hyper, when the call is its).
+    fn due(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.left()
     }
 }
 
@@ -432,13 +462,12 @@ thread_local! {
 impl CachedDate {
     /// Writes the `Date` field of an answer sent now (`Sun, 06 Nov 1994 08:49:37 GMT`).
     fn write(&self, out: &mut Vec<u8>) {
-        let now = SystemTime::now();
-        let second = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        // The coarse clock: a `Date` is to the second, and this is read for every answer.
+        let second = coarse::unix_seconds();
         let mut text = self.text.borrow_mut();
         if second != self.second.get() {
-            let formatted = httpdate::fmt_http_date(now);
+            let formatted =
+                httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(second));
             if formatted.len() == text.len() {
                 text.copy_from_slice(formatted.as_bytes());
                 self.second.set(second);

@@ -560,6 +560,10 @@ impl Workers {
         for (i, listeners) in per_worker.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Before blocking in epoll, let whatever shares the core (the client, the
+                // backend) run and refill the sockets: the next poll then finds work instead of
+                // a sleep and a wake-up per call (ARCHITECTURE.md, "Sharing cores").
+                .on_thread_park(std::thread::yield_now)
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot start API worker {i}: {e}"))?;
             let gateway = Arc::clone(&gateway);

@@ -23,6 +23,8 @@
 #
 # MODES="admitted", BACKENDS="nginx", TARGETS="tollgate nginx before" run a subset (a quick
 # look while changing the gateway); a figure for RESULTS.md comes from the full run.
+# PERFSTAT=1 counts each target's context switches and system calls per call (perf stat);
+# PROFILE=dir records profiles of the Tollgate targets (both described further down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -39,6 +41,9 @@ HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 for t in "$NGINX" "$HAPROXY" "$(command -v wrk)"; do
   [ -x "$t" ] || { echo "needs nginx, haproxy and wrk (apt-get install nginx-light haproxy wrk)"; exit 1; }
 done
+if [ -n "${PERFSTAT:-}" ] && ! command -v perf >/dev/null; then
+  echo "PERFSTAT needs perf (apt-get install linux-perf)"; exit 1
+fi
 echo "== building (release)"
 cargo build --release -q
 cargo build --release -q --manifest-path loadtest/Cargo.toml
@@ -154,6 +159,29 @@ ticks() { # user system ticks of a process and its children
   echo "$u $s"
 }
 
+# PERFSTAT=1: `perf stat` attached to the target (the process and its children, every
+# thread) for each run: context switches, epoll_wait calls and system calls per call, the
+# wake-up pattern behind a rate (RESULTS.md). The tracepoints cost every target some CPU:
+# take rates from a run without it.
+perf_start() { # pid
+  PERF_PID=""
+  [ -n "${PERFSTAT:-}" ] || return 0
+  local pids; pids=$(echo "$1" $(pgrep -P "$1" 2>/dev/null) | tr ' ' ',')
+  perf stat -x, -o "$WORK/perfstat.out" -e context-switches,syscalls:sys_enter_epoll_wait,raw_syscalls:sys_enter \
+    -p "$pids" >/dev/null 2>&1 &
+  PERF_PID=$!
+  sleep 0.3
+}
+perf_stop() { # generator mode backend target calls
+  [ -n "${PERF_PID:-}" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true
+  local cs ep sc
+  cs=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perfstat.out" 2>/dev/null || true)
+  ep=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" {print $1}' "$WORK/perfstat.out" 2>/dev/null || true)
+  sc=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$WORK/perfstat.out" 2>/dev/null || true)
+  echo "$1 $2 $3 $4 $5 ${cs:-0} ${ep:-0} ${sc:-0}" >> "$WORK/perfstat.txt"
+}
+
 run() { # generator mode backend target
   local gen=$1; shift
   local mode=$1 b=$2 t=$3 key port pid
@@ -163,6 +191,7 @@ run() { # generator mode backend target
   port=${PORT[$key]}; pid=${PID[$key]}
   if [ "$gen" = own ]; then
     read -r u0 s0 < <(ticks "$pid")
+    perf_start "$pid"
     "$LOADTEST" --scenario "$WORK/own-$mode.toml" --target "127.0.0.1:$port" --config-dir "$WORK/config" \
       --quiet --report-json "$WORK/own.json" > "$WORK/own.txt" 2>&1 || true
     read -r u1 s1 < <(ticks "$pid")
@@ -172,6 +201,7 @@ r = json.load(open(sys.argv[1])); t = r["totals"]
 window = r["send_window_secs"] or r["duration_secs"]
 answered = t["sent"] - t["transport_errors"]
 print("%.2f %d %.2fms" % (answered / window, max(answered, 1), t["latency"]["all"]["p99_ms"]))' "$WORK/own.json")
+    perf_stop own "$mode" "$b" "$t" "$total"
     echo "own $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/${RESULTS_FILE:-results.txt}"
     printf '   %-4s %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' own "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
     return
@@ -184,11 +214,13 @@ print("%.2f %d %.2fms" % (answered / window, max(answered, 1), t["latency"]["all
       python3 loadtest/tls/tc3_sign.py "127.0.0.1:$port" 50 AKIDsreLimited sre-limited-key- "$sig"
   fi
   read -r u0 s0 < <(ticks "$pid")
+  perf_start "$pid"
   out=$(wrk -t 1 -c "$CONNECTIONS" -d "${DURATION}s" --latency -s "$sig/calls.lua" "http://127.0.0.1:$port/" 2>&1)
   read -r u1 s1 < <(ticks "$pid")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   total=$(echo "$out" | awk '/requests in/ {print $1}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  perf_stop wrk "$mode" "$b" "$t" "$total"
   echo "wrk $mode $b $t $rps $total $p99 $((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" >> "$WORK/${RESULTS_FILE:-results.txt}"
   printf '   %-4s %-9s %-6s %-9s %10s req/s  p99 %-8s  user %5d  sys %5d ticks\n' wrk "$mode" "$b" "$t" "$rps" "$p99" $((u1 - u0)) $((s1 - s0))
 }
@@ -265,3 +297,17 @@ for gen, mode, b, ratio, best, tu, nu, hu, before, bu in summary:
     print("| %s | %s | %s | %.2f× | %s | %.1f | %.1f | %.1f | %s | %s |" % (gen, mode, b, ratio, best, tu, nu, hu,
           "%.2f×" % before if before else "—", "%.1f" % bu if before else "—"))
 PY
+
+if [ -s "$WORK/perfstat.txt" ]; then
+  python3 - "$WORK/perfstat.txt" <<'PY'
+import statistics, sys
+by = {}
+for gen, mode, b, t, calls, cs, ep, sc in (l.split() for l in open(sys.argv[1])):
+    n = max(int(calls), 1)
+    by.setdefault((gen, mode, b, t), []).append((int(cs) / n, int(ep) / n, int(sc) / n))
+print("\n| generator | mode | backend | target | context switches per call | epoll_wait per call | system calls per call |")
+print("| --- | --- | --- | --- | ---: | ---: | ---: |")
+for (gen, mode, b, t), v in by.items():
+    print("| %s | %s | %s | %s | %.3f | %.3f | %.2f |" % (gen, mode, b, t, *(statistics.median(x[i] for x in v) for i in range(3))))
+PY
+fi

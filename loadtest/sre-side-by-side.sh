@@ -165,7 +165,8 @@ ticks() { # user system ticks of a process and its children
 # take rates from a run without it.
 perf_start() { # pid
   PERF_PID=""
-  [ -n "${PERFSTAT:-}" ] || return 0
+  # (Not for the PROFILE runs: they are not counted, and perf record is attached then.)
+  [ -n "${PERFSTAT:-}" ] && [ -z "${RESULTS_FILE:-}" ] || return 0
   local pids; pids=$(echo "$1" $(pgrep -P "$1" 2>/dev/null) | tr ' ' ',')
   perf stat -x, -o "$WORK/perfstat.out" -e context-switches,syscalls:sys_enter_epoll_wait,raw_syscalls:sys_enter \
     -p "$pids" >/dev/null 2>&1 &
@@ -175,11 +176,11 @@ perf_start() { # pid
 perf_stop() { # generator mode backend target calls
   [ -n "${PERF_PID:-}" ] || return 0
   kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true
-  local cs ep sc
-  cs=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perfstat.out" 2>/dev/null || true)
-  ep=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" {print $1}' "$WORK/perfstat.out" 2>/dev/null || true)
-  sc=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$WORK/perfstat.out" 2>/dev/null || true)
-  echo "$1 $2 $3 $4 $5 ${cs:-0} ${ep:-0} ${sc:-0}" >> "$WORK/perfstat.txt"
+  # perf stat -x, lines: value,unit,event,...; the three counts in the order of -e.
+  local counts
+  counts=$(awk -F, '$3 == "context-switches" {c = $1} $3 == "syscalls:sys_enter_epoll_wait" {e = $1}
+    $3 == "raw_syscalls:sys_enter" {s = $1} END {print c + 0, e + 0, s + 0}' "$WORK/perfstat.out" 2>/dev/null || echo "0 0 0")
+  echo "$1 $2 $3 $4 $5 $counts" >> "$WORK/perfstat.txt"
 }
 
 run() { # generator mode backend target
